@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# install.sh: installs everything the integration tests, demo and benchmarks need on a bare Debian 12
+# machine: apt packages, runc and containerd (built from source through the Go module proxy) into a
+# cache directory that is reused when the pinned versions are already there.
+#
+#   STACK_DIR            cache directory (default /var/cache/graceful-stack)
+#   CONTAINERD_VERSION   containerd tag (default v2.4.2)
+#   RUNC_VERSION         runc tag (default v1.3.6)
+set -euo pipefail
+
+STACK_DIR=${STACK_DIR:-/var/cache/graceful-stack}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+RUNC_VERSION=${RUNC_VERSION:-v1.3.6}
+export PATH=/usr/local/go/bin:$PATH
+
+log() { echo "stack: $*" >&2; }
+
+need_apt=()
+for pkg in libseccomp-dev pkg-config busybox-static gcc make python3; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+	log "apt-get install ${need_apt[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+bin="$STACK_DIR/bin"
+mkdir -p "$bin"
+
+runc_bin="$bin/runc-$RUNC_VERSION"
+if [ ! -x "$runc_bin" ]; then
+	log "building runc $RUNC_VERSION"
+	tmp=$(mktemp -d)
+	CGO_ENABLED=1 GOBIN="$tmp" go install -tags "seccomp urfave_cli_no_docs" \
+		"github.com/opencontainers/runc@$RUNC_VERSION"
+	mv "$tmp/runc" "$runc_bin"
+	rm -rf "$tmp"
+fi
+ln -sf "runc-$RUNC_VERSION" "$bin/runc"
+
+cdir="$STACK_DIR/containerd-$CONTAINERD_VERSION"
+if [ ! -x "$cdir/containerd" ] || [ ! -x "$cdir/ctr" ] || [ ! -x "$cdir/containerd-shim-runc-v2" ]; then
+	log "building containerd $CONTAINERD_VERSION"
+	tmp=$(mktemp -d)
+	mod=github.com/containerd/containerd/v2
+	case "$CONTAINERD_VERSION" in v1.*) mod=github.com/containerd/containerd ;; esac
+	GOBIN="$tmp" go install -tags "no_btrfs no_devmapper no_zfs" \
+		"$mod/cmd/containerd@$CONTAINERD_VERSION" \
+		"$mod/cmd/ctr@$CONTAINERD_VERSION" \
+		"$mod/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+	mkdir -p "$cdir"
+	mv "$tmp"/* "$cdir/"
+	rm -rf "$tmp"
+fi
+log "ready: $runc_bin, $cdir"

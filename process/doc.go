@@ -1,0 +1,8 @@
+// Package process holds the Linux process mechanics of a graceful stop: which processes belong to a
+// container (its PID namespace, or its cgroup when it shares one), signalling them through pidfds so
+// that a recycled PID is never hit, waiting for their exits on pidfd readiness, reading signal
+// dispositions, and the drain that ties these together.
+//
+// It does not import containerd: everything here works on plain PIDs and is tested in real
+// unshare'd PID namespaces.
+package process

@@ -1,0 +1,156 @@
+package process
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestScopeOfNamespaceListsOnlyItsMembers(t *testing.T) {
+	outside := exec.Command("sleep", "60")
+	if err := outside.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outside.Process.Kill(); outside.Wait() })
+
+	ns := startNamespace(t, `sleep 60 & sleep 60 & unshare --pid --fork sleep 60 & sleep 0.2; echo ready; wait`)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scope.Kind != ByPIDNamespace {
+		t.Fatalf("scope kind %s, want %s", scope.Kind, ByPIDNamespace)
+	}
+	members, err := scope.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// two sleeps, the nested unshare and its nested sleep (in a child namespace)
+	if len(members) != 4 {
+		t.Fatalf("members %v, want 4", members)
+	}
+	for _, pid := range members {
+		if pid == ns.init || pid == outside.Process.Pid || pid == os.Getpid() {
+			t.Fatalf("members %v include %d", members, pid)
+		}
+	}
+}
+
+func TestDrainRunsEveryHandlerAndKillsAtGrace(t *testing.T) {
+	dir := t.TempDir()
+	// init has no TERM trap (as run.sh); children clean up on TERM, one ignores TERM.
+	script := fmt.Sprintf(`
+child() { trap "echo \$1 > %[1]s/\$1; exit 0" TERM; while :; do sleep 0.05; done; }
+child a & child b &
+sh -c 'trap "" TERM; echo ignoring; while :; do sleep 0.05; done' &
+setsid sh -c 'trap "echo c > %[1]s/c; exit 0" TERM; while :; do sleep 0.05; done' &
+sleep 0.2; echo ready; wait`, dir)
+	ns := startNamespace(t, script)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grace := 700 * time.Millisecond
+	start := time.Now()
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace})
+	took := time.Since(start)
+	for _, name := range []string{"a", "b", "c"} {
+		if got := readMarker(t, filepath.Join(dir, name)); got != name {
+			t.Errorf("child %s: TERM handler did not run (marker %q)", name, got)
+		}
+	}
+	if report.Count(Killed) < 1 {
+		t.Errorf("TERM-ignoring child not killed: %+v", report.Processes)
+	}
+	if !report.GraceExpired {
+		t.Errorf("grace not reported as expired")
+	}
+	if took < grace || took > grace+time.Second {
+		t.Errorf("drain took %v, want between %v and %v", took, grace, grace+time.Second)
+	}
+	left, _ := scope.Members()
+	for _, pid := range left {
+		if st, err := ReadStatus(pid); err == nil && st.State != 'Z' {
+			t.Errorf("process %d (%s) still alive after the drain", pid, st.Name)
+		}
+	}
+}
+
+func TestDrainEndsAsSoonAsMembersExit(t *testing.T) {
+	ns := startNamespace(t, `sleep 60 & sleep 60 & sleep 0.1; echo ready; wait`)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
+	if report.Duration > 2*time.Second || report.GraceExpired {
+		t.Fatalf("drain of processes that exit on TERM took %v (grace expired %v)", report.Duration, report.GraceExpired)
+	}
+	if got := report.Count(ExitedAfterSignal); got != 2 {
+		t.Fatalf("%d processes exited after TERM, want 2: %+v", got, report.Processes)
+	}
+}
+
+func TestDrainFindsProcessesForkedDuringTheDrain(t *testing.T) {
+	dir := t.TempDir()
+	// The parent spawns a late child only when it receives TERM, then waits for it.
+	script := fmt.Sprintf(`
+sh -c 'trap "sh -c \"trap \\\"echo late > %[1]s/late; exit 0\\\" TERM; while :; do sleep 0.05; done\" & wait; exit 0" TERM; while :; do sleep 0.05; done' &
+sleep 0.1; echo ready; wait`, dir)
+	ns := startNamespace(t, script)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
+	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
+		t.Fatalf("process forked during the drain did not get TERM: %+v", report.Processes)
+	}
+	if report.GraceExpired {
+		t.Fatalf("grace expired: %+v", report.Processes)
+	}
+}
+
+func TestDrainCancelStopsAtOnce(t *testing.T) {
+	ns := startNamespace(t, `sh -c 'trap "" TERM; while :; do sleep 0.05; done' & sleep 0.1; echo ready; wait`)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	report := Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, Grace: 30 * time.Second})
+	if !report.Cancelled || report.Duration > 2*time.Second {
+		t.Fatalf("cancelled drain: cancelled=%v after %v", report.Cancelled, report.Duration)
+	}
+}
+
+func TestDispositionsOfNamespaceInit(t *testing.T) {
+	trapped := startNamespace(t, `trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done`)
+	plain := startNamespace(t, `echo ready; while :; do sleep 0.01; done`)
+	for _, c := range []struct {
+		ns   *namespace
+		want bool
+	}{{trapped, true}, {plain, false}} {
+		st, err := ReadStatus(c.ns.init)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.NamespaceInit() {
+			t.Fatalf("%d is not PID 1 of its namespace: NSpid %v", c.ns.init, st.NSpid)
+		}
+		got, err := WillHandle(c.ns.init, unix.SIGTERM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("init %d handles TERM = %v, want %v", c.ns.init, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,94 @@
+package process
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// namespace is a real PID namespace whose PID 1 runs a shell script.
+type namespace struct {
+	cmd  *exec.Cmd
+	init int // host PID of the namespace's PID 1
+	out  *bufio.Reader
+}
+
+// startNamespace runs script as PID 1 of a new PID namespace (with its own /proc) and waits until
+// the script prints "ready".
+func startNamespace(t *testing.T, script string) *namespace {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("these tests need root: they create PID namespaces")
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ns := &namespace{cmd: cmd, out: bufio.NewReader(stdout)}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if ns.init > 0 {
+			syscall.Kill(ns.init, syscall.SIGKILL)
+		}
+		cmd.Wait()
+	})
+	ns.expect(t, "ready")
+	children, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "task", strconv.Itoa(cmd.Process.Pid), "children"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(children))
+	if len(fields) != 1 {
+		t.Fatalf("unshare has children %q, want one", children)
+	}
+	ns.init, _ = strconv.Atoi(fields[0])
+	return ns
+}
+
+// expect reads lines printed by the namespace until one equals want.
+func (ns *namespace) expect(t *testing.T, want string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			line, err := ns.out.ReadString('\n')
+			if err != nil {
+				done <- err
+				return
+			}
+			if strings.TrimSpace(line) == want {
+				done <- nil
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("waiting for %q: %v", want, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %q", want)
+	}
+}
+
+func readMarker(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(data))
+}
