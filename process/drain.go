@@ -81,23 +81,32 @@ type tracked struct {
 	killed bool
 }
 
-type drainer struct {
+// Drainer is a drain in progress: StartDrain has signalled the members found so far, Finish waits
+// for them.
+type Drainer struct {
 	scope    *Scope
+	cfg      DrainConfig
 	report   *Report
 	active   map[int]*tracked
 	finished map[int]bool
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
-// until none remains or cfg.Grace ends, then SIGKILLs the rest. Processes forked meanwhile are
-// found by re-reading the process table after exits. Cancelling ctx stops the drain at once.
-// Drain never signals a process that is not a member (see Scope.OpenMember).
+// until none remains or cfg.Grace ends, then SIGKILLs the rest. It is StartDrain and Finish in one.
 func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
+	return StartDrain(scope, cfg).Finish(ctx)
+}
+
+// StartDrain sends cfg.Signal to every current member of scope except its init and returns at
+// once; the grace period starts now. It never signals a process that is not a member (see
+// Scope.OpenMember).
+func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	if cfg.KillWait <= 0 {
 		cfg.KillWait = 2 * time.Second
 	}
-	d := &drainer{
+	d := &Drainer{
 		scope:    scope,
+		cfg:      cfg,
 		active:   map[int]*tracked{},
 		finished: map[int]bool{},
 		report: &Report{
@@ -107,6 +116,14 @@ func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
 			Started: time.Now(),
 		},
 	}
+	d.sweep(cfg.Signal)
+	return d
+}
+
+// Finish waits on pidfd readiness until no member remains or the grace period ends, then SIGKILLs
+// the rest. Processes forked meanwhile are found by re-reading the process table and signalled
+// too. Cancelling ctx ends the wait at once (the caller is about to SIGKILL everything).
+func (d *Drainer) Finish(ctx context.Context) *Report {
 	defer d.closeAll()
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
@@ -121,17 +138,18 @@ func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
 		defer stop()
 	}
 
-	deadline := d.report.Started.Add(cfg.Grace)
-	if !d.phase(ctx, wake, cfg.Signal, deadline) {
+	deadline := d.report.Started.Add(d.cfg.Grace)
+	if !d.phase(ctx, wake, d.cfg.Signal, deadline) {
 		return d.finish(Aborted)
 	}
-	if len(d.active) > 0 || time.Now().After(deadline) {
-		d.report.GraceExpired = len(d.active) > 0
+	if len(d.active) > 0 {
+		d.report.GraceExpired = true
 		for _, t := range d.active {
 			d.signal(t, unix.SIGKILL)
 			t.killed = true
 		}
-		if !d.phase(ctx, wake, unix.SIGKILL, time.Now().Add(cfg.KillWait)) {
+		d.sweep(unix.SIGKILL)
+		if !d.phase(ctx, wake, unix.SIGKILL, time.Now().Add(d.cfg.KillWait)) {
 			return d.finish(Aborted)
 		}
 	}
@@ -142,10 +160,10 @@ func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
 // returns false when ctx was cancelled. The process table is re-read soon after exits (a leaving
 // process may have forked) and otherwise at a backing-off interval, to find processes forked by
 // members that keep running.
-func (d *drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline time.Time) bool {
-	var lastScan time.Time
+func (d *Drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline time.Time) bool {
+	lastScan := time.Now() // StartDrain or the grace's end has just swept
 	interval := rescanMin
-	dirty := true
+	dirty := false
 	for {
 		if ctx.Err() != nil {
 			return false
@@ -179,7 +197,7 @@ func (d *drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline
 }
 
 // sweep finds members that are not tracked yet and signals them.
-func (d *drainer) sweep(sig unix.Signal) {
+func (d *Drainer) sweep(sig unix.Signal) {
 	pids, err := allPIDs()
 	if err != nil {
 		return
@@ -210,7 +228,7 @@ func (d *drainer) sweep(sig unix.Signal) {
 	}
 }
 
-func (d *drainer) signal(t *tracked, sig unix.Signal) {
+func (d *Drainer) signal(t *tracked, sig unix.Signal) {
 	p := &d.report.Processes[t.report]
 	if err := t.h.Signal(sig); err != nil {
 		if errors.Is(err, ErrGone) && len(p.Signals) == 0 {
@@ -229,7 +247,7 @@ func (d *drainer) signal(t *tracked, sig unix.Signal) {
 
 // wait blocks until a tracked process exits, the timeout passes or the drain is cancelled, and
 // returns how many tracked processes exited.
-func (d *drainer) wait(wake int, timeout time.Duration) int {
+func (d *Drainer) wait(wake int, timeout time.Duration) int {
 	fds := make([]unix.PollFd, 0, len(d.active)+1)
 	pids := make([]int, 0, len(d.active))
 	for pid, t := range d.active {
@@ -260,7 +278,7 @@ func (d *drainer) wait(wake int, timeout time.Duration) int {
 	return exited
 }
 
-func (d *drainer) end(pid int, t *tracked, o Outcome) {
+func (d *Drainer) end(pid int, t *tracked, o Outcome) {
 	p := &d.report.Processes[t.report]
 	if p.Outcome == "" {
 		p.Outcome = o
@@ -272,7 +290,7 @@ func (d *drainer) end(pid int, t *tracked, o Outcome) {
 }
 
 // finish records every process still active with outcome o and completes the report.
-func (d *drainer) finish(o Outcome) *Report {
+func (d *Drainer) finish(o Outcome) *Report {
 	d.report.Cancelled = o == Aborted
 	for pid, t := range d.active {
 		d.end(pid, t, o)
@@ -281,7 +299,7 @@ func (d *drainer) finish(o Outcome) *Report {
 	return d.report
 }
 
-func (d *drainer) closeAll() {
+func (d *Drainer) closeAll() {
 	for _, t := range d.active {
 		t.h.Close()
 	}

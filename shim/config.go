@@ -1,0 +1,316 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/pelletier/go-toml/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/process"
+)
+
+// Annotation keys a container may carry to set its stop policy. They take precedence over the
+// runtime options file and the host defaults file.
+const (
+	AnnotationPrefix      = "io.containerd.graceful.v2."
+	AnnotationGracePeriod = AnnotationPrefix + "grace-period"
+	AnnotationStopSignals = AnnotationPrefix + "stop-signals"
+	AnnotationDrainSignal = AnnotationPrefix + "drain-signal"
+)
+
+// DefaultConfigFile is the host defaults file, read when containerd passes no runtime options
+// file. GRACEFUL_CONFIG_FILE in the shim's environment (inherited from containerd) overrides it.
+const DefaultConfigFile = "/etc/containerd/graceful.toml"
+
+// ConfigFileEnv names the environment variable that overrides DefaultConfigFile.
+const ConfigFileEnv = "GRACEFUL_CONFIG_FILE"
+
+// MaxGracePeriod bounds grace_period and the grace-period annotation.
+const MaxGracePeriod = time.Hour
+
+// Policy is how a container is stopped.
+type Policy struct {
+	// GracePeriod is how long the container's other processes have after the drain signal.
+	GracePeriod time.Duration
+	// StopSignals are the signals that, sent to init, start a graceful stop.
+	StopSignals []unix.Signal
+	// DrainSignal is sent to every process of the container other than init.
+	DrainSignal unix.Signal
+	// Passthrough forwards every Kill untouched (sandbox containers).
+	Passthrough bool
+}
+
+// DefaultPolicy is the built-in policy.
+func DefaultPolicy() Policy {
+	return Policy{
+		GracePeriod: 10 * time.Second,
+		StopSignals: []unix.Signal{unix.SIGTERM},
+		DrainSignal: unix.SIGTERM,
+	}
+}
+
+// IsStopSignal reports whether sig starts a graceful stop.
+func (p Policy) IsStopSignal(sig unix.Signal) bool {
+	return slices.Contains(p.StopSignals, sig)
+}
+
+// String describes the policy for logs.
+func (p Policy) String() string {
+	names := make([]string, len(p.StopSignals))
+	for i, s := range p.StopSignals {
+		names[i] = process.SignalName(s)
+	}
+	return fmt.Sprintf("grace-period=%s stop-signals=%s drain-signal=%s", p.GracePeriod,
+		strings.Join(names, ","), process.SignalName(p.DrainSignal))
+}
+
+// FileConfig is a parsed runtime options file: the graceful keys and the runc options.
+type FileConfig struct {
+	// Policy holds the graceful keys applied on top of the built-in defaults.
+	Policy Policy
+	// Runc holds the runc keys, passed to the runc task code.
+	Runc *options.Options
+}
+
+// runcKeys maps every accepted runc key, in snake_case and in containerd's CamelCase, to a setter.
+var runcKeys = map[string]func(o *options.Options, v any) error{
+	"binary_name":     setString(func(o *options.Options) *string { return &o.BinaryName }),
+	"root":            setString(func(o *options.Options) *string { return &o.Root }),
+	"shim_cgroup":     setString(func(o *options.Options) *string { return &o.ShimCgroup }),
+	"criu_image_path": setString(func(o *options.Options) *string { return &o.CriuImagePath }),
+	"criu_work_path":  setString(func(o *options.Options) *string { return &o.CriuWorkPath }),
+	"systemd_cgroup":  setBool(func(o *options.Options) *bool { return &o.SystemdCgroup }),
+	"no_pivot_root":   setBool(func(o *options.Options) *bool { return &o.NoPivotRoot }),
+	"no_new_keyring":  setBool(func(o *options.Options) *bool { return &o.NoNewKeyring }),
+	"io_uid":          setUint32(func(o *options.Options) *uint32 { return &o.IoUid }),
+	"io_gid":          setUint32(func(o *options.Options) *uint32 { return &o.IoGid }),
+}
+
+var camelRuncKeys = map[string]string{
+	"BinaryName": "binary_name", "Root": "root", "ShimCgroup": "shim_cgroup",
+	"CriuImagePath": "criu_image_path", "CriuWorkPath": "criu_work_path",
+	"SystemdCgroup": "systemd_cgroup", "NoPivotRoot": "no_pivot_root",
+	"NoNewKeyring": "no_new_keyring", "IoUid": "io_uid", "IoGid": "io_gid",
+}
+
+func acceptedKeys() string {
+	keys := []string{"grace_period", "stop_signals", "drain_signal"}
+	for k := range runcKeys {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys[3:])
+	return strings.Join(keys, ", ")
+}
+
+// ParseConfigFile parses a runtime options file (TOML). source names it in errors.
+func ParseConfigFile(data []byte, source string) (*FileConfig, error) {
+	var raw map[string]any
+	if err := toml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("%s: not valid TOML: %w", source, err)
+	}
+	cfg := &FileConfig{Policy: DefaultPolicy()}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		value := raw[key]
+		var err error
+		switch key {
+		case "grace_period":
+			s, ok := value.(string)
+			if !ok {
+				err = fmt.Errorf("want a quoted Go duration such as \"10s\", got %v", value)
+				break
+			}
+			cfg.Policy.GracePeriod, err = parseGracePeriod(s)
+		case "stop_signals":
+			cfg.Policy.StopSignals, err = parseSignalList(value)
+		case "drain_signal":
+			s, ok := value.(string)
+			if !ok {
+				err = fmt.Errorf("want a signal name such as \"SIGTERM\", got %v", value)
+				break
+			}
+			cfg.Policy.DrainSignal, err = parseDrainSignal(s)
+		default:
+			name := key
+			if snake, ok := camelRuncKeys[key]; ok {
+				name = snake
+			}
+			set, ok := runcKeys[name]
+			if !ok {
+				return nil, fmt.Errorf("%s: unknown key %q: accepted keys are %s", source, key, acceptedKeys())
+			}
+			if cfg.Runc == nil {
+				cfg.Runc = &options.Options{}
+			}
+			err = set(cfg.Runc, value)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: key %q: %w", source, key, err)
+		}
+	}
+	return cfg, nil
+}
+
+// ReadConfigFile reads and parses the options file at path.
+func ReadConfigFile(path string) (*FileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read runtime options file: %w", err)
+	}
+	return ParseConfigFile(data, path)
+}
+
+// ReadDefaultsFile reads the host defaults file (DefaultConfigFile, or the file named by
+// GRACEFUL_CONFIG_FILE). A missing file yields the built-in defaults.
+func ReadDefaultsFile() (*FileConfig, error) {
+	path := DefaultConfigFile
+	if p := os.Getenv(ConfigFileEnv); p != "" {
+		path = p
+	}
+	cfg, err := ReadConfigFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &FileConfig{Policy: DefaultPolicy()}, nil
+	}
+	return cfg, err
+}
+
+// ApplyAnnotations overrides p with the graceful annotations found in annotations. Errors name the
+// annotation and the accepted form.
+func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
+	keys := make([]string, 0)
+	for k := range annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		value := annotations[key]
+		var err error
+		switch key {
+		case AnnotationGracePeriod:
+			p.GracePeriod, err = parseGracePeriod(value)
+		case AnnotationStopSignals:
+			p.StopSignals, err = parseSignalList(value)
+		case AnnotationDrainSignal:
+			p.DrainSignal, err = parseDrainSignal(value)
+		default:
+			if !slices.Contains(laterAnnotations, key) {
+				return p, fmt.Errorf("annotation %q: unknown graceful annotation: accepted %s, %s, %s",
+					key, AnnotationGracePeriod, AnnotationStopSignals, AnnotationDrainSignal)
+			}
+		}
+		if err != nil {
+			return p, fmt.Errorf("annotation %q: %w", key, err)
+		}
+	}
+	return p, nil
+}
+
+// laterAnnotations are read elsewhere (none yet).
+var laterAnnotations = []string{}
+
+func parseGracePeriod(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a Go duration: want a value such as \"10s\" or \"1m30s\" between 0s and %s", s, MaxGracePeriod)
+	}
+	if d < 0 || d > MaxGracePeriod {
+		return 0, fmt.Errorf("%s is out of range: want a duration between 0s and %s", d, MaxGracePeriod)
+	}
+	return d, nil
+}
+
+func parseDrainSignal(s string) (unix.Signal, error) {
+	sig, err := process.ParseSignal(s)
+	if err != nil {
+		return 0, err
+	}
+	if sig == unix.SIGSTOP || sig == unix.SIGKILL {
+		return 0, fmt.Errorf("%s cannot be a drain signal: it gives no process a chance to clean up", process.SignalName(sig))
+	}
+	return sig, nil
+}
+
+// parseSignalList accepts a comma-separated string or a TOML array of strings.
+func parseSignalList(value any) ([]unix.Signal, error) {
+	var items []string
+	switch v := value.(type) {
+	case string:
+		items = strings.Split(v, ",")
+	case []any:
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("want signal names such as [\"SIGTERM\", \"SIGINT\"], got %v", e)
+			}
+			items = append(items, s)
+		}
+	default:
+		return nil, fmt.Errorf("want a list of signal names such as \"SIGTERM,SIGINT\", got %v", value)
+	}
+	var sigs []unix.Signal
+	for _, item := range items {
+		if strings.TrimSpace(item) == "" {
+			continue
+		}
+		sig, err := process.ParseSignal(item)
+		if err != nil {
+			return nil, err
+		}
+		if sig == unix.SIGKILL || sig == unix.SIGSTOP {
+			return nil, fmt.Errorf("%s cannot be a stop signal: it is always forwarded at once", process.SignalName(sig))
+		}
+		if !slices.Contains(sigs, sig) {
+			sigs = append(sigs, sig)
+		}
+	}
+	if len(sigs) == 0 {
+		return nil, errors.New("empty list: want at least one signal name such as SIGTERM")
+	}
+	return sigs, nil
+}
+
+func setString(field func(*options.Options) *string) func(*options.Options, any) error {
+	return func(o *options.Options, v any) error {
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("want a quoted string, got %v", v)
+		}
+		*field(o) = s
+		return nil
+	}
+}
+
+func setBool(field func(*options.Options) *bool) func(*options.Options, any) error {
+	return func(o *options.Options, v any) error {
+		b, ok := v.(bool)
+		if !ok {
+			return fmt.Errorf("want true or false, got %v", v)
+		}
+		*field(o) = b
+		return nil
+	}
+}
+
+func setUint32(field func(*options.Options) *uint32) func(*options.Options, any) error {
+	return func(o *options.Options, v any) error {
+		n, ok := v.(int64)
+		if !ok || n < 0 || n > 1<<32-1 {
+			return fmt.Errorf("want a whole number from 0 to 4294967295, got %v", v)
+		}
+		*field(o) = uint32(n)
+		return nil
+	}
+}
