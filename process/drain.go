@@ -27,6 +27,9 @@ const (
 	AlreadyExited Outcome = "already-exited"
 	// ExitedAfterSignal: the process exited within the grace period after the drain signal.
 	ExitedAfterSignal Outcome = "exited"
+	// ExitedUnsignalled: the process was started during the grace period (by a cleanup handler,
+	// say), so it got no signal, and exited by itself within the grace period.
+	ExitedUnsignalled Outcome = "exited-unsignalled"
 	// Killed: the process was still there when the grace period ended and was SIGKILLed.
 	Killed Outcome = "killed"
 	// Survived: the process outlived even the SIGKILL wait (uninterruptible sleep).
@@ -67,13 +70,16 @@ func (r *Report) Count(o Outcome) int {
 	return n
 }
 
-// rescan bounds how often the process table is re-read to find processes forked after the drain
-// started: at once after any exit, but no more often than rescanMin, and at the latest after
-// rescanMax while nothing exits.
+// Without a fork watcher, the process table is re-read to find processes started during the
+// drain: soon after any exit (no more often than rescanMin) and, while nothing exits, at an
+// interval backing off to rescanMax. With the watcher it is re-read only to confirm the end.
 const (
 	rescanMin = 10 * time.Millisecond
 	rescanMax = 250 * time.Millisecond
 )
+
+// maxKillSweeps bounds the SIGKILL sweeps at the end of the grace period (against fork bombs).
+const maxKillSweeps = 8
 
 type tracked struct {
 	h      *Handle
@@ -87,8 +93,13 @@ type Drainer struct {
 	scope    *Scope
 	cfg      DrainConfig
 	report   *Report
+	watch    *forkWatcher // nil when the proc connector is not available
+	phaseSig unix.Signal  // what a process started now gets: 0 during the grace, SIGKILL after
 	active   map[int]*tracked
 	finished map[int]bool
+	// initsOwn are processes started by init (or by such processes) after the drain began: init's
+	// own business, as init has not been asked to stop yet. They are not waited for.
+	initsOwn map[int]bool
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
@@ -109,6 +120,7 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 		cfg:      cfg,
 		active:   map[int]*tracked{},
 		finished: map[int]bool{},
+		initsOwn: map[int]bool{},
 		report: &Report{
 			Scope:   scope.Kind,
 			Signal:  SignalName(cfg.Signal),
@@ -116,13 +128,16 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 			Started: time.Now(),
 		},
 	}
+	// Watch forks before the first sweep, so that no process started from now on is missed.
+	d.watch, _ = newForkWatcher()
 	d.sweep(cfg.Signal)
 	return d
 }
 
 // Finish waits on pidfd readiness until no member remains or the grace period ends, then SIGKILLs
-// the rest. Processes forked meanwhile are found by re-reading the process table and signalled
-// too. Cancelling ctx ends the wait at once (the caller is about to SIGKILL everything).
+// the rest. Processes that members start meanwhile (a cleanup handler's helpers) are waited for as
+// well, without a signal; processes that init starts are not, since init has not been asked to
+// stop yet. Cancelling ctx ends the wait at once (the caller is about to SIGKILL everything).
 func (d *Drainer) Finish(ctx context.Context) *Report {
 	defer d.closeAll()
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -138,29 +153,28 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 		defer stop()
 	}
 
-	deadline := d.report.Started.Add(d.cfg.Grace)
-	if !d.phase(ctx, wake, d.cfg.Signal, deadline) {
+	if !d.phase(ctx, wake, d.report.Started.Add(d.cfg.Grace)) {
 		return d.finish(Aborted)
 	}
 	if len(d.active) > 0 {
 		d.report.GraceExpired = true
+		d.phaseSig = unix.SIGKILL
 		for _, t := range d.active {
 			d.signal(t, unix.SIGKILL)
 			t.killed = true
 		}
-		d.sweep(unix.SIGKILL)
-		if !d.phase(ctx, wake, unix.SIGKILL, time.Now().Add(d.cfg.KillWait)) {
+		for i := 0; i < maxKillSweeps && d.sweep(unix.SIGKILL) > 0; i++ {
+		}
+		if !d.phase(ctx, wake, time.Now().Add(d.cfg.KillWait)) {
 			return d.finish(Aborted)
 		}
 	}
 	return d.finish(Survived)
 }
 
-// phase sweeps in new members with sig and waits until none is active or the deadline passes. It
-// returns false when ctx was cancelled. The process table is re-read soon after exits (a leaving
-// process may have forked) and otherwise at a backing-off interval, to find processes forked by
-// members that keep running.
-func (d *Drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline time.Time) bool {
+// phase waits until no member is active or the deadline passes, tracking processes that members
+// start. It returns false when ctx was cancelled.
+func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool {
 	lastScan := time.Now() // StartDrain or the grace's end has just swept
 	interval := rescanMin
 	dirty := false
@@ -170,13 +184,17 @@ func (d *Drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline
 		}
 		now := time.Now()
 		since := now.Sub(lastScan)
-		if len(d.active) == 0 || (dirty && since >= rescanMin) || since >= interval {
-			if !dirty {
-				interval = min(2*interval, rescanMax)
-			} else {
+		rescan := len(d.active) == 0 || (dirty && since >= rescanMin)
+		if d.watch == nil && since >= interval {
+			rescan = true
+		}
+		if rescan {
+			if dirty {
 				interval = 2 * rescanMin
+			} else {
+				interval = min(2*interval, rescanMax)
 			}
-			d.sweep(sig)
+			d.sweep(d.phaseSig)
 			lastScan, dirty = time.Now(), false
 			if len(d.active) == 0 {
 				return true
@@ -186,45 +204,98 @@ func (d *Drainer) phase(ctx context.Context, wake int, sig unix.Signal, deadline
 		if !now.Before(deadline) {
 			return true
 		}
-		next := interval
+		timeout := deadline.Sub(now)
 		if dirty {
-			next = rescanMin
+			timeout = min(timeout, rescanMin-since)
+		} else if d.watch == nil {
+			timeout = min(timeout, interval-since)
 		}
-		if d.wait(wake, min(deadline.Sub(now), next-since)) > 0 {
+		exited, lost := d.wait(wake, timeout)
+		if lost || (exited > 0 && d.watch == nil) {
 			dirty = true
 		}
 	}
 }
 
-// sweep finds members that are not tracked yet and signals them.
-func (d *Drainer) sweep(sig unix.Signal) {
+// sweep reads the process table for members not tracked yet, signals them with sig unless it is 0,
+// and returns how many it found. With sig 0 (during the grace period), a process whose parent is
+// init, or one of init's new processes, is left alone.
+func (d *Drainer) sweep(sig unix.Signal) int {
 	pids, err := allPIDs()
 	if err != nil {
-		return
+		return 0
 	}
+	found := 0
+	initsOwn := map[int]bool{}
 	for _, pid := range pids {
 		if _, ok := d.active[pid]; ok || pid == d.scope.Init {
 			continue
 		}
-		if d.finished[pid] {
-			// Seen exit already: a zombie not reaped yet, unless the PID was recycled.
-			if st, err := ReadStatus(pid); err != nil || st.State == 'Z' {
+		if sig == 0 {
+			st, err := ReadStatus(pid)
+			if err != nil {
 				continue
 			}
-			delete(d.finished, pid)
+			if d.initsOwn[pid] || st.PPid == d.scope.Init || d.initsOwn[st.PPid] {
+				if st.State != 'Z' {
+					initsOwn[pid] = true
+				}
+				continue
+			}
 		}
-		h, err := d.scope.OpenMember(pid)
-		if err != nil {
-			continue
+		if d.track(pid, sig) {
+			found++
 		}
-		d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid, Command: Command(pid)})
-		t := &tracked{h: h, report: len(d.report.Processes) - 1, killed: sig == unix.SIGKILL}
-		if h.Exited() {
-			d.end(pid, t, AlreadyExited)
-			continue
+	}
+	if sig == 0 {
+		d.initsOwn = initsOwn
+	}
+	return found
+}
+
+// track starts tracking pid if it is a member, signalling it with sig unless sig is 0. It reports
+// whether pid is now tracked.
+func (d *Drainer) track(pid int, sig unix.Signal) bool {
+	if d.finished[pid] {
+		// Seen exit already: a zombie not reaped yet, unless the PID was recycled.
+		if st, err := ReadStatus(pid); err != nil || st.State == 'Z' {
+			return false
 		}
-		d.active[pid] = t
+		delete(d.finished, pid)
+	}
+	h, err := d.scope.OpenMember(pid)
+	if err != nil {
+		return false
+	}
+	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid, Command: Command(pid)})
+	t := &tracked{h: h, report: len(d.report.Processes) - 1, killed: sig == unix.SIGKILL}
+	if h.Exited() {
+		d.end(pid, t, AlreadyExited)
+		return false
+	}
+	d.active[pid] = t
+	if sig != 0 {
 		d.signal(t, sig)
+	}
+	return true
+}
+
+// forked handles process creations reported by the fork watcher.
+func (d *Drainer) forked(forks []fork) {
+	for _, f := range forks {
+		if _, ok := d.active[f.child]; ok {
+			continue
+		}
+		switch {
+		case f.parent == d.scope.Init || d.initsOwn[f.parent]:
+			if d.phaseSig == 0 {
+				d.initsOwn[f.child] = true
+			} else {
+				d.track(f.child, d.phaseSig)
+			}
+		case d.active[f.parent] != nil || d.finished[f.parent]:
+			d.track(f.child, d.phaseSig)
+		}
 	}
 }
 
@@ -245,37 +316,49 @@ func (d *Drainer) signal(t *tracked, sig unix.Signal) {
 	}
 }
 
-// wait blocks until a tracked process exits, the timeout passes or the drain is cancelled, and
-// returns how many tracked processes exited.
-func (d *Drainer) wait(wake int, timeout time.Duration) int {
-	fds := make([]unix.PollFd, 0, len(d.active)+1)
+// wait blocks until a tracked process exits, a process is created, the timeout passes or the
+// drain is cancelled. It returns how many tracked processes exited, and whether fork events were
+// lost.
+func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
+	fds := make([]unix.PollFd, 0, len(d.active)+2)
 	pids := make([]int, 0, len(d.active))
 	for pid, t := range d.active {
 		fds = append(fds, unix.PollFd{Fd: int32(t.h.fd), Events: unix.POLLIN})
 		pids = append(pids, pid)
 	}
+	if d.watch != nil {
+		fds = append(fds, unix.PollFd{Fd: int32(d.watch.fd), Events: unix.POLLIN})
+	}
 	if wake >= 0 {
 		fds = append(fds, unix.PollFd{Fd: int32(wake), Events: unix.POLLIN})
 	}
-	ms := int((timeout + time.Millisecond - 1) / time.Millisecond)
+	ms := int((max(timeout, 0) + time.Millisecond - 1) / time.Millisecond)
 	n, err := unix.Poll(fds, ms)
 	if err != nil || n == 0 {
-		return 0
+		return 0, false
 	}
-	exited := 0
+	// Forks first: a process may start a helper and exit at once.
+	if d.watch != nil && fds[len(pids)].Revents != 0 {
+		var forks []fork
+		forks, lost = d.watch.read()
+		d.forked(forks)
+	}
 	for i, pid := range pids {
 		if fds[i].Revents == 0 {
 			continue
 		}
 		t := d.active[pid]
 		outcome := ExitedAfterSignal
-		if t.killed {
+		switch {
+		case t.killed:
 			outcome = Killed
+		case len(d.report.Processes[t.report].Signals) == 0:
+			outcome = ExitedUnsignalled
 		}
 		d.end(pid, t, outcome)
 		exited++
 	}
-	return exited
+	return exited, lost
 }
 
 func (d *Drainer) end(pid int, t *tracked, o Outcome) {
@@ -302,5 +385,9 @@ func (d *Drainer) finish(o Outcome) *Report {
 func (d *Drainer) closeAll() {
 	for _, t := range d.active {
 		t.h.Close()
+	}
+	if d.watch != nil {
+		d.watch.close()
+		d.watch = nil
 	}
 }

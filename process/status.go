@@ -38,6 +38,8 @@ type Status struct {
 	Name string
 	// State is the one-letter state: R, S, D, T, Z, ...
 	State byte
+	// PPid is the parent's PID in the reader's PID namespace.
+	PPid int
 	// NSpid lists the process's PID in each nested PID namespace, outermost first.
 	NSpid []int
 	Dispositions
@@ -75,6 +77,8 @@ func parseStatus(data []byte) (Status, error) {
 			if value != "" {
 				st.State = value[0]
 			}
+		case "PPid":
+			st.PPid, err = strconv.Atoi(value)
 		case "NSpid":
 			for _, f := range strings.Fields(value) {
 				n, perr := strconv.Atoi(f)

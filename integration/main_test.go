@@ -1,0 +1,107 @@
+// Package integration tests the graceful shim against a real containerd and runc, side by side
+// with containerd's stock runc shim.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// theStack is shared by every test in the package: one daemon, many containers.
+var theStack *stack.Stack
+
+// defaultsFile is the host defaults file the daemon's shims read (GRACEFUL_CONFIG_FILE); tests
+// that need host defaults write it and remove it again.
+var defaultsFile string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	ctx := context.Background()
+	f, err := os.CreateTemp("", "graceful-defaults-*.toml")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defaultsFile = f.Name()
+	f.Close()
+	os.Remove(defaultsFile)
+	defer os.Remove(defaultsFile)
+	s, err := stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaultsFile}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start the stack:", err)
+		return 1
+	}
+	theStack = s
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, "--- containerd log (tail) ---")
+		log := s.Log()
+		if len(log) > 20000 {
+			log = log[len(log)-20000:]
+		}
+		fmt.Fprintln(os.Stderr, log)
+	}
+	if err := s.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "close the stack:", err)
+		return 1
+	}
+	return code
+}
+
+var seq atomic.Int64
+
+// runtimes is the stock runtime and graceful, in that order.
+var runtimes = []string{stack.StockRuntime, stack.GracefulRuntime}
+
+func short(runtime string) string {
+	if runtime == stack.StockRuntime {
+		return "stock"
+	}
+	return "graceful"
+}
+
+// start runs a container and waits for its script to print "ready"; it is deleted at cleanup.
+func start(t *testing.T, spec stack.Spec) *stack.Container {
+	t.Helper()
+	if spec.ID == "" {
+		spec.ID = fmt.Sprintf("%s-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), short(spec.Runtime), seq.Add(1))
+		if len(spec.ID) > 60 {
+			spec.ID = spec.ID[len(spec.ID)-60:]
+		}
+		spec.ID = strings.TrimLeft(spec.ID, "-_.")
+	}
+	c, err := theStack.Run(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Delete(); err != nil {
+			t.Errorf("delete %s: %v", c.ID, err)
+		}
+	})
+	if err := c.Output.WaitLine("ready", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// stop sends SIGTERM and waits up to timeout for the container to exit.
+func stop(t *testing.T, c *stack.Container, timeout time.Duration) time.Duration {
+	t.Helper()
+	took, _, err := c.Stop(context.Background(), syscall.SIGTERM, timeout)
+	if err != nil {
+		t.Fatalf("stop %s: %v", c.ID, err)
+	}
+	return took
+}

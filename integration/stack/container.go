@@ -1,0 +1,205 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Spec describes a test container: a busybox shell script with /out bind-mounted from a host
+// directory, under one runtime.
+type Spec struct {
+	ID          string
+	Runtime     string
+	Script      string // run as sh -c Script; Args wins when set
+	Args        []string
+	Annotations map[string]string
+	// RuntimeOptions are the runtime options containerd passes to the shim (nil for none).
+	RuntimeOptions any
+	// HostPID runs the container in the host's PID namespace.
+	HostPID bool
+	// Mounts are added to the /out bind mount.
+	Mounts []specs.Mount
+}
+
+// Container is a created test container and its task.
+type Container struct {
+	ID     string
+	OutDir string // host side of /out
+	Task   containerd.Task
+	Output *Output
+	Exit   <-chan containerd.ExitStatus
+
+	c containerd.Container
+}
+
+func containerdNamespace(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, Namespace)
+}
+
+// Create creates the container and its task, without starting it.
+func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr error) {
+	ctx = containerdNamespace(ctx)
+	out := filepath.Join(s.Dir, "out", spec.ID)
+	if err := os.MkdirAll(out, 0o777); err != nil {
+		return nil, err
+	}
+	args := spec.Args
+	if args == nil {
+		args = []string{"sh", "-c", spec.Script}
+	}
+	mounts := append([]specs.Mount{{Destination: "/out", Type: "bind", Source: out, Options: []string{"rbind", "rw"}}}, spec.Mounts...)
+	specOpts := []oci.SpecOpts{
+		oci.WithImageConfig(s.Image),
+		oci.WithProcessArgs(args...),
+		oci.WithMounts(mounts),
+		oci.WithAnnotations(spec.Annotations),
+	}
+	if spec.HostPID {
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
+	}
+	c, err := s.Client.NewContainer(ctx, spec.ID,
+		containerd.WithNewSnapshot(spec.ID, s.Image),
+		containerd.WithNewSpec(specOpts...),
+		containerd.WithRuntime(spec.Runtime, spec.RuntimeOptions),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", spec.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			c.Delete(ctx, containerd.WithSnapshotCleanup)
+		}
+	}()
+	output := newOutput()
+	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, output, output)))
+	if err != nil {
+		return nil, fmt.Errorf("create task %s: %w", spec.ID, err)
+	}
+	exit, err := task.Wait(ctx)
+	if err != nil {
+		task.Delete(ctx, containerd.WithProcessKill)
+		return nil, err
+	}
+	return &Container{ID: spec.ID, OutDir: out, Task: task, Output: output, Exit: exit, c: c}, nil
+}
+
+// Run creates and starts the container.
+func (s *Stack) Run(ctx context.Context, spec Spec) (*Container, error) {
+	c, err := s.Create(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Task.Start(containerdNamespace(ctx)); err != nil {
+		c.Delete()
+		return nil, fmt.Errorf("start task %s: %w", spec.ID, err)
+	}
+	return c, nil
+}
+
+// Stop sends sig to the container's init (as docker stop and kubelet do) and waits up to timeout
+// for the task to exit. It returns how long the exit took after the Kill call.
+func (c *Container) Stop(ctx context.Context, sig syscall.Signal, timeout time.Duration) (time.Duration, containerd.ExitStatus, error) {
+	ctx = containerdNamespace(ctx)
+	start := time.Now()
+	if err := c.Task.Kill(ctx, sig); err != nil {
+		return 0, containerd.ExitStatus{}, fmt.Errorf("kill %s: %w", c.ID, err)
+	}
+	return c.WaitExit(start, timeout)
+}
+
+// WaitExit waits up to timeout for the task to exit and returns the time since start.
+func (c *Container) WaitExit(start time.Time, timeout time.Duration) (time.Duration, containerd.ExitStatus, error) {
+	select {
+	case st := <-c.Exit:
+		return time.Since(start), st, nil
+	case <-time.After(timeout):
+		return time.Since(start), containerd.ExitStatus{}, ErrStillRunning
+	}
+}
+
+// ErrStillRunning reports a task that did not exit in time.
+var ErrStillRunning = errors.New("task still running")
+
+// Marker returns the content of /out/name, or "" when the container did not write it.
+func (c *Container) Marker(name string) string {
+	data, err := os.ReadFile(filepath.Join(c.OutDir, name))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// Delete kills what is left of the task and removes the container and its snapshot.
+func (c *Container) Delete() error {
+	ctx, cancel := context.WithTimeout(containerdNamespace(context.Background()), 30*time.Second)
+	defer cancel()
+	return forceDelete(ctx, c.c)
+}
+
+func forceDelete(ctx context.Context, c containerd.Container) error {
+	if task, err := c.Task(ctx, nil); err == nil {
+		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil {
+			return fmt.Errorf("delete task %s: %w", c.ID(), err)
+		}
+	}
+	return c.Delete(ctx, containerd.WithSnapshotCleanup)
+}
+
+// Output collects a task's stdout and stderr and lets a test wait for a line.
+type Output struct {
+	mu      sync.Mutex
+	buf     strings.Builder
+	changed chan struct{}
+}
+
+func newOutput() *Output { return &Output{changed: make(chan struct{})} }
+
+// Write implements io.Writer.
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf.Write(p)
+	close(o.changed)
+	o.changed = make(chan struct{})
+	return len(p), nil
+}
+
+// String returns everything written so far.
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
+}
+
+// WaitLine waits until a line equal to want has been written, or timeout passes.
+func (o *Output) WaitLine(want string, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	for {
+		o.mu.Lock()
+		text, changed := o.buf.String(), o.changed
+		o.mu.Unlock()
+		for _, line := range strings.Split(text, "\n") {
+			if strings.TrimSpace(line) == want {
+				return nil
+			}
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			return fmt.Errorf("no line %q after %v; output: %q", want, timeout, text)
+		}
+	}
+}

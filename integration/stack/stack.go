@@ -1,0 +1,275 @@
+// Package stack runs a private containerd (with runc and both the stock and the graceful shim) for
+// the integration tests, the demo and the benchmarks: it installs the pinned binaries when missing
+// (install.sh), builds a busybox OCI image without any registry, starts the daemon with its own
+// root, state and sockets, and removes every trace of it again.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"golang.org/x/sys/unix"
+)
+
+// Namespace is the containerd namespace every container of the stack lives in.
+const Namespace = "graceful-test"
+
+// Runtime names.
+const (
+	StockRuntime    = "io.containerd.runc.v2"
+	GracefulRuntime = "io.containerd.graceful.v2"
+)
+
+// Options configure a stack.
+type Options struct {
+	// Env is added to the daemon's environment, and so to every shim's.
+	Env []string
+	// ExtraConfig is appended to the daemon's config.toml (version 3).
+	ExtraConfig string
+}
+
+// Stack is a running private containerd.
+type Stack struct {
+	// Dir holds the daemon's root, state, sockets, log and the shim binary.
+	Dir string
+	// Address is the daemon's gRPC socket.
+	Address string
+	// Bin holds runc; ContainerdBin holds containerd, ctr and containerd-shim-runc-v2.
+	Bin, ContainerdBin string
+	// Client is connected to the daemon, in Namespace.
+	Client *containerd.Client
+	// Image is the busybox test image, unpacked for overlayfs.
+	Image containerd.Image
+
+	daemon *exec.Cmd
+	exited chan error
+}
+
+// ModuleRoot is the graceful source tree this package was built from.
+func ModuleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// StackDir is where install.sh caches runc and containerd.
+func StackDir() string {
+	if d := os.Getenv("STACK_DIR"); d != "" {
+		return d
+	}
+	return "/var/cache/graceful-stack"
+}
+
+// ContainerdVersion is the containerd tag the stack runs.
+func ContainerdVersion() string {
+	if v := os.Getenv("CONTAINERD_VERSION"); v != "" {
+		return v
+	}
+	return "v2.4.2"
+}
+
+// Install runs install.sh when runc or containerd is not cached yet.
+func Install() error {
+	cdir := filepath.Join(StackDir(), "containerd-"+ContainerdVersion())
+	for _, p := range []string{filepath.Join(StackDir(), "bin", "runc"), filepath.Join(cdir, "containerd"), filepath.Join(cdir, "ctr")} {
+		if _, err := os.Stat(p); err != nil {
+			cmd := exec.Command("bash", filepath.Join(ModuleRoot(), "integration", "stack", "install.sh"))
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				return fmt.Errorf("install the stack: %w", err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// Start installs what is missing and starts a private containerd.
+func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the stack needs root (containerd, runc, mounts)")
+	}
+	if err := Install(); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("/run", "graceful-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{
+		Dir:           dir,
+		Address:       filepath.Join(dir, "c.sock"),
+		Bin:           filepath.Join(StackDir(), "bin"),
+		ContainerdBin: filepath.Join(StackDir(), "containerd-"+ContainerdVersion()),
+		exited:        make(chan error, 1),
+	}
+	defer func() {
+		if retErr != nil {
+			s.Close()
+		}
+	}()
+	shimBin := filepath.Join(dir, "bin")
+	if err := buildGo(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", true); err != nil {
+		return nil, err
+	}
+	config := fmt.Sprintf(`version = 3
+root = %[1]q
+state = %[2]q
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = %[4]q
+[debug]
+  level = "info"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.Address, s.Address+".ttrpc") + opts.ExtraConfig
+	configPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	s.daemon = exec.Command(filepath.Join(s.ContainerdBin, "containerd"), "--config", configPath)
+	s.daemon.Env = append(os.Environ(), "PATH="+strings.Join([]string{shimBin, s.ContainerdBin, s.Bin, os.Getenv("PATH")}, ":"))
+	s.daemon.Env = append(s.daemon.Env, opts.Env...)
+	s.daemon.Stdout, s.daemon.Stderr = logFile, logFile
+	s.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := s.daemon.Start(); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	go func() { s.exited <- s.daemon.Wait() }()
+
+	if s.Client, err = containerd.New(s.Address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(30*time.Second)); err != nil {
+		return nil, fmt.Errorf("connect to containerd: %w\n%s", err, s.Log())
+	}
+	if err := s.importImage(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// buildGo builds a main package of this module into out.
+func buildGo(out, pkg string, cgo bool) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = ModuleRoot()
+	cmd.Env = os.Environ()
+	if !cgo {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+func (s *Stack) importImage(ctx context.Context) error {
+	gohandler := filepath.Join(s.Dir, "bin", "gohandler")
+	if err := buildGo(gohandler, "./integration/testdata/gohandler", false); err != nil {
+		return err
+	}
+	var archive bytes.Buffer
+	if err := BuildImage(&archive, "/bin/busybox", []ImageFile{{Path: "bin/gohandler", Source: gohandler}}); err != nil {
+		return fmt.Errorf("build image: %w", err)
+	}
+	imgs, err := s.Client.Import(ctx, &archive)
+	if err != nil {
+		return fmt.Errorf("import image: %w", err)
+	}
+	if len(imgs) != 1 {
+		return fmt.Errorf("import image: got %d images", len(imgs))
+	}
+	s.Image = containerd.NewImage(s.Client, imgs[0])
+	if err := s.Image.Unpack(ctx, "overlayfs"); err != nil {
+		return fmt.Errorf("unpack image: %w", err)
+	}
+	return nil
+}
+
+// Log returns the daemon's log (which includes every shim's log).
+func (s *Stack) Log() string {
+	data, _ := os.ReadFile(filepath.Join(s.Dir, "containerd.log"))
+	return string(data)
+}
+
+// Ctr runs ctr against the stack.
+func (s *Stack) Ctr(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(s.ContainerdBin, "ctr"), append([]string{"--address", s.Address, "--namespace", Namespace}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Close removes every container, stops the daemon and its shims, unmounts and removes Dir.
+func (s *Stack) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if s.Client != nil {
+		ctx := containerdNamespace(ctx)
+		if cs, err := s.Client.Containers(ctx); err == nil {
+			for _, c := range cs {
+				forceDelete(ctx, c)
+			}
+		}
+		s.Client.Close()
+	}
+	if s.daemon != nil && s.daemon.Process != nil {
+		s.daemon.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(10 * time.Second):
+			s.daemon.Process.Kill()
+			<-s.exited
+		}
+	}
+	killShims(s.Dir)
+	unmountUnder(s.Dir)
+	return os.RemoveAll(s.Dir)
+}
+
+// killShims SIGKILLs any shim process left whose command line names dir.
+func killShims(dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte("containerd-shim")) || !bytes.Contains(cmdline, []byte(dir)) {
+			continue
+		}
+		var pid int
+		fmt.Sscan(e.Name(), &pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var targets []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			targets = append(targets, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(targets)))
+	for _, t := range targets {
+		unix.Unmount(t, unix.MNT_DETACH)
+	}
+}

@@ -1,0 +1,106 @@
+package process
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Proc connector constants (linux/connector.h, linux/cn_proc.h).
+const (
+	cnIdxProc          = 1
+	cnValProc          = 1
+	procCnMcastListen  = 1
+	procCnMcastIgnore  = 2
+	procEventFork      = 1
+	nlmsgHeaderLen     = 16
+	cnMsgLen           = 20
+	procEventOffset    = nlmsgHeaderLen + cnMsgLen
+	forkEventMinLength = procEventOffset + 32
+)
+
+// fork is one process creation: parent and child thread-group ids, in the initial PID namespace.
+type fork struct{ parent, child int }
+
+// forkWatcher reports every process creation on the host from the kernel's proc connector, so a
+// drain learns at once which process started which, even when the parent exits right after. It
+// needs CAP_NET_ADMIN in the initial user, PID and network namespaces (a shim has them).
+type forkWatcher struct {
+	fd  int
+	buf []byte
+}
+
+func newForkWatcher() (*forkWatcher, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_CONNECTOR)
+	if err != nil {
+		return nil, fmt.Errorf("proc connector socket: %w", err)
+	}
+	w := &forkWatcher{fd: fd, buf: make([]byte, 64<<10)}
+	// A large buffer keeps a fork storm from overflowing it; an overflow is reported, not fatal.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind proc connector: %w", err)
+	}
+	if err := w.control(procCnMcastListen); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *forkWatcher) control(op uint32) error {
+	msg := make([]byte, procEventOffset+4)
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.NLMSG_DONE)
+	binary.NativeEndian.PutUint32(msg[nlmsgHeaderLen:], cnIdxProc)
+	binary.NativeEndian.PutUint32(msg[nlmsgHeaderLen+4:], cnValProc)
+	binary.NativeEndian.PutUint16(msg[nlmsgHeaderLen+16:], 4)
+	binary.NativeEndian.PutUint32(msg[procEventOffset:], op)
+	if err := unix.Sendto(w.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("proc connector control %d: %w", op, err)
+	}
+	return nil
+}
+
+// read returns the process creations queued now, without blocking. lost reports that the kernel
+// dropped events (the buffer overflowed): the caller must re-read the process table.
+func (w *forkWatcher) read() (forks []fork, lost bool) {
+	for {
+		n, _, err := unix.Recvfrom(w.fd, w.buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.ENOBUFS) {
+				lost = true
+				continue
+			}
+			return forks, lost
+		}
+		for msg := w.buf[:n]; len(msg) >= nlmsgHeaderLen; {
+			size := int(binary.NativeEndian.Uint32(msg[0:]))
+			if size < nlmsgHeaderLen || size > len(msg) {
+				break
+			}
+			if size >= forkEventMinLength && binary.NativeEndian.Uint32(msg[procEventOffset:]) == procEventFork {
+				ev := msg[procEventOffset+16:]
+				parentTgid := int(binary.NativeEndian.Uint32(ev[4:]))
+				childPid := int(binary.NativeEndian.Uint32(ev[8:]))
+				childTgid := int(binary.NativeEndian.Uint32(ev[12:]))
+				if childPid == childTgid { // a process, not a thread
+					forks = append(forks, fork{parent: parentTgid, child: childTgid})
+				}
+			}
+			next := (size + 3) &^ 3
+			if next >= len(msg) {
+				break
+			}
+			msg = msg[next:]
+		}
+	}
+}
+
+func (w *forkWatcher) close() {
+	_ = w.control(procCnMcastIgnore)
+	unix.Close(w.fd)
+}
