@@ -45,8 +45,11 @@ func run(m *testing.M) int {
 	theStack = s
 	code := m.Run()
 	if code != 0 {
-		fmt.Fprintln(os.Stderr, "--- containerd log (tail) ---")
 		log := s.Log()
+		if err := os.WriteFile(os.TempDir()+"/graceful-containerd.log", []byte(log), 0o644); err == nil {
+			fmt.Fprintln(os.Stderr, "containerd log saved to", os.TempDir()+"/graceful-containerd.log")
+		}
+		fmt.Fprintln(os.Stderr, "--- containerd log (tail) ---")
 		if len(log) > 20000 {
 			log = log[len(log)-20000:]
 		}

@@ -1,16 +1,46 @@
 package integration
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/process"
 	"testing"
 	"time"
 
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
-// childTraps is a child that takes 300ms to clean up on TERM, then writes /out/<name>.
+// childTraps is a child that takes 300ms to clean up on TERM, then writes /out/<name>. It prints
+// "trapped <name>" once its trap is set.
 func childTraps(name string) string {
-	return `sh -c 'trap "sleep 0.3; echo clean > /out/` + name + `; exit 0" TERM; while :; do sleep 0.05; done' &
+	return `sh -c 'trap "sleep 0.3; echo clean > /out/` + name + `; exit 0" TERM; echo trapped ` + name + `; while :; do sleep 0.05; done' &
 `
+}
+
+// ignoringChild is a child that ignores TERM; it prints "trapped ignoring" once it does.
+const ignoringChild = `sh -c 'trap "" TERM; echo trapped ignoring; ` + loop + `' &
+`
+
+// waitTrapped waits until the container printed "trapped <name>" for every name.
+func waitTrapped(t *testing.T, c *stack.Container, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if err := c.Output.WaitLine("trapped "+name, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // The seed case: init traps TERM and exits; its child traps TERM. The stock shim's stop zaps the
@@ -22,6 +52,7 @@ while :; do sleep 0.05; done`
 	for _, runtime := range runtimes {
 		t.Run(short(runtime), func(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Script: script})
+			waitTrapped(t, c, "child")
 			took := stop(t, c, 15*time.Second)
 			got := c.Marker("child")
 			t.Logf("%s: stop took %v, child marker %q", short(runtime), took, got)
@@ -33,4 +64,307 @@ while :; do sleep 0.05; done`
 			}
 		})
 	}
+}
+
+// loop keeps a shell busy in a way that lets its traps run promptly.
+const loop = `while :; do sleep 0.05; done`
+
+// run.sh: init has no TERM trap and waits for its child, which does. PID 1 drops the stock shim's
+// TERM, so that stop hangs; graceful drains the child and the container stops in about the child's
+// own shutdown time.
+func TestRunShStopsInChildsShutdownTime(t *testing.T) {
+	script := childTraps("child") + `echo ready
+wait`
+	for _, runtime := range runtimes {
+		t.Run(short(runtime), func(t *testing.T) {
+			c := start(t, stack.Spec{Runtime: runtime, Script: script})
+			waitTrapped(t, c, "child")
+			if runtime == stack.StockRuntime {
+				took, _, err := c.Stop(context.Background(), syscall.SIGTERM, 2*time.Second)
+				if !errors.Is(err, stack.ErrStillRunning) {
+					t.Fatalf("stock shim: want init to drop TERM and keep running, got exit after %v (%v)", took, err)
+				}
+				if _, _, err := c.Stop(context.Background(), syscall.SIGKILL, 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if got := c.Marker("child"); got != "" {
+					t.Fatalf("stock shim: child cleaned up (%q) although only SIGKILL reached it", got)
+				}
+				return
+			}
+			took := stop(t, c, 15*time.Second)
+			t.Logf("graceful: stop took %v", took)
+			if got := c.Marker("child"); got != "clean" {
+				t.Fatalf("child handler did not complete")
+			}
+			if took > 3*time.Second {
+				t.Fatalf("stop took %v: want about the child's 0.3s shutdown, far below the 10s grace", took)
+			}
+		})
+	}
+}
+
+// Grandchildren, one in init's process group and one in a session of its own, get TERM too.
+func TestGrandchildrenGetTerm(t *testing.T) {
+	trapped := func(name string) string {
+		return `trap \"echo ` + name + ` > /out/` + name + `; exit 0\" TERM; echo trapped ` + name + `; ` + loop
+	}
+	script := `sh -c "sh -c '` + trapped("group") + `' & setsid sh -c '` + trapped("session") + `' & ` + trapped("child") + `" &
+trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+	waitTrapped(t, c, "child", "group", "session")
+	stop(t, c, 15*time.Second)
+	for _, name := range []string{"child", "group", "session"} {
+		if got := c.Marker(name); got != name {
+			t.Errorf("%s did not get TERM", name)
+		}
+	}
+}
+
+// A child that ignores TERM is SIGKILLed when the grace period ends: G <= stop < G + 1s, whichever
+// way the grace period is set.
+func TestTermIgnoringChildKilledAtGrace(t *testing.T) {
+	script := ignoringChild + `trap "exit 0" TERM
+echo ready
+` + loop
+	cases := []struct {
+		name        string
+		grace       time.Duration
+		annotations map[string]string
+		options     any
+		defaults    string
+	}{
+		{name: "annotation", grace: time.Second, annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}},
+		{name: "options-body", grace: 1500 * time.Millisecond, options: &runtimeoptions.Options{ConfigBody: []byte(`grace_period = "1500ms"`)}},
+		{name: "options-path", grace: 1200 * time.Millisecond, options: &runtimeoptions.Options{ConfigPath: writeFile(t, "grace.toml", `grace_period = "1200ms"`)}},
+		{name: "defaults-file", grace: 800 * time.Millisecond, defaults: `grace_period = "800ms"`},
+		{name: "annotation-beats-options", grace: time.Second, annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"},
+			options: &runtimeoptions.Options{ConfigBody: []byte(`grace_period = "5s"`)}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.defaults != "" {
+				if err := os.WriteFile(defaultsFile, []byte(tc.defaults), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { os.Remove(defaultsFile) })
+			}
+			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: tc.annotations, RuntimeOptions: tc.options})
+			waitTrapped(t, c, "ignoring")
+			took := stop(t, c, tc.grace+10*time.Second)
+			t.Logf("grace %v: stop took %v", tc.grace, took)
+			if took < tc.grace || took >= tc.grace+time.Second {
+				t.Fatalf("stop took %v, want between %v and %v", took, tc.grace, tc.grace+time.Second)
+			}
+		})
+	}
+}
+
+// SIGKILL during a drain stops the container at once.
+func TestSigkillDuringDrainStopsAtOnce(t *testing.T) {
+	script := ignoringChild + `trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
+		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "30s"}})
+	waitTrapped(t, c, "ignoring")
+	ctx := context.Background()
+	if err := c.Task.Kill(namespaces.WithNamespace(ctx, stack.Namespace), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WaitExit(time.Now(), 300*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
+		t.Fatalf("container exited during a 30s drain: %v", err)
+	}
+	took, _, err := c.Stop(ctx, syscall.SIGKILL, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > time.Second {
+		t.Fatalf("SIGKILL during the drain took %v to stop the container", took)
+	}
+}
+
+// SIGHUP (any signal that is not a stop signal) reaches init only, as with the stock shim.
+func TestSighupReachesInitOnly(t *testing.T) {
+	script := `sh -c 'trap "echo hup > /out/child-hup" HUP; trap "exit 0" TERM; echo trapped child; ` + loop + `' &
+trap "echo init-hup" HUP
+trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+	waitTrapped(t, c, "child")
+	ctx := namespaces.WithNamespace(context.Background(), stack.Namespace)
+	if err := c.Task.Kill(ctx, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Output.WaitLine("init-hup", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Task.Status(ctx)
+	if err != nil || st.Status != "running" {
+		t.Fatalf("after SIGHUP the container is %v (%v), want running", st.Status, err)
+	}
+	// A HUP pending at the child would be handled before the TERM of the stop (lower number).
+	stop(t, c, 15*time.Second)
+	if got := c.Marker("child-hup"); got != "" {
+		t.Fatalf("SIGHUP reached the child")
+	}
+}
+
+// A process started with ctr task exec is drained with the rest; a Kill on an exec id still goes
+// to that exec only.
+func TestExecProcessIsDrained(t *testing.T) {
+	script := `trap "echo init-usr1" USR1
+trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+	execCmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
+		"task", "exec", "--exec-id", "worker", c.ID, "sh", "-c",
+		`trap "echo exec-usr1" USR1; trap "sleep 0.2; echo clean > /out/exec; exit 0" TERM; echo exec-ready; `+loop)
+	execOut := &lineBuffer{}
+	execCmd.Stdout, execCmd.Stderr = execOut, execOut
+	if err := execCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	execDone := make(chan error, 1)
+	go func() { execDone <- execCmd.Wait() }()
+	t.Cleanup(func() { execCmd.Process.Kill(); <-execDone })
+	if err := execOut.WaitLine("exec-ready", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := theStack.Ctr("task", "kill", "--exec-id", "worker", "--signal", "SIGUSR1", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := execOut.WaitLine("exec-usr1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop(t, c, 15*time.Second)
+	if got := c.Marker("exec"); got != "clean" {
+		t.Fatalf("exec process was not drained: marker %q", got)
+	}
+	if strings.Contains(c.Output.String(), "init-usr1") {
+		t.Fatalf("SIGUSR1 for the exec reached init")
+	}
+}
+
+// A Go program (whose runtime installs a SIGTERM handler) and a Python program with a
+// signal.signal handler both see TERM and finish their cleanup.
+func TestGoAndPythonHandlersSeeTerm(t *testing.T) {
+	python := `import signal, sys, time
+def term(*_):
+    time.sleep(0.1)
+    open("/out/python", "w").write("SIGTERM\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print("ready python", flush=True)
+while True:
+    time.sleep(1)
+`
+	script := `/bin/gohandler go &
+/usr/bin/python3 -c '` + python + `' &
+trap "exit 0" TERM
+echo ready
+` + loop
+	ro := []string{"rbind", "ro"}
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Mounts: []specs.Mount{
+		{Destination: "/usr", Type: "bind", Source: "/usr", Options: ro},
+		{Destination: "/lib", Type: "bind", Source: "/lib", Options: ro},
+		{Destination: "/lib64", Type: "bind", Source: "/lib64", Options: ro},
+	}})
+	for _, line := range []string{"ready go", "ready python"} {
+		if err := c.Output.WaitLine(line, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop(t, c, 15*time.Second)
+	for _, name := range []string{"go", "python"} {
+		if got := c.Marker(name); !strings.Contains(got, "terminated") && got != "SIGTERM" {
+			t.Errorf("%s handler did not finish: marker %q", name, got)
+		}
+	}
+}
+
+// Bad configuration fails Create with an error naming the field and the accepted form.
+func TestBadConfigurationFailsCreate(t *testing.T) {
+	cases := []struct {
+		name        string
+		annotations map[string]string
+		options     any
+		want        []string
+	}{
+		{name: "grace-not-duration", annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "ten seconds"},
+			want: []string{"io.containerd.graceful.v2.grace-period", "Go duration"}},
+		{name: "grace-too-long", annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "2h"},
+			want: []string{"io.containerd.graceful.v2.grace-period", "between 0s and 1h0m0s"}},
+		{name: "bad-signal", annotations: map[string]string{"io.containerd.graceful.v2.stop-signals": "SIGTERM,SIGFOO"},
+			want: []string{"io.containerd.graceful.v2.stop-signals", "SIGFOO"}},
+		{name: "unknown-key", options: &runtimeoptions.Options{ConfigBody: []byte("grace = \"1s\"")},
+			want: []string{`unknown key "grace"`, "grace_period"}},
+		{name: "bad-toml", options: &runtimeoptions.Options{ConfigBody: []byte("grace_period = ")},
+			want: []string{"not valid TOML"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprintf("bad-%s-%d", tc.name, seq.Add(1))
+			c, err := theStack.Create(context.Background(), stack.Spec{ID: id, Runtime: stack.GracefulRuntime, Script: "true",
+				Annotations: tc.annotations, RuntimeOptions: tc.options})
+			if err == nil {
+				c.Delete()
+				t.Fatal("Create succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			t.Logf("error: %v", err)
+		})
+	}
+}
+
+// The shim is a child subreaper: a process orphaned in a host-PID container is reaped by it.
+func TestOrphansAreReaped(t *testing.T) {
+	script := `sh -c 'sleep 0.5 & echo orphan $!'
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, HostPID: true})
+	var orphan int
+	for _, line := range strings.Split(c.Output.String(), "\n") {
+		fmt.Sscanf(line, "orphan %d", &orphan)
+	}
+	if orphan == 0 {
+		t.Fatalf("no orphan pid in %q", c.Output.String())
+	}
+	initStatus, err := process.ReadStatus(int(c.Task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shimPid := initStatus.PPid
+	if st, err := process.ReadStatus(orphan); err == nil && st.PPid != shimPid {
+		t.Fatalf("orphan %d has parent %d, want the shim %d", orphan, st.PPid, shimPid)
+	}
+	// Wait for the orphan to exit, then for it to be reaped (no event exists for the reap).
+	if h, err := process.Open(orphan); err == nil {
+		fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
+		unix.Poll(fds, 5000)
+		h.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", orphan)); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			st, _ := process.ReadStatus(orphan)
+			t.Fatalf("orphan %d not reaped: state %c parent %d", orphan, st.State, st.PPid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if zombies := zombieChildren(shimPid); len(zombies) > 0 {
+		t.Fatalf("zombies under the shim: %v", zombies)
+	}
+	stop(t, c, 15*time.Second)
 }

@@ -58,3 +58,6 @@ func (h *Handle) Close() error {
 	h.fd = -1
 	return err
 }
+
+// Fd returns the pidfd, for polling: it becomes readable when the process exits.
+func (h *Handle) Fd() int { return h.fd }
