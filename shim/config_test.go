@@ -1,0 +1,137 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/typeurl/v2"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func TestParseConfigFileGracefulAndRuncKeys(t *testing.T) {
+	cfg, err := ParseConfigFile([]byte(`
+grace_period = "30s"
+stop_signals = ["SIGTERM", "INT"]
+drain_signal = "SIGUSR1"
+BinaryName = "/usr/local/bin/runc"
+systemd_cgroup = true
+root = "/run/other-runc"
+`), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Policy
+	if p.GracePeriod != 30*time.Second || p.DrainSignal != unix.SIGUSR1 || !p.IsStopSignal(unix.SIGINT) || !p.IsStopSignal(unix.SIGTERM) {
+		t.Fatalf("policy %s", p)
+	}
+	if cfg.Runc.BinaryName != "/usr/local/bin/runc" || !cfg.Runc.SystemdCgroup || cfg.Runc.Root != "/run/other-runc" {
+		t.Fatalf("runc options %+v", cfg.Runc)
+	}
+}
+
+func TestParseConfigFileErrorsNameTheKey(t *testing.T) {
+	for input, want := range map[string][]string{
+		`grace_period = 10`:            {`key "grace_period"`, "Go duration"},
+		`grace_period = "-1s"`:         {`key "grace_period"`, "between 0s and 1h0m0s"},
+		`stop_signals = "SIGKILL"`:     {`key "stop_signals"`, "SIGKILL cannot be a stop signal"},
+		`stop_signals = ""`:            {`key "stop_signals"`, "at least one signal"},
+		`drain_signal = "SIGSTOP"`:     {`key "drain_signal"`, "cannot be a drain signal"},
+		`systemd_cgroup = "yes"`:       {`key "systemd_cgroup"`, "true or false"},
+		`io_uid = -1`:                  {`key "io_uid"`, "whole number"},
+		`nonsense = 1`:                 {`unknown key "nonsense"`, "grace_period"},
+		`grace_period = "1s"` + "\n[x": {"not valid TOML"},
+	} {
+		_, err := ParseConfigFile([]byte(input), "f.toml")
+		if err == nil {
+			t.Errorf("%q: no error", input)
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: error %q does not mention %q", input, err, w)
+			}
+		}
+	}
+}
+
+func TestApplyAnnotations(t *testing.T) {
+	p, err := ApplyAnnotations(DefaultPolicy(), map[string]string{
+		AnnotationGracePeriod: "2m",
+		AnnotationStopSignals: "SIGQUIT, SIGTERM",
+		AnnotationDrainSignal: "15",
+		"unrelated":           "x",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.GracePeriod != 2*time.Minute || !p.IsStopSignal(unix.SIGQUIT) || p.DrainSignal != unix.SIGTERM {
+		t.Fatalf("policy %s", p)
+	}
+	_, err = ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationPrefix + "grace": "1s"})
+	if err == nil || !strings.Contains(err.Error(), AnnotationGracePeriod) {
+		t.Fatalf("unknown annotation: %v", err)
+	}
+}
+
+func bundleWith(t *testing.T, annotations string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"annotations":{`+annotations+`}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestResolveTranslatesCRIOptionsToRuncOptions(t *testing.T) {
+	t.Setenv(ConfigFileEnv, filepath.Join(t.TempDir(), "missing.toml"))
+	opts, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("grace_period = \"3s\"\nSystemdCgroup = true\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Resolve(opts, bundleWith(t, `"io.containerd.graceful.v2.grace-period":"4s"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Policy.GracePeriod != 4*time.Second {
+		t.Fatalf("annotation must win over the options file: %s", s.Policy)
+	}
+	v, err := typeurl.UnmarshalAny(s.RuncOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := v.(*options.Options); !ok || !o.SystemdCgroup {
+		t.Fatalf("runc options %#v", v)
+	}
+}
+
+func TestResolvePassesRuncOptionsThrough(t *testing.T) {
+	defaults := filepath.Join(t.TempDir(), "graceful.toml")
+	os.WriteFile(defaults, []byte(`grace_period = "7s"`), 0o644)
+	t.Setenv(ConfigFileEnv, defaults)
+	opts, _ := typeurl.MarshalAnyToProto(&options.Options{BinaryName: "crun"})
+	s, err := Resolve(opts, bundleWith(t, `"io.kubernetes.cri.container-type":"sandbox"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RuncOptions != opts || s.Policy.GracePeriod != 7*time.Second || !s.Policy.Passthrough {
+		t.Fatalf("settings %+v", s)
+	}
+}
+
+func TestResolveRejectsUnknownOptionTypes(t *testing.T) {
+	for _, opts := range []*anypb.Any{
+		{TypeUrl: "example.com/Unknown", Value: []byte{1, 2, 3}},
+		{TypeUrl: "runtimeoptions.v1.Options", Value: []byte{0xff, 0xff}},
+	} {
+		_, err := Resolve(opts, bundleWith(t, ""))
+		if err == nil || !strings.Contains(err.Error(), "accepted containerd.runc.v1.Options and runtimeoptions.v1.Options") {
+			t.Errorf("%s: error %v", opts.TypeUrl, err)
+		}
+	}
+}
