@@ -224,7 +224,7 @@ echo ready
 	execCmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
 		"task", "exec", "--exec-id", "worker", c.ID, "sh", "-c",
 		`trap "echo exec-usr1" USR1; trap "sleep 0.2; echo clean > /out/exec; exit 0" TERM; echo exec-ready; `+loop)
-	execOut := &lineBuffer{}
+	execOut := stack.NewOutput()
 	execCmd.Stdout, execCmd.Stderr = execOut, execOut
 	if err := execCmd.Start(); err != nil {
 		t.Fatal(err)

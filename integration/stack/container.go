@@ -83,7 +83,7 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 			c.Delete(ctx, containerd.WithSnapshotCleanup)
 		}
 	}()
-	output := newOutput()
+	output := NewOutput()
 	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, output, output)))
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", spec.ID, err)
@@ -165,7 +165,8 @@ type Output struct {
 	changed chan struct{}
 }
 
-func newOutput() *Output { return &Output{changed: make(chan struct{})} }
+// NewOutput returns an empty Output, for any writer a test wants to wait on.
+func NewOutput() *Output { return &Output{changed: make(chan struct{})} }
 
 // Write implements io.Writer.
 func (o *Output) Write(p []byte) (int, error) {
