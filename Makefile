@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
 
-.PHONY: all build install stack test test-unit test-integration demo vet clean
+.PHONY: all build install stack test test-unit test-integration demo vet fuzz clean
 
 all: build
 
@@ -31,6 +31,12 @@ test-integration: stack
 	$(GO) test -count=1 -v -timeout 20m ./integration/
 
 test: stack vet test-unit test-integration
+
+# A short fuzz pass over the annotation and options-file parsers (FUZZTIME each).
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfigFile$$' -fuzztime $(FUZZTIME) ./shim/
+	$(GO) test -run '^$$' -fuzz '^FuzzApplyAnnotations$$' -fuzztime $(FUZZTIME) ./shim/
 
 demo: stack
 	$(GO) run ./integration/demo

@@ -1,0 +1,88 @@
+package process
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// startWithPid starts `sleep 60` as PID pid by setting the kernel's last PID just below it. Other
+// processes and threads on the host may take the PID first, so it retries; it fails the test if
+// the PID never comes round.
+func startWithPid(t *testing.T, pid int) *exec.Cmd {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644); err != nil {
+			t.Fatalf("set ns_last_pid: %v", err)
+		}
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == pid {
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			return cmd
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	t.Fatalf("could not recycle PID %d", pid)
+	return nil
+}
+
+// A handle opened before the PID was recycled never reaches the new process.
+func TestHandleNeverSignalsARecycledPid(t *testing.T) {
+	old := exec.Command("sleep", "60")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := old.Process.Pid
+	h, err := Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	old.Process.Kill()
+	old.Wait()
+
+	recycled := startWithPid(t, pid)
+	if err := h.Signal(unix.SIGTERM); !errors.Is(err, ErrGone) {
+		t.Fatalf("signal through the old handle: %v, want ErrGone", err)
+	}
+	if err := recycled.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the process now holding PID %d was hit: %v", pid, err)
+	}
+}
+
+// A member enumerated before it exited, whose PID then went to a process outside the container,
+// is refused by OpenMember: enumeration and signal never reach the outsider.
+func TestOpenMemberRefusesARecycledPid(t *testing.T) {
+	ns := startNamespace(t, `sleep 60 & echo $! > /dev/null; echo ready; wait; echo reaped; while :; do sleep 1; done`)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := scope.Members()
+	if err != nil || len(members) != 1 {
+		t.Fatalf("members %v (%v), want the one sleep", members, err)
+	}
+	pid := members[0]
+	syscall.Kill(pid, syscall.SIGKILL)
+	ns.expect(t, "reaped") // init has reaped it: the PID is free
+
+	outsider := startWithPid(t, pid)
+	if h, err := scope.OpenMember(pid); !errors.Is(err, ErrNotMember) {
+		if h != nil {
+			h.Close()
+		}
+		t.Fatalf("OpenMember of a recycled PID: %v, want ErrNotMember", err)
+	}
+	if err := outsider.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("outsider: %v", err)
+	}
+}
