@@ -232,6 +232,9 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 			continue
 		}
 		if sig == 0 {
+			if !d.scope.Contains(pid) {
+				continue
+			}
 			st, err := ReadStatus(pid)
 			if err != nil {
 				continue
