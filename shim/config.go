@@ -282,26 +282,24 @@ func parseSignalList(value any) ([]unix.Signal, error) {
 	return sigs, nil
 }
 
-func setString(field func(*options.Options) *string) func(*options.Options, any) error {
+// setAs returns a setter for a field of type T; want describes the accepted TOML form.
+func setAs[T any](field func(*options.Options) *T, want string) func(*options.Options, any) error {
 	return func(o *options.Options, v any) error {
-		s, ok := v.(string)
+		t, ok := v.(T)
 		if !ok {
-			return fmt.Errorf("want a quoted string, got %v", v)
+			return fmt.Errorf("want %s, got %v", want, v)
 		}
-		*field(o) = s
+		*field(o) = t
 		return nil
 	}
 }
 
+func setString(field func(*options.Options) *string) func(*options.Options, any) error {
+	return setAs(field, "a quoted string")
+}
+
 func setBool(field func(*options.Options) *bool) func(*options.Options, any) error {
-	return func(o *options.Options, v any) error {
-		b, ok := v.(bool)
-		if !ok {
-			return fmt.Errorf("want true or false, got %v", v)
-		}
-		*field(o) = b
-		return nil
-	}
+	return setAs(field, "true or false")
 }
 
 func setUint32(field func(*options.Options) *uint32) func(*options.Options, any) error {
