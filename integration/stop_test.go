@@ -162,30 +162,6 @@ echo ready
 	}
 }
 
-// SIGKILL during a drain stops the container at once.
-func TestSigkillDuringDrainStopsAtOnce(t *testing.T) {
-	script := ignoringChild + `trap "exit 0" TERM
-echo ready
-` + loop
-	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
-		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "30s"}})
-	waitTrapped(t, c, "ignoring")
-	ctx := context.Background()
-	if err := c.Task.Kill(namespaces.WithNamespace(ctx, stack.Namespace), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := c.WaitExit(time.Now(), 300*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
-		t.Fatalf("container exited during a 30s drain: %v", err)
-	}
-	took, _, err := c.Stop(ctx, syscall.SIGKILL, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if took > time.Second {
-		t.Fatalf("SIGKILL during the drain took %v to stop the container", took)
-	}
-}
-
 // SIGHUP (any signal that is not a stop signal) reaches init only, as with the stock shim.
 func TestSighupReachesInitOnly(t *testing.T) {
 	script := `sh -c 'trap "echo hup > /out/child-hup" HUP; trap "exit 0" TERM; echo trapped child; ` + loop + `' &

@@ -23,7 +23,29 @@ const (
 	AnnotationGracePeriod = AnnotationPrefix + "grace-period"
 	AnnotationStopSignals = AnnotationPrefix + "stop-signals"
 	AnnotationDrainSignal = AnnotationPrefix + "drain-signal"
+	AnnotationStopOrder   = AnnotationPrefix + "stop-order"
 )
+
+// StopOrder is who gets the stop signal first.
+type StopOrder string
+
+const (
+	// InitFirst: init gets the stop signal; when it exits while other processes remain, its exit
+	// is held while they drain.
+	InitFirst StopOrder = "init-first"
+	// ChildrenFirst: every other process is drained, then init gets the stop signal.
+	ChildrenFirst StopOrder = "children-first"
+	// Auto: InitFirst when init handles the stop signal, else ChildrenFirst.
+	Auto StopOrder = "auto"
+)
+
+func parseStopOrder(s string) (StopOrder, error) {
+	switch o := StopOrder(strings.ToLower(strings.TrimSpace(s))); o {
+	case InitFirst, ChildrenFirst, Auto:
+		return o, nil
+	}
+	return "", fmt.Errorf("unknown stop order %q: accepted auto, init-first, children-first", s)
+}
 
 // DefaultConfigFile is the host defaults file, read when containerd passes no runtime options
 // file. GRACEFUL_CONFIG_FILE in the shim's environment (inherited from containerd) overrides it.
@@ -43,6 +65,8 @@ type Policy struct {
 	StopSignals []unix.Signal
 	// DrainSignal is sent to every process of the container other than init.
 	DrainSignal unix.Signal
+	// StopOrder says whether init or the other processes get the stop first.
+	StopOrder StopOrder
 	// Passthrough forwards every Kill untouched (sandbox containers).
 	Passthrough bool
 }
@@ -53,6 +77,7 @@ func DefaultPolicy() Policy {
 		GracePeriod: 10 * time.Second,
 		StopSignals: []unix.Signal{unix.SIGTERM},
 		DrainSignal: unix.SIGTERM,
+		StopOrder:   Auto,
 	}
 }
 
@@ -67,8 +92,8 @@ func (p Policy) String() string {
 	for i, s := range p.StopSignals {
 		names[i] = process.SignalName(s)
 	}
-	return fmt.Sprintf("grace-period=%s stop-signals=%s drain-signal=%s", p.GracePeriod,
-		strings.Join(names, ","), process.SignalName(p.DrainSignal))
+	return fmt.Sprintf("grace-period=%s stop-signals=%s drain-signal=%s stop-order=%s", p.GracePeriod,
+		strings.Join(names, ","), process.SignalName(p.DrainSignal), p.StopOrder)
 }
 
 // FileConfig is a parsed runtime options file: the graceful keys and the runc options.
@@ -101,11 +126,11 @@ var camelRuncKeys = map[string]string{
 }
 
 func acceptedKeys() string {
-	keys := []string{"grace_period", "stop_signals", "drain_signal"}
+	keys := []string{"grace_period", "stop_signals", "drain_signal", "stop_order"}
 	for k := range runcKeys {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys[3:])
+	sort.Strings(keys[4:])
 	return strings.Join(keys, ", ")
 }
 
@@ -141,6 +166,13 @@ func ParseConfigFile(data []byte, source string) (*FileConfig, error) {
 				break
 			}
 			cfg.Policy.DrainSignal, err = parseDrainSignal(s)
+		case "stop_order":
+			s, ok := value.(string)
+			if !ok {
+				err = fmt.Errorf("want one of \"auto\", \"init-first\", \"children-first\", got %v", value)
+				break
+			}
+			cfg.Policy.StopOrder, err = parseStopOrder(s)
 		default:
 			name := key
 			if snake, ok := camelRuncKeys[key]; ok {
@@ -205,11 +237,11 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 			p.StopSignals, err = parseSignalList(value)
 		case AnnotationDrainSignal:
 			p.DrainSignal, err = parseDrainSignal(value)
+		case AnnotationStopOrder:
+			p.StopOrder, err = parseStopOrder(value)
 		default:
-			if !slices.Contains(laterAnnotations, key) {
-				return p, fmt.Errorf("annotation %q: unknown graceful annotation: accepted %s, %s, %s",
-					key, AnnotationGracePeriod, AnnotationStopSignals, AnnotationDrainSignal)
-			}
+			return p, fmt.Errorf("annotation %q: unknown graceful annotation: accepted %s, %s, %s, %s",
+				key, AnnotationGracePeriod, AnnotationStopSignals, AnnotationDrainSignal, AnnotationStopOrder)
 		}
 		if err != nil {
 			return p, fmt.Errorf("annotation %q: %w", key, err)
@@ -217,9 +249,6 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 	}
 	return p, nil
 }
-
-// laterAnnotations are read elsewhere (none yet).
-var laterAnnotations = []string{}
 
 func parseGracePeriod(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(strings.TrimSpace(s))

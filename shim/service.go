@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -88,11 +89,17 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
 	if sig == unix.SIGKILL {
-		if c.stop != nil {
+		aborted := c.stop != nil
+		if aborted {
 			c.stop.abort()
 		}
 		s.mu.Unlock()
-		return s.TTRPCTaskService.Kill(ctx, r)
+		resp, err := s.TTRPCTaskService.Kill(ctx, r)
+		if err != nil && aborted && errdefs.IsNotFound(errgrpc.ToNative(err)) {
+			// Ending the stop let a held init finish exiting first: the SIGKILL did its job.
+			return &emptypb.Empty{}, nil
+		}
+		return resp, err
 	}
 	if c.stop != nil {
 		s.mu.Unlock()
@@ -108,7 +115,9 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	}
 	stop, err := beginStop(r.ID, int(st.Pid), sig, c.policy)
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot drain, forwarding the signal")
+		if !errors.Is(err, errForward) {
+			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot drain, forwarding the signal")
+		}
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
 	s.mu.Lock()

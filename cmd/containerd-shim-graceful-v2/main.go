@@ -18,6 +18,13 @@ func main() {
 		printVersion()
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == shim.HoldCommand {
+		// The shim re-executes itself as the tracer that holds a container's init at exit.
+		if err := shim.RunHold(os.Args[2]); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	containerdshim.RunShim(context.Background(), shim.NewManager())
 }
 

@@ -176,12 +176,16 @@ func buildGo(out, pkg string, cgo bool) error {
 }
 
 func (s *Stack) importImage(ctx context.Context) error {
-	gohandler := filepath.Join(s.Dir, "bin", "gohandler")
-	if err := buildGo(gohandler, "./integration/testdata/gohandler", false); err != nil {
-		return err
+	var files []ImageFile
+	for _, name := range []string{"gohandler", "goinit"} {
+		out := filepath.Join(s.Dir, "bin", name)
+		if err := buildGo(out, "./integration/testdata/"+name, false); err != nil {
+			return err
+		}
+		files = append(files, ImageFile{Path: "bin/" + name, Source: out})
 	}
 	var archive bytes.Buffer
-	if err := BuildImage(&archive, "/bin/busybox", []ImageFile{{Path: "bin/gohandler", Source: gohandler}}); err != nil {
+	if err := BuildImage(&archive, "/bin/busybox", files); err != nil {
 		return fmt.Errorf("build image: %w", err)
 	}
 	imgs, err := s.Client.Import(ctx, &archive)

@@ -1,0 +1,237 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
+)
+
+func orderAnnotation(order string) map[string]string {
+	if order == "" {
+		return nil
+	}
+	return map[string]string{"io.containerd.graceful.v2.stop-order": order}
+}
+
+// A supervisor init respawns its worker whenever the worker dies, and on TERM stops the worker
+// itself. Under auto (the default: init handles TERM, so init-first) nothing respawns and the stop
+// takes about the supervisor's own time; children-first TERMs the worker behind the supervisor's
+// back, and it is respawned.
+func TestSupervisorIsNotFooledUnderAuto(t *testing.T) {
+	script := `worker() { sh -c 'trap "exit 0" TERM; echo trapped worker; while :; do sleep 0.05; done' & wpid=$!; }
+trap 'stopping=1; kill -TERM $wpid; wait $wpid; exit 0' TERM
+worker
+echo ready
+while :; do
+  wait $wpid
+  [ -n "$stopping" ] && exit 0
+  echo respawn >> /out/respawns
+  worker
+done`
+	for _, order := range []string{"", "children-first"} {
+		name := order
+		if name == "" {
+			name = "auto"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: orderAnnotation(order)})
+			waitTrapped(t, c, "worker")
+			took := stop(t, c, 15*time.Second)
+			respawns := strings.Count(c.Marker("respawns"), "respawn")
+			t.Logf("%s: stop took %v, %d respawns", name, took, respawns)
+			if order == "" && respawns != 0 {
+				t.Fatalf("auto: the supervisor respawned its worker %d times", respawns)
+			}
+			if order == "" && took > 2*time.Second {
+				t.Fatalf("auto: stop took %v, want about the supervisor's own time", took)
+			}
+			if order == "children-first" && respawns == 0 {
+				t.Fatalf("children-first: want the supervisor to respawn the worker it lost")
+			}
+		})
+	}
+}
+
+// A tini-like init forwards TERM to its direct child only and exits when that child exits: the
+// grandchild still gets TERM (its handler runs) before anything is SIGKILLed.
+func TestTiniLikeInitGrandchildGetsTerm(t *testing.T) {
+	script := `sh -c 'sh -c "trap \"sleep 0.2; echo clean > /out/grandchild; exit 0\" TERM; echo trapped grandchild; while :; do sleep 0.05; done" & trap "exit 0" TERM; echo trapped child; while :; do sleep 0.05; done' &
+cpid=$!
+trap 'kill -TERM $cpid' TERM
+echo ready
+wait $cpid
+wait $cpid
+exit 0`
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+	waitTrapped(t, c, "child", "grandchild")
+	stop(t, c, 15*time.Second)
+	if got := c.Marker("grandchild"); got != "clean" {
+		t.Fatalf("grandchild's handler did not complete")
+	}
+}
+
+// A multithreaded init (a Go program) exits on TERM at once while its child still cleans up: every
+// thread is held until the child is done.
+func TestMultithreadedInitIsHeld(t *testing.T) {
+	child := `trap "sleep 0.3; echo clean > /out/child; exit 0" TERM; echo trapped child; while :; do sleep 0.05; done`
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Args: []string{"/bin/goinit", child}})
+	waitTrapped(t, c, "child")
+	if threads := countThreads(t, int(c.Task.Pid())); threads < 2 {
+		t.Fatalf("init has %d threads, want a multithreaded init", threads)
+	}
+	stop(t, c, 15*time.Second)
+	if got := c.Marker("child"); got != "clean" {
+		t.Fatalf("child's handler did not complete after the multithreaded init exited")
+	}
+}
+
+// SIGKILL during a drain ends the container at once, whichever the stop order: under init-first
+// (init traps TERM) init is held in its exit when the SIGKILL arrives.
+func TestSigkillDuringDrainStopsAtOnce(t *testing.T) {
+	script := ignoringChild + `trap "exit 0" TERM
+echo ready
+` + loop
+	for _, order := range []string{"init-first", "children-first"} {
+		t.Run(order, func(t *testing.T) {
+			annotations := orderAnnotation(order)
+			annotations["io.containerd.graceful.v2.grace-period"] = "30s"
+			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: annotations})
+			waitTrapped(t, c, "ignoring")
+			ctx := context.Background()
+			if err := c.Task.Kill(namespaces.WithNamespace(ctx, stack.Namespace), syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if order == "init-first" {
+				waitHeld(t, int(c.Task.Pid()))
+			}
+			if _, _, err := c.WaitExit(time.Now(), 300*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
+				t.Fatalf("container exited during a 30s drain: %v", err)
+			}
+			took, _, err := c.Stop(ctx, syscall.SIGKILL, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took > time.Second {
+				t.Fatalf("SIGKILL during the drain took %v to stop the container", took)
+			}
+			if tracers := findTracers(int(c.Task.Pid())); len(tracers) > 0 {
+				t.Fatalf("tracer processes left: %v", tracers)
+			}
+		})
+	}
+}
+
+// The tracer killed during a hold: the kernel detaches it, init finishes exiting, the container
+// stops and no tracer is left behind.
+func TestTracerKilledDuringHold(t *testing.T) {
+	script := ignoringChild + `trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
+		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "30s"}})
+	waitTrapped(t, c, "ignoring")
+	initPid := int(c.Task.Pid())
+	if err := c.Task.Kill(namespaces.WithNamespace(context.Background(), stack.Namespace), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, initPid)
+	tracers := findTracers(initPid)
+	if len(tracers) != 1 {
+		t.Fatalf("want one tracer, found %v", tracers)
+	}
+	killed := time.Now()
+	syscall.Kill(tracers[0], syscall.SIGKILL)
+	took, _, err := c.WaitExit(killed, 5*time.Second)
+	if err != nil {
+		t.Fatalf("container did not stop after its tracer was killed: %v", err)
+	}
+	t.Logf("stopped %v after the tracer was killed", took)
+	if left := findTracers(initPid); len(left) > 0 {
+		t.Fatalf("tracer processes left: %v", left)
+	}
+}
+
+// A paused container's stop is forwarded as with the stock shim: nothing is signalled while the
+// container is frozen, the signal stays pending, and the container stops when it is resumed.
+func TestPausedContainerStopIsForwarded(t *testing.T) {
+	script := childTraps("child") + `trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+	waitTrapped(t, c, "child")
+	ctx := namespaces.WithNamespace(context.Background(), stack.Namespace)
+	if err := c.Task.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Task.Kill(ctx, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WaitExit(time.Now(), 500*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
+		t.Fatalf("paused container exited: %v", err)
+	}
+	if st, err := c.Task.Status(ctx); err != nil || st.Status != "paused" {
+		t.Fatalf("status %v (%v), want paused", st.Status, err)
+	}
+	resumed := time.Now()
+	if err := c.Task.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.WaitExit(resumed, 10*time.Second); err != nil {
+		t.Fatalf("container did not stop once resumed: %v", err)
+	}
+}
+
+// waitHeld waits until init is stopped by its tracer (held in its exit).
+func waitHeld(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := process.ReadStatus(pid)
+		if err == nil && st.State == 't' {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("init %d not held: state %c (%v)", pid, st.State, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// findTracers lists the tracer processes holding pid.
+func findTracers(pid int) []int {
+	var found []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if len(args) == 3 && args[1] == "hold-init" && args[2] == fmt.Sprint(pid) {
+			var n int
+			fmt.Sscan(e.Name(), &n)
+			found = append(found, n)
+		}
+	}
+	return found
+}
+
+func countThreads(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
