@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
@@ -63,6 +65,11 @@ func run(m *testing.M) int {
 }
 
 var seq atomic.Int64
+
+// stackContext is a context in the stack's containerd namespace.
+func stackContext() context.Context {
+	return namespaces.WithNamespace(context.Background(), stack.Namespace)
+}
 
 // runtimes is the stock runtime and graceful, in that order.
 var runtimes = []string{stack.StockRuntime, stack.GracefulRuntime}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +68,9 @@ type Policy struct {
 	DrainSignal unix.Signal
 	// StopOrder says whether init or the other processes get the stop first.
 	StopOrder StopOrder
+	// StopBudget, when not 0, is how long a whole stop may take before kubelet SIGKILLs the
+	// container: the drain is cut short so that it ends within it (see KubernetesBudget).
+	StopBudget time.Duration
 	// Passthrough forwards every Kill untouched (sandbox containers).
 	Passthrough bool
 }
@@ -248,6 +252,23 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 		}
 	}
 	return p, nil
+}
+
+// KubernetesGraceAnnotation is the container annotation in which kubelet passes the pod's
+// termination grace period in seconds (allowlist it with the runtime's container_annotations).
+const KubernetesGraceAnnotation = "io.kubernetes.pod.terminationGracePeriod"
+
+// KubernetesBudget returns the stop budget for a termination grace period: the period less a
+// margin of 10% (at least 1s, at most 5s) left for init's own exit and containerd's bookkeeping
+// before kubelet's SIGKILL. It returns 0 for a value that is not a whole number of seconds.
+func KubernetesBudget(value string) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(value))
+	if err != nil || secs <= 0 {
+		return 0
+	}
+	period := time.Duration(secs) * time.Second
+	margin := min(max(period/10, time.Second), 5*time.Second)
+	return max(period-margin, 0)
 }
 
 func parseGracePeriod(s string) (time.Duration, error) {

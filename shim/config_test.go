@@ -135,3 +135,28 @@ func TestResolveRejectsUnknownOptionTypes(t *testing.T) {
 		}
 	}
 }
+
+func TestKubernetesBudgetLeavesAMargin(t *testing.T) {
+	for value, want := range map[string]time.Duration{
+		"30": 27 * time.Second, "5": 4 * time.Second, "120": 115 * time.Second, "1": 0,
+		"0": 0, "-3": 0, "x": 0,
+	} {
+		if got := KubernetesBudget(value); got != want {
+			t.Errorf("KubernetesBudget(%q) = %v, want %v", value, got, want)
+		}
+	}
+}
+
+func TestStopOrderParsing(t *testing.T) {
+	p, err := ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationStopOrder: "Init-First"})
+	if err != nil || p.StopOrder != InitFirst {
+		t.Fatalf("stop order %q (%v)", p.StopOrder, err)
+	}
+	if DefaultPolicy().StopOrder != Auto {
+		t.Fatal("default stop order is not auto")
+	}
+	_, err = ParseConfigFile([]byte(`stop_order = "parents-first"`), "f.toml")
+	if err == nil || !strings.Contains(err.Error(), "auto, init-first, children-first") {
+		t.Fatalf("bad stop order: %v", err)
+	}
+}

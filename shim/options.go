@@ -49,6 +49,9 @@ func Resolve(opts *anypb.Any, bundle string) (*Settings, error) {
 	if s.Policy, err = ApplyAnnotations(s.Policy, annotations); err != nil {
 		return nil, err
 	}
+	if v, ok := annotations[KubernetesGraceAnnotation]; ok {
+		s.Policy.StopBudget = KubernetesBudget(v)
+	}
 	return s, nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -23,6 +24,10 @@ import (
 type service struct {
 	taskAPI.TTRPCTaskService
 
+	// ctx carries the shim's namespace, for publishing events; publisher sends them to containerd.
+	ctx       context.Context
+	publisher events.Publisher
+
 	mu         sync.Mutex
 	containers map[string]*container
 }
@@ -35,9 +40,9 @@ type container struct {
 	stop   *stop // the graceful stop in progress, if any
 }
 
-// newService wraps the runc task service.
-func newService(runc taskAPI.TTRPCTaskService) *service {
-	return &service{TTRPCTaskService: runc, containers: map[string]*container{}}
+// newService wraps the runc task service; stop reports are published through publisher.
+func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher) *service {
+	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, containers: map[string]*container{}}
 }
 
 // RegisterTTRPC registers the decorator, not the runc service, as the task service.
@@ -129,7 +134,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	c.stop = stop
 	s.mu.Unlock()
 	go func() {
-		stop.finish()
+		s.publish(stop.finish())
 		s.mu.Lock()
 		if c.stop == stop {
 			c.stop = nil

@@ -27,6 +27,7 @@ type stop struct {
 	// drainer is the drain started by a children-first stop; hold the tracer of an init-first one.
 	drainer    *process.Drainer
 	hold       *hold
+	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
 	ctx        context.Context
@@ -38,6 +39,7 @@ type stop struct {
 type StopReport struct {
 	ContainerID string          `json:"container_id"`
 	Requested   string          `json:"requested_signal"`
+	GracePeriod string          `json:"grace_period"`
 	Order       StopOrder       `json:"order"`
 	InitSignal  string          `json:"init_signal,omitempty"`
 	Notes       []string        `json:"notes,omitempty"`
@@ -64,7 +66,8 @@ func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error
 		return nil, fmt.Errorf("find the processes of init %d: %w", pid, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &stop{id: id, signal: sig, policy: policy, init: init, scope: scope, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	s := &stop{id: id, signal: sig, policy: policy, init: init, scope: scope, started: time.Now(),
+		ctx: ctx, cancel: cancel, done: make(chan struct{})}
 
 	handles, _ := process.WillHandle(pid, sig)
 	s.order = policy.StopOrder
@@ -93,12 +96,21 @@ func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error
 	return s, nil
 }
 
+// drainConfig is the drain's signal and grace period; the grace is cut short to end within the
+// stop budget (Kubernetes' termination grace period less a margin) when there is one.
 func (s *stop) drainConfig() process.DrainConfig {
-	return process.DrainConfig{Signal: s.policy.DrainSignal, Grace: s.policy.GracePeriod}
+	grace := s.policy.GracePeriod
+	if s.policy.StopBudget > 0 {
+		if left := max(s.policy.StopBudget-time.Since(s.started), 0); left < grace {
+			grace = left
+			s.note("grace period cut to %s to end before kubelet's SIGKILL", grace.Round(time.Millisecond))
+		}
+	}
+	return process.DrainConfig{Signal: s.policy.DrainSignal, Grace: grace}
 }
 
-// finish completes the stop in the background and logs its report.
-func (s *stop) finish() {
+// finish completes the stop in the background, logs its report and returns it.
+func (s *stop) finish() *StopReport {
 	defer s.close()
 	var drain *process.Report
 	switch s.order {
@@ -123,7 +135,7 @@ func (s *stop) finish() {
 	if s.ctx.Err() != nil {
 		s.note("stop aborted by SIGKILL")
 	}
-	s.log(drain)
+	return s.log(drain)
 }
 
 // signalInit delivers the requested stop signal to init, or SIGKILL when init would drop it (PID 1
@@ -175,8 +187,8 @@ func (s *stop) close() {
 	close(s.done)
 }
 
-func (s *stop) log(drain *process.Report) {
-	r := &StopReport{ContainerID: s.id, Requested: process.SignalName(s.signal), Order: s.order,
+func (s *stop) log(drain *process.Report) *StopReport {
+	r := &StopReport{ContainerID: s.id, Requested: process.SignalName(s.signal), GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
 		InitSignal: s.initSignal, Notes: s.notes, Drain: drain}
 	data, _ := json.Marshal(r)
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}
@@ -188,4 +200,5 @@ func (s *stop) log(drain *process.Report) {
 		fields["grace_expired"] = drain.GraceExpired
 	}
 	log.L.WithFields(fields).Info("graceful stop")
+	return r
 }

@@ -1,0 +1,101 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// stopReport is the part of the published stop report the tests read.
+type stopReport struct {
+	ContainerID string `json:"container_id"`
+	Order       string `json:"order"`
+	InitSignal  string `json:"init_signal"`
+	Drain       struct {
+		GraceExpired bool `json:"grace_expired"`
+		Processes    []struct {
+			Pid     int      `json:"pid"`
+			Command string   `json:"command"`
+			Signals []string `json:"signals"`
+			Outcome string   `json:"outcome"`
+		} `json:"processes"`
+	} `json:"drain"`
+}
+
+// Every stop is published on containerd's event stream (topic /graceful/stop, as `ctr events`
+// shows it): the order used, and per process the signals sent and how it ended.
+func TestStopReportIsPublished(t *testing.T) {
+	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
+	defer cancel()
+	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+
+	script := childTraps("child") + ignoringChild + `echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
+		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
+	waitTrapped(t, c, "child", "ignoring")
+	stop(t, c, 15*time.Second)
+
+	for {
+		select {
+		case env := <-events:
+			v, err := typeurl.UnmarshalAny(env.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := json.Marshal(v.(*structpb.Struct).AsMap())
+			var r stopReport
+			if err := json.Unmarshal(data, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.ContainerID != c.ID {
+				continue
+			}
+			t.Logf("report: %s", data)
+			if r.Order != "children-first" || r.InitSignal != "SIGKILL" || !r.Drain.GraceExpired {
+				t.Fatalf("order %q, init signal %q, grace expired %v: want children-first, SIGKILL (PID 1 without a TERM trap), true",
+					r.Order, r.InitSignal, r.Drain.GraceExpired)
+			}
+			outcomes := map[string]int{}
+			for _, p := range r.Drain.Processes {
+				outcomes[p.Outcome]++
+				if p.Pid == 0 || p.Command == "" {
+					t.Errorf("process without pid or command: %+v", p)
+				}
+			}
+			if outcomes["exited"] < 1 || outcomes["killed"] < 1 {
+				t.Fatalf("outcomes %v: want the trapping child exited and the ignoring one killed", outcomes)
+			}
+			return
+		case err := <-errs:
+			t.Fatalf("event stream: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no stop report published")
+		}
+	}
+}
+
+// kubelet's termination grace period (container annotation io.kubernetes.pod.terminationGracePeriod)
+// caps the drain so that it ends before kubelet's SIGKILL: 3s less a 1s margin.
+func TestKubernetesGracePeriodCapsTheDrain(t *testing.T) {
+	script := ignoringChild + `trap "exit 0" TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: map[string]string{
+		"io.containerd.graceful.v2.grace-period":   "30s",
+		"io.kubernetes.pod.terminationGracePeriod": "3",
+		"io.containerd.graceful.v2.stop-order":     "children-first",
+	}})
+	waitTrapped(t, c, "ignoring")
+	took := stop(t, c, 15*time.Second)
+	t.Logf("stop took %v", took)
+	if took < 2*time.Second || took >= 3*time.Second {
+		t.Fatalf("stop took %v: want the drain cut to 2s, ending before kubelet's SIGKILL at 3s", took)
+	}
+}
