@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
 
-.PHONY: all build install stack test test-unit test-integration demo vet fuzz clean
+.PHONY: all build install stack test test-unit test-integration test-oldest test-compat demo vet fuzz clean
 
 all: build
 
@@ -30,7 +30,23 @@ test-unit:
 test-integration: stack
 	$(GO) test -count=1 -v -timeout 20m ./integration/
 
-test: stack vet test-unit test-integration
+# The core stop tests, run against every containerd in COMPAT_VERSIONS by test-compat, and against
+# the oldest (Debian 12's containerd 1.6) by test.
+COMPAT_TESTS := ^(TestSeedCaseChildHandlerRuns|TestRunShStopsInChildsShutdownTime|TestTermIgnoringChildKilledAtGrace|TestExecProcessIsDrained|TestSupervisorIsNotFooledUnderAuto)$$
+COMPAT_VERSIONS ?= v2.4.2 v2.3.7 v2.2.9 v2.1.9 v2.0.14 v1.7.35 debian
+
+test-oldest:
+	CONTAINERD_VERSION=debian bash integration/stack/install.sh
+	CONTAINERD_VERSION=debian $(GO) test -count=1 -v -timeout 10m -run '$(COMPAT_TESTS)' ./integration/
+
+test-compat:
+	@set -e; for v in $(COMPAT_VERSIONS); do \
+		echo "=== containerd $$v"; \
+		CONTAINERD_VERSION=$$v bash integration/stack/install.sh; \
+		CONTAINERD_VERSION=$$v $(GO) test -count=1 -timeout 10m -run '$(COMPAT_TESTS)' ./integration/; \
+	done
+
+test: stack vet test-unit test-integration test-oldest
 
 # A short fuzz pass over the annotation and options-file parsers (FUZZTIME each).
 FUZZTIME ?= 10s

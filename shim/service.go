@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/events"
@@ -45,9 +46,12 @@ func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher ev
 	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, containers: map[string]*container{}}
 }
 
-// RegisterTTRPC registers the decorator, not the runc service, as the task service.
+// RegisterTTRPC registers the decorator, not the runc service, as the task service, in both task
+// API versions: v3 for daemons from 2.0 on, v2 for older ones (and for any daemon that was
+// answered with a plain address at start).
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
+	taskv2.RegisterTTRPCTaskService(server, taskV2{v3: s})
 	return nil
 }
 

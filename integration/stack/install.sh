@@ -4,7 +4,8 @@
 # cache directory that is reused when the pinned versions are already there.
 #
 #   STACK_DIR            cache directory (default /var/cache/graceful-stack)
-#   CONTAINERD_VERSION   containerd tag (default v2.4.2)
+#   CONTAINERD_VERSION   containerd tag (default v2.4.2; v1.x tags build github.com/containerd/containerd;
+#                        "debian" installs Debian's containerd package)
 #   RUNC_VERSION         runc tag (default v1.3.6)
 set -euo pipefail
 
@@ -41,6 +42,20 @@ fi
 ln -sf "runc-$RUNC_VERSION" "$bin/runc"
 
 cdir="$STACK_DIR/containerd-$CONTAINERD_VERSION"
+if [ "$CONTAINERD_VERSION" = debian ]; then
+	# Debian's own containerd package (1.6.x on Debian 12), linked into the cache; its runc package
+	# comes along but the stack runs the cached runc first on PATH.
+	if ! dpkg-query -W -f='${Status}' containerd 2>/dev/null | grep -q "install ok installed"; then
+		log "apt-get install containerd (Debian's)"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends containerd >/dev/null
+	fi
+	mkdir -p "$cdir"
+	for b in containerd ctr containerd-shim-runc-v2; do ln -sf "/usr/bin/$b" "$cdir/$b"; done
+	log "ready: $runc_bin, $cdir ($(/usr/bin/containerd --version))"
+	exit 0
+fi
 if [ ! -x "$cdir/containerd" ] || [ ! -x "$cdir/ctr" ] || [ ! -x "$cdir/containerd-shim-runc-v2" ]; then
 	log "building containerd $CONTAINERD_VERSION"
 	tmp=$(mktemp -d)

@@ -77,6 +77,14 @@ func ContainerdVersion() string {
 	return "v2.4.2"
 }
 
+// ConfigVersion is the config.toml version the daemon takes: 3 from containerd 2.0 on, 2 before.
+func ConfigVersion() int {
+	if v := ContainerdVersion(); strings.HasPrefix(v, "v1.") || v == "debian" {
+		return 2
+	}
+	return 3
+}
+
 // Install runs install.sh when runc or containerd is not cached yet.
 func Install() error {
 	cdir := filepath.Join(StackDir(), "containerd-"+ContainerdVersion())
@@ -121,7 +129,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	if err := buildGo(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", true); err != nil {
 		return nil, err
 	}
-	config := fmt.Sprintf(`version = 3
+	config := fmt.Sprintf(`version = %[5]d
 root = %[1]q
 state = %[2]q
 [grpc]
@@ -132,7 +140,7 @@ state = %[2]q
   level = "info"
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.Address, s.Address+".ttrpc") + opts.ExtraConfig
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.Address, s.Address+".ttrpc", ConfigVersion()) + opts.ExtraConfig
 	configPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, err
