@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
 
-.PHONY: all build install stack test test-unit test-integration test-oldest test-compat demo vet fuzz clean
+.PHONY: all build install stack test test-load test-unit test-integration test-oldest test-compat demo vet fuzz clean
 
 all: build
 
@@ -34,6 +34,10 @@ test-integration: stack
 # the oldest (Debian 12's containerd 1.6) by test.
 COMPAT_TESTS := ^(TestSeedCaseChildHandlerRuns|TestRunShStopsInChildsShutdownTime|TestTermIgnoringChildKilledAtGrace|TestExecProcessIsDrained|TestSupervisorIsNotFooledUnderAuto)$$
 COMPAT_VERSIONS ?= v2.4.2 v2.3.7 v2.2.9 v2.1.9 v2.0.14 v1.7.35 debian
+
+# The load test at full size: 50 containers stopped concurrently (make test runs 10).
+test-load: stack
+	GRACEFUL_LOAD_N=50 $(GO) test -count=1 -v -timeout 20m -run '^TestConcurrentStopsUnderLoad$$' ./integration/
 
 test-oldest:
 	CONTAINERD_VERSION=debian bash integration/stack/install.sh

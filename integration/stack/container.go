@@ -30,6 +30,9 @@ type Spec struct {
 	RuntimeOptions any
 	// HostPID runs the container in the host's PID namespace.
 	HostPID bool
+	// PIDNamespace, when set, is the path of a PID namespace to join (as a pod's containers join
+	// the sandbox's): /proc/PID/ns/pid.
+	PIDNamespace string
 	// Mounts are added to the /out bind mount.
 	Mounts []specs.Mount
 }
@@ -69,6 +72,9 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 	}
 	if spec.HostPID {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
+	}
+	if spec.PIDNamespace != "" {
+		specOpts = append(specOpts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: spec.PIDNamespace}))
 	}
 	c, err := s.Client.NewContainer(ctx, spec.ID,
 		containerd.WithNewSnapshot(spec.ID, s.Image),

@@ -51,8 +51,50 @@ type Stack struct {
 	// Image is the busybox test image, unpacked for overlayfs.
 	Image containerd.Image
 
-	daemon *exec.Cmd
-	exited chan error
+	daemon     *exec.Cmd
+	exited     chan error
+	configPath string
+	env        []string
+}
+
+// startDaemon starts containerd, appending to its log.
+func (s *Stack) startDaemon() error {
+	logFile, err := os.OpenFile(filepath.Join(s.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	s.daemon = exec.Command(filepath.Join(s.ContainerdBin, "containerd"), "--config", s.configPath)
+	s.daemon.Env = s.env
+	s.daemon.Stdout, s.daemon.Stderr = logFile, logFile
+	s.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := s.daemon.Start(); err != nil {
+		return fmt.Errorf("start containerd: %w", err)
+	}
+	s.exited = make(chan error, 1)
+	go func() { s.exited <- s.daemon.Wait() }()
+	return nil
+}
+
+// RestartDaemon SIGKILLs containerd — its shims and containers keep running, as on a node whose
+// containerd crashes — starts it again and waits until it serves.
+func (s *Stack) RestartDaemon(ctx context.Context) error {
+	s.daemon.Process.Kill()
+	<-s.exited
+	if err := s.startDaemon(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := s.Client.IsServing(ctx)
+		if ok && err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd not serving after restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // ModuleRoot is the graceful source tree this package was built from.
@@ -118,7 +160,6 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 		Address:       filepath.Join(dir, "c.sock"),
 		Bin:           filepath.Join(StackDir(), "bin"),
 		ContainerdBin: filepath.Join(StackDir(), "containerd-"+ContainerdVersion()),
-		exited:        make(chan error, 1),
 	}
 	defer func() {
 		if retErr != nil {
@@ -145,20 +186,12 @@ state = %[2]q
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
+	s.configPath = configPath
+	s.env = append(os.Environ(), "PATH="+strings.Join([]string{shimBin, s.ContainerdBin, s.Bin, os.Getenv("PATH")}, ":"))
+	s.env = append(s.env, opts.Env...)
+	if err := s.startDaemon(); err != nil {
 		return nil, err
 	}
-	defer logFile.Close()
-	s.daemon = exec.Command(filepath.Join(s.ContainerdBin, "containerd"), "--config", configPath)
-	s.daemon.Env = append(os.Environ(), "PATH="+strings.Join([]string{shimBin, s.ContainerdBin, s.Bin, os.Getenv("PATH")}, ":"))
-	s.daemon.Env = append(s.daemon.Env, opts.Env...)
-	s.daemon.Stdout, s.daemon.Stderr = logFile, logFile
-	s.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := s.daemon.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
-	}
-	go func() { s.exited <- s.daemon.Wait() }()
 
 	if s.Client, err = containerd.New(s.Address, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(30*time.Second)); err != nil {
 		return nil, fmt.Errorf("connect to containerd: %w\n%s", err, s.Log())
@@ -250,6 +283,11 @@ func (s *Stack) Close() error {
 	}
 	killShims(s.Dir)
 	unmountUnder(s.Dir)
+	// runc leaves the namespace's parent cgroup (/<namespace>) once its containers are gone.
+	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Namespace))
+	for _, p := range parents {
+		os.Remove(p)
+	}
 	return os.RemoveAll(s.Dir)
 }
 

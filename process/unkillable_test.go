@@ -1,0 +1,56 @@
+package process
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A process that cannot die — frozen by the cgroup v1 freezer, which puts it in uninterruptible
+// sleep where even SIGKILL waits — does not hang the drain: it is reported as survived once the
+// SIGKILL wait is over.
+func TestDrainGivesUpOnAnUnkillableProcess(t *testing.T) {
+	freezerRoot := "/sys/fs/cgroup/freezer"
+	if _, err := os.Stat(filepath.Join(freezerRoot, "cgroup.procs")); err != nil {
+		t.Fatalf("this test needs the cgroup v1 freezer at %s: %v", freezerRoot, err)
+	}
+	ns := startNamespace(t, `sleep 1000 & echo ready; wait`)
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := scope.Members()
+	if err != nil || len(members) != 1 {
+		t.Fatalf("members %v (%v)", members, err)
+	}
+	cg := filepath.Join(freezerRoot, fmt.Sprintf("graceful-test-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0o644)
+		for i := 0; i < 100 && os.Remove(cg) != nil; i++ {
+			time.Sleep(20 * time.Millisecond) // the killed process leaves the cgroup once thawed
+		}
+	})
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(members[0])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("FROZEN"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DrainConfig{Signal: unix.SIGTERM, Grace: 200 * time.Millisecond, KillWait: 300 * time.Millisecond}
+	report := Drain(context.Background(), scope, cfg)
+	if report.Count(Survived) != 1 {
+		t.Fatalf("want the frozen process reported as survived: %+v", report.Processes)
+	}
+	if limit := cfg.Grace + cfg.KillWait + time.Second; report.Duration > limit {
+		t.Fatalf("drain took %v, want under %v", report.Duration, limit)
+	}
+}
