@@ -22,9 +22,22 @@ type ImageFile struct {
 	Source string // host file
 }
 
+// ImageOptions shape a test image.
+type ImageOptions struct {
+	// Name is the image's name (default ImageName).
+	Name string
+	// Entrypoint is the image config's entrypoint (none by default; a CRI sandbox image needs one).
+	Entrypoint []string
+	// Extra files to put in the image.
+	Extra []ImageFile
+}
+
 // BuildImage writes a single-layer OCI image archive holding Debian's static busybox (every applet
 // linked in /bin) and extra files, without any registry.
-func BuildImage(out io.Writer, busybox string, extra []ImageFile) error {
+func BuildImage(out io.Writer, busybox string, opts ImageOptions) error {
+	if opts.Name == "" {
+		opts.Name = ImageName
+	}
 	applets, err := exec.Command(busybox, "--list").Output()
 	if err != nil {
 		return fmt.Errorf("list busybox applets: %w", err)
@@ -36,7 +49,7 @@ func BuildImage(out io.Writer, busybox string, extra []ImageFile) error {
 			return err
 		}
 	}
-	files := append([]ImageFile{{Path: "bin/busybox", Source: busybox}}, extra...)
+	files := append([]ImageFile{{Path: "bin/busybox", Source: busybox}}, opts.Extra...)
 	for _, f := range files {
 		data, err := os.ReadFile(f.Source)
 		if err != nil {
@@ -72,7 +85,7 @@ func BuildImage(out io.Writer, busybox string, extra []ImageFile) error {
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Env": []string{"PATH=/bin"}},
+		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := add(config)
@@ -89,7 +102,7 @@ func BuildImage(out io.Writer, busybox string, extra []ImageFile) error {
 		"manifests": []any{map[string]any{
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifestDigest, "size": manifestSize,
 			"platform":    map[string]string{"architecture": "amd64", "os": "linux"},
-			"annotations": map[string]string{"io.containerd.image.name": ImageName, "org.opencontainers.image.ref.name": "latest"},
+			"annotations": map[string]string{"io.containerd.image.name": opts.Name, "org.opencontainers.image.ref.name": "latest"},
 		}},
 	})
 

@@ -226,7 +226,7 @@ func (s *Stack) importImage(ctx context.Context) error {
 		files = append(files, ImageFile{Path: "bin/" + name, Source: out})
 	}
 	var archive bytes.Buffer
-	if err := BuildImage(&archive, "/bin/busybox", files); err != nil {
+	if err := BuildImage(&archive, "/bin/busybox", ImageOptions{Extra: files}); err != nil {
 		return fmt.Errorf("build image: %w", err)
 	}
 	imgs, err := s.Client.Import(ctx, &archive)

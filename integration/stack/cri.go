@@ -1,0 +1,63 @@
+package stack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+// CRINamespace is the containerd namespace of containerd's CRI plugin (Kubernetes).
+const CRINamespace = "k8s.io"
+
+// BuildShim builds containerd-shim-graceful-v2 into dir, for configurations that must name the
+// binary before the daemon starts (a CRI runtime_path). It returns the binary's path.
+func BuildShim(dir string) (string, error) {
+	out := filepath.Join(dir, "containerd-shim-graceful-v2")
+	if err := buildGo(out, "./cmd/containerd-shim-graceful-v2", true); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// ImportInto imports an image archive into containerd namespace ns and unpacks it for overlayfs.
+func (s *Stack) ImportInto(ctx context.Context, ns string, archive io.Reader) (containerd.Image, error) {
+	ctx = namespaces.WithNamespace(ctx, ns)
+	imgs, err := s.Client.Import(ctx, archive)
+	if err != nil {
+		return nil, fmt.Errorf("import image into %s: %w", ns, err)
+	}
+	if len(imgs) != 1 {
+		return nil, fmt.Errorf("import image into %s: got %d images", ns, len(imgs))
+	}
+	img := containerd.NewImage(s.Client, imgs[0])
+	if err := img.Unpack(ctx, "overlayfs"); err != nil {
+		return nil, fmt.Errorf("unpack image %s in %s: %w", img.Name(), ns, err)
+	}
+	return img, nil
+}
+
+// ShimPids returns the pids of the shim processes of this stack serving the shim id (for CRI, the
+// pod sandbox id): processes whose command line names containerd-shim, the stack's Dir and
+// "-id <id>".
+func (s *Stack) ShimPids(id string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte("containerd-shim")) || !bytes.Contains(cmdline, []byte(s.Dir)) ||
+			!bytes.Contains(cmdline, []byte("\x00-id\x00"+id+"\x00")) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
