@@ -61,10 +61,23 @@ if [ ! -x "$cdir/containerd" ] || [ ! -x "$cdir/ctr" ] || [ ! -x "$cdir/containe
 	tmp=$(mktemp -d)
 	mod=github.com/containerd/containerd/v2
 	case "$CONTAINERD_VERSION" in v1.*) mod=github.com/containerd/containerd ;; esac
-	GOBIN="$tmp" go install -tags "no_btrfs no_devmapper no_zfs" \
+	tags="no_btrfs no_devmapper no_zfs"
+	if ! GOBIN="$tmp" go install -tags "$tags" \
 		"$mod/cmd/containerd@$CONTAINERD_VERSION" \
 		"$mod/cmd/ctr@$CONTAINERD_VERSION" \
-		"$mod/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+		"$mod/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"; then
+		# `go install pkg@version` refuses modules whose go.mod has exclude or replace directives
+		# (containerd 2.0-2.1, 1.7): build a copy of the module source as the main module instead.
+		log "go install refused $CONTAINERD_VERSION; building from a copy of the module source"
+		src=$(go mod download -json "$mod@$CONTAINERD_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+		[ -d "$src" ] || { log "cannot download $mod@$CONTAINERD_VERSION"; exit 1; }
+		cp -r "$src" "$tmp/src"
+		chmod -R u+w "$tmp/src"
+		for cmd in containerd ctr containerd-shim-runc-v2; do
+			(cd "$tmp/src" && GOFLAGS=-mod=mod go build -tags "$tags" -o "$tmp/$cmd" "./cmd/$cmd")
+		done
+		rm -rf "$tmp/src"
+	fi
 	mkdir -p "$cdir"
 	mv "$tmp"/* "$cdir/"
 	rm -rf "$tmp"
