@@ -160,3 +160,29 @@ func TestStopOrderParsing(t *testing.T) {
 		t.Fatalf("bad stop order: %v", err)
 	}
 }
+
+// contrib/graceful.toml documents every key: with all of them uncommented it must parse.
+func TestContribDefaultsFileParses(t *testing.T) {
+	data, err := os.ReadFile("../contrib/graceful.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uncommented []string
+	keys := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "#") && strings.Contains(line, " = ") && !strings.HasPrefix(line, "# ") {
+			uncommented = append(uncommented, strings.TrimPrefix(line, "#"))
+			keys++
+		}
+	}
+	cfg, err := ParseConfigFile([]byte(strings.Join(uncommented, "\n")), "contrib/graceful.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 4 + len(runcKeys); keys != want {
+		t.Fatalf("contrib/graceful.toml shows %d keys, want all %d", keys, want)
+	}
+	if cfg.Policy.GracePeriod != 10*time.Second || cfg.Policy.StopOrder != Auto {
+		t.Fatalf("documented defaults differ from the built-in ones: %s", cfg.Policy)
+	}
+}
