@@ -39,7 +39,11 @@ func run(m *testing.M) int {
 	f.Close()
 	os.Remove(defaultsFile)
 	defer os.Remove(defaultsFile)
-	s, err := stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaultsFile}})
+	env := []string{"GRACEFUL_CONFIG_FILE=" + defaultsFile}
+	if dir := os.Getenv("GRACEFUL_CPUPROFILE_DIR"); dir != "" {
+		env = append(env, "GRACEFUL_CPUPROFILE_DIR="+dir)
+	}
+	s, err := stack.Start(ctx, stack.Options{Env: env})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start the stack:", err)
 		return 1

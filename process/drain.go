@@ -49,18 +49,29 @@ type ProcessReport struct {
 
 // Report is the result of one drain.
 type Report struct {
-	Scope        ScopeKind       `json:"scope"`
-	Signal       string          `json:"signal"`
-	Grace        time.Duration   `json:"grace_ns"`
-	Started      time.Time       `json:"started"`
-	Duration     time.Duration   `json:"duration_ns"`
-	GraceExpired bool            `json:"grace_expired"`
-	Cancelled    bool            `json:"cancelled"`
-	Processes    []ProcessReport `json:"processes"`
+	Scope        ScopeKind     `json:"scope"`
+	Signal       string        `json:"signal"`
+	Grace        time.Duration `json:"grace_ns"`
+	Started      time.Time     `json:"started"`
+	Duration     time.Duration `json:"duration_ns"`
+	GraceExpired bool          `json:"grace_expired"`
+	Cancelled    bool          `json:"cancelled"`
+	// Totals counts every process by outcome; Processes details the first MaxDetailed of them and
+	// Omitted says how many more there were.
+	Totals    map[Outcome]int `json:"totals"`
+	Processes []ProcessReport `json:"processes"`
+	Omitted   int             `json:"omitted,omitempty"`
 }
+
+// MaxDetailed bounds the processes a report details (and whose command line it reads, which costs
+// two system calls each): a container with thousands of processes gets totals for all of them.
+const MaxDetailed = 256
 
 // Count returns how many processes ended with outcome o.
 func (r *Report) Count(o Outcome) int {
+	if r.Totals != nil {
+		return r.Totals[o]
+	}
 	n := 0
 	for _, p := range r.Processes {
 		if p.Outcome == o {
@@ -93,8 +104,11 @@ type Drainer struct {
 	scope    *Scope
 	cfg      DrainConfig
 	report   *Report
-	watch    *forkWatcher // nil when the proc connector is not available
-	phaseSig unix.Signal  // what a process started now gets: 0 during the grace, SIGKILL after
+	watch    *forkWatcher  // nil when the proc connector is not available
+	ep       int           // epoll instance watching the active pidfds, the fork watcher and wake
+	byFd     map[int32]int // active pidfd → pid
+	events   []unix.EpollEvent
+	phaseSig unix.Signal // what a process started now gets: 0 during the grace, SIGKILL after
 	active   map[int]*tracked
 	finished map[int]bool
 	// initsOwn are processes started by init (or by such processes) after the drain began: init's
@@ -121,6 +135,7 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 		active:   map[int]*tracked{},
 		finished: map[int]bool{},
 		initsOwn: map[int]bool{},
+		byFd:     map[int32]int{},
 		report: &Report{
 			Scope:   scope.Kind,
 			Signal:  SignalName(cfg.Signal),
@@ -128,10 +143,25 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 			Started: time.Now(),
 		},
 	}
+	// Exits are waited for with epoll: one wake-up costs what is ready, not what is tracked.
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		ep = -1 // poll(2) over every tracked pidfd instead
+	}
+	d.ep = ep
 	// Watch forks before the first sweep, so that no process started from now on is missed.
-	d.watch, _ = newForkWatcher()
+	if d.watch, _ = newForkWatcher(); d.watch != nil {
+		d.watchFd(d.watch.fd)
+	}
 	d.sweep(cfg.Signal)
 	return d
+}
+
+// watchFd adds fd to the epoll instance.
+func (d *Drainer) watchFd(fd int) {
+	if d.ep >= 0 {
+		unix.EpollCtl(d.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
+	}
 }
 
 // Finish waits on pidfd readiness until no member remains or the grace period ends, then SIGKILLs
@@ -147,6 +177,7 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 		wake = -1
 	} else {
 		defer unix.Close(wake)
+		d.watchFd(wake)
 		stop := context.AfterFunc(ctx, func() {
 			unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		})
@@ -228,7 +259,9 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 	found := 0
 	initsOwn := map[int]bool{}
 	for _, pid := range pids {
-		if _, ok := d.active[pid]; ok || pid == d.scope.Init {
+		if _, ok := d.active[pid]; ok || pid == d.scope.Init || d.finished[pid] {
+			// A finished PID is a zombie not reaped yet, or was recycled: a process started by a
+			// member is caught by the fork watcher, and the rest are init's own.
 			continue
 		}
 		if sig == 0 {
@@ -270,15 +303,26 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	if err != nil {
 		return false
 	}
-	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid, Command: Command(pid)})
+	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
 	t := &tracked{h: h, report: len(d.report.Processes) - 1, killed: sig == unix.SIGKILL}
+	detailed := t.report < MaxDetailed
 	if h.Exited() {
+		if detailed {
+			d.report.Processes[t.report].Command = Command(pid)
+		}
 		d.end(pid, t, AlreadyExited)
 		return false
 	}
 	d.active[pid] = t
+	d.byFd[int32(h.fd)] = pid
+	d.watchFd(h.fd)
 	if sig != 0 {
 		d.signal(t, sig)
+	}
+	// Read after the signal, which is what the process is waiting for; a process gone by now
+	// keeps an empty command in the report.
+	if detailed {
+		d.report.Processes[t.report].Command = Command(pid)
 	}
 	return true
 }
@@ -323,31 +367,17 @@ func (d *Drainer) signal(t *tracked, sig unix.Signal) {
 // drain is cancelled. It returns how many tracked processes exited, and whether fork events were
 // lost.
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
-	fds := make([]unix.PollFd, 0, len(d.active)+2)
-	pids := make([]int, 0, len(d.active))
-	for pid, t := range d.active {
-		fds = append(fds, unix.PollFd{Fd: int32(t.h.fd), Events: unix.POLLIN})
-		pids = append(pids, pid)
-	}
-	if d.watch != nil {
-		fds = append(fds, unix.PollFd{Fd: int32(d.watch.fd), Events: unix.POLLIN})
-	}
-	if wake >= 0 {
-		fds = append(fds, unix.PollFd{Fd: int32(wake), Events: unix.POLLIN})
-	}
 	ms := int((max(timeout, 0) + time.Millisecond - 1) / time.Millisecond)
-	n, err := unix.Poll(fds, ms)
-	if err != nil || n == 0 {
-		return 0, false
-	}
+	ready := d.readyFds(wake, ms)
 	// Forks first: a process may start a helper and exit at once.
-	if d.watch != nil && fds[len(pids)].Revents != 0 {
+	if d.watch != nil && ready[int32(d.watch.fd)] {
 		var forks []fork
 		forks, lost = d.watch.read()
 		d.forked(forks)
 	}
-	for i, pid := range pids {
-		if fds[i].Revents == 0 {
+	for fd := range ready {
+		pid, ok := d.byFd[fd]
+		if !ok {
 			continue
 		}
 		t := d.active[pid]
@@ -364,13 +394,54 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 	return exited, lost
 }
 
+// readyFds waits up to ms milliseconds and returns the readable fds among the tracked pidfds, the
+// fork watcher and wake.
+func (d *Drainer) readyFds(wake, ms int) map[int32]bool {
+	ready := map[int32]bool{}
+	if d.ep >= 0 {
+		if d.events == nil {
+			d.events = make([]unix.EpollEvent, 512)
+		}
+		n, err := unix.EpollWait(d.ep, d.events, ms)
+		for i := 0; err == nil && i < n; i++ {
+			ready[d.events[i].Fd] = true
+		}
+		return ready
+	}
+	fds := make([]unix.PollFd, 0, len(d.active)+2)
+	for _, t := range d.active {
+		fds = append(fds, unix.PollFd{Fd: int32(t.h.fd), Events: unix.POLLIN})
+	}
+	for _, fd := range []int{wake, d.watchFdOrNone()} {
+		if fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+		}
+	}
+	if n, err := unix.Poll(fds, ms); err == nil && n > 0 {
+		for _, f := range fds {
+			if f.Revents != 0 {
+				ready[f.Fd] = true
+			}
+		}
+	}
+	return ready
+}
+
+func (d *Drainer) watchFdOrNone() int {
+	if d.watch == nil {
+		return -1
+	}
+	return d.watch.fd
+}
+
 func (d *Drainer) end(pid int, t *tracked, o Outcome) {
 	p := &d.report.Processes[t.report]
 	if p.Outcome == "" {
 		p.Outcome = o
 	}
 	p.After = time.Since(d.report.Started)
-	t.h.Close()
+	delete(d.byFd, int32(t.h.fd))
+	t.h.Close() // closing a pidfd also takes it out of the epoll instance
 	delete(d.active, pid)
 	d.finished[pid] = true
 }
@@ -382,6 +453,13 @@ func (d *Drainer) finish(o Outcome) *Report {
 		d.end(pid, t, o)
 	}
 	d.report.Duration = time.Since(d.report.Started)
+	d.report.Totals = map[Outcome]int{}
+	for _, p := range d.report.Processes {
+		d.report.Totals[p.Outcome]++
+	}
+	if n := len(d.report.Processes); n > MaxDetailed {
+		d.report.Processes, d.report.Omitted = d.report.Processes[:MaxDetailed], n-MaxDetailed
+	}
 	return d.report
 }
 
@@ -392,5 +470,9 @@ func (d *Drainer) closeAll() {
 	if d.watch != nil {
 		d.watch.close()
 		d.watch = nil
+	}
+	if d.ep >= 0 {
+		unix.Close(d.ep)
+		d.ep = -1
 	}
 }

@@ -40,6 +40,12 @@ func newForkWatcher() (*forkWatcher, error) {
 	w := &forkWatcher{fd: fd, buf: make([]byte, 64<<10)}
 	// A large buffer keeps a fork storm from overflowing it; an overflow is reported, not fatal.
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	// Only fork events reach the socket: a drain of thousands of processes would otherwise queue
+	// an exit event for each, and overflow it.
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, forkFilter()); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("filter proc connector: %w", err)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind proc connector: %w", err)
@@ -49,6 +55,20 @@ func newForkWatcher() (*forkWatcher, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// forkFilter is a classic BPF program that accepts PROC_EVENT_FORK messages only. BPF loads words
+// in network byte order, so the native-endian event type is compared byte-swapped as needed.
+func forkFilter() *unix.SockFprog {
+	var what [4]byte
+	binary.NativeEndian.PutUint32(what[:], procEventFork)
+	prog := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: procEventOffset},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: binary.BigEndian.Uint32(what[:])},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	}
+	return &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 }
 
 func (w *forkWatcher) control(op uint32) error {

@@ -16,7 +16,7 @@ import (
 // the PID never comes round.
 func startWithPid(t *testing.T, pid int) *exec.Cmd {
 	t.Helper()
-	for try := 0; try < 50; try++ {
+	for try := 0; try < 500; try++ {
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644); err != nil {
 			t.Fatalf("set ns_last_pid: %v", err)
 		}

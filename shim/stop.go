@@ -30,6 +30,7 @@ type stop struct {
 	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
+	profile    func() // stops the CPU profile, if any
 	ctx        context.Context
 	cancel     context.CancelFunc
 	done       chan struct{}
@@ -67,7 +68,7 @@ func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &stop{id: id, signal: sig, policy: policy, init: init, scope: scope, started: time.Now(),
-		ctx: ctx, cancel: cancel, done: make(chan struct{})}
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), profile: startProfile(id)}
 
 	handles, _ := process.WillHandle(pid, sig)
 	s.order = policy.StopOrder
@@ -179,6 +180,7 @@ func (s *stop) note(format string, args ...any) {
 }
 
 func (s *stop) close() {
+	s.profile()
 	if s.hold != nil {
 		s.hold.kill()
 	}

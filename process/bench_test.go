@@ -1,0 +1,226 @@
+package process
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// benchScanN is how many processes each namespace of BenchmarkMembers holds: GRACEFUL_BENCH_SCAN_N,
+// default 5000 (a smoke run uses 100).
+func benchScanN(b *testing.B) int {
+	n := 5000
+	if v := os.Getenv("GRACEFUL_BENCH_SCAN_N"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			b.Fatalf("GRACEFUL_BENCH_SCAN_N=%q: want a positive integer", v)
+		}
+	}
+	return n
+}
+
+// sleepers is a namespace script that starts n `sleep 1000` processes and prints "ready". Two
+// spawners share the work (process creation is the slow part of the setup); each ends by becoming
+// a sleep itself, so the namespace holds exactly n processes besides its PID 1.
+func sleepers(n int) string {
+	if n == 1 {
+		return "sleep 1000 & echo ready; wait"
+	}
+	a := n / 2
+	return fmt.Sprintf(`(for i in $(seq %d); do sleep 1000 & done; exec sleep 1000) &
+(for i in $(seq %d); do sleep 1000 & done; exec sleep 1000) &
+echo ready; wait`, a-1, n-a-1)
+}
+
+// BenchmarkMembers measures one membership scan (Scope.Members) of a container whose PID namespace
+// holds N sleeping processes, on a host where a sibling PID namespace (another container, say)
+// holds N more: every process of the host is looked at, and the sibling's are the expensive ones
+// (their namespace is neither the container's nor the caller's, so its parents are walked).
+//
+// The namespaces are set up once (b.Loop); besides ns/op, the median, minimum and maximum of the
+// single scans are reported (median-ns, min-ns, max-ns).
+func BenchmarkMembers(b *testing.B) {
+	n := benchScanN(b)
+	timeout := time.Minute + time.Duration(n)*40*time.Millisecond
+	// Both namespaces are populated at the same time.
+	member := launchBenchNamespace(b, sleepers(n))
+	other := launchBenchNamespace(b, sleepers(n))
+	member.await(b, n, timeout)
+	other.await(b, n, timeout)
+	scope, err := ScopeOf(member.init)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if scope.Kind != ByPIDNamespace || other.ns == member.ns {
+		b.Fatalf("scope kind %s, namespaces %d and %d: want %s, two namespaces", scope.Kind, member.ns, other.ns, ByPIDNamespace)
+	}
+	var members []int
+	var took []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		members, err = scope.Members()
+		took = append(took, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	if len(members) != n {
+		b.Fatalf("Members() found %d processes, want %d", len(members), n)
+	}
+	// After the loop: b.Loop's first call resets reported metrics.
+	slices.Sort(took)
+	median := took[len(took)/2]
+	if len(took)%2 == 0 {
+		median = (took[len(took)/2-1] + took[len(took)/2]) / 2
+	}
+	b.ReportMetric(float64(median.Nanoseconds()), "median-ns")
+	b.ReportMetric(float64(took[0].Nanoseconds()), "min-ns")
+	b.ReportMetric(float64(took[len(took)-1].Nanoseconds()), "max-ns")
+	b.ReportMetric(float64(n), "members")
+	b.ReportMetric(float64(n), "others")
+}
+
+// benchNamespace is a PID namespace (unshare) whose PID 1 runs a shell script.
+type benchNamespace struct {
+	cmd   *exec.Cmd
+	ready chan error
+	init  int    // host PID of the namespace's PID 1
+	ns    uint64 // inode of the namespace
+}
+
+// launchBenchNamespace runs script as PID 1 of a new PID namespace. At cleanup the namespace is
+// killed (SIGKILL to unshare's group and to PID 1, so the kernel kills the rest) and the benchmark
+// fails if any of its processes is still there after 30s.
+func launchBenchNamespace(b *testing.B, script string) *benchNamespace {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Fatal("this benchmark needs root: it creates PID namespaces")
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	bn := &benchNamespace{cmd: cmd, ready: make(chan error, 1)}
+	b.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if bn.init > 0 {
+			syscall.Kill(bn.init, syscall.SIGKILL)
+		}
+		cmd.Wait()
+		if bn.ns == 0 {
+			return
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			left := countInNamespace(bn.ns)
+			if left == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				b.Errorf("%d processes of PID namespace %d still there 30s after it was killed", left, bn.ns)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	go func() {
+		r := bufio.NewReader(stdout)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				bn.ready <- fmt.Errorf("namespace script ended before \"ready\": %w", err)
+				return
+			}
+			if strings.TrimSpace(line) == "ready" {
+				bn.ready <- nil
+				return
+			}
+		}
+	}()
+	return bn
+}
+
+// await waits for the namespace's "ready" line and until it holds want processes besides its
+// PID 1.
+func (bn *benchNamespace) await(b *testing.B, want int, timeout time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(timeout)
+	select {
+	case err := <-bn.ready:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(timeout):
+		b.Fatalf("no \"ready\" from the namespace after %v", timeout)
+	}
+	pid := strconv.Itoa(bn.cmd.Process.Pid)
+	children, err := os.ReadFile(filepath.Join("/proc", pid, "task", pid, "children"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	fields := strings.Fields(string(children))
+	if len(fields) != 1 {
+		b.Fatalf("unshare has children %q, want one", children)
+	}
+	bn.init, _ = strconv.Atoi(fields[0])
+	if bn.ns, err = nsInode(fmt.Sprintf("/proc/%d/ns/pid", bn.init)); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		got := countInNamespace(bn.ns) - 1 // its PID 1
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("namespace holds %d processes besides its PID 1, want %d", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// countInNamespace counts the processes whose PID namespace has inode ns.
+func countInNamespace(ns uint64) int {
+	pids, err := allPIDs()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, pid := range pids {
+		if ino, err := nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid"); err == nil && ino == ns {
+			n++
+		}
+	}
+	return n
+}
+
+// The benchmark's namespaces leave nothing behind (checked on a small one).
+func TestBenchNamespaceCleanup(t *testing.T) {
+	var ns uint64
+	testing.Benchmark(func(b *testing.B) {
+		bn := launchBenchNamespace(b, sleepers(20))
+		bn.await(b, 20, 30*time.Second)
+		ns = bn.ns
+		for b.Loop() {
+		}
+	})
+	if ns == 0 {
+		t.Fatal("the benchmark did not start its namespace")
+	}
+	if left := countInNamespace(ns); left != 0 {
+		t.Fatalf("%d processes left in the benchmark's namespace", left)
+	}
+}
