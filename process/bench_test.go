@@ -27,21 +27,32 @@ func benchScanN(b *testing.B) int {
 	return n
 }
 
-// sleepers is a namespace script that starts n `sleep 1000` processes and prints "ready". Two
-// spawners share the work (process creation is the slow part of the setup); each ends by becoming
-// a sleep itself, so the namespace holds exactly n processes besides its PID 1.
-func sleepers(n int) string {
+// blockers is a namespace script that starts n processes blocked in opening fifo (a FIFO nobody
+// writes to) and prints "ready". They are shells forked without an exec, which on small machines
+// are several times quicker to create than `sleep 1000 &` (process creation is the slow part of
+// the setup), and they die on any signal like a sleep. Two spawners share the work; each ends
+// blocked itself, so the namespace holds exactly n processes besides its PID 1.
+func blockers(n int, fifo string) string {
 	if n == 1 {
-		return "sleep 1000 & echo ready; wait"
+		return fmt.Sprintf("read x < %q & echo ready; wait", fifo)
 	}
-	a := n / 2
-	return fmt.Sprintf(`(for i in $(seq %d); do sleep 1000 & done; exec sleep 1000) &
-(for i in $(seq %d); do sleep 1000 & done; exec sleep 1000) &
-echo ready; wait`, a-1, n-a-1)
+	spawner := func(k int) string {
+		return fmt.Sprintf("(for i in $(seq %d); do read x < %q & done; read x < %q) &\n", k-1, fifo, fifo)
+	}
+	return spawner(n/2) + spawner(n-n/2) + "echo ready; wait"
+}
+
+// benchFIFO makes a FIFO in a temporary directory for blockers.
+func benchFIFO(b *testing.B) string {
+	fifo := filepath.Join(b.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return fifo
 }
 
 // BenchmarkMembers measures one membership scan (Scope.Members) of a container whose PID namespace
-// holds N sleeping processes, on a host where a sibling PID namespace (another container, say)
+// holds N blocked processes, on a host where a sibling PID namespace (another container, say)
 // holds N more: every process of the host is looked at, and the sibling's are the expensive ones
 // (their namespace is neither the container's nor the caller's, so its parents are walked).
 //
@@ -49,10 +60,11 @@ echo ready; wait`, a-1, n-a-1)
 // single scans are reported (median-ns, min-ns, max-ns).
 func BenchmarkMembers(b *testing.B) {
 	n := benchScanN(b)
-	timeout := time.Minute + time.Duration(n)*40*time.Millisecond
+	timeout := time.Minute + time.Duration(n)*20*time.Millisecond
 	// Both namespaces are populated at the same time.
-	member := launchBenchNamespace(b, sleepers(n))
-	other := launchBenchNamespace(b, sleepers(n))
+	fifo := benchFIFO(b)
+	member := launchBenchNamespace(b, blockers(n, fifo))
+	other := launchBenchNamespace(b, blockers(n, fifo))
 	member.await(b, n, timeout)
 	other.await(b, n, timeout)
 	scope, err := ScopeOf(member.init)
@@ -211,7 +223,7 @@ func countInNamespace(ns uint64) int {
 func TestBenchNamespaceCleanup(t *testing.T) {
 	var ns uint64
 	testing.Benchmark(func(b *testing.B) {
-		bn := launchBenchNamespace(b, sleepers(20))
+		bn := launchBenchNamespace(b, blockers(20, benchFIFO(b)))
 		bn.await(b, 20, 30*time.Second)
 		ns = bn.ns
 		for b.Loop() {
