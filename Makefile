@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
 
-.PHONY: all build install stack test test-load test-unit test-integration test-oldest test-compat demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat demo vet fuzz clean
 
 all: build
 
@@ -57,6 +57,14 @@ FUZZTIME ?= 10s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfigFile$$' -fuzztime $(FUZZTIME) ./shim/
 	$(GO) test -run '^$$' -fuzz '^FuzzApplyAnnotations$$' -fuzztime $(FUZZTIME) ./shim/
+
+# Benchmarks against the stock runc shim in the same run (not a CI gate): writes docs/benchmarks.md
+# and docs/stop-latency.svg. bench-smoke is the short version CI runs so they keep working.
+bench: stack
+	$(GO) run ./integration/bench -reps 5 -out docs
+
+bench-smoke: stack
+	$(GO) run ./integration/bench -smoke
 
 demo: stack
 	$(GO) run ./integration/demo
