@@ -264,10 +264,12 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 			// member is caught by the fork watcher, and the rest are init's own.
 			continue
 		}
+		// A cheap membership check first: most of the host is not the container's, and a pidfd
+		// is opened (and membership checked again, see OpenMember) only for members.
+		if !d.scope.Contains(pid) {
+			continue
+		}
 		if sig == 0 {
-			if !d.scope.Contains(pid) {
-				continue
-			}
 			st, err := ReadStatus(pid)
 			if err != nil {
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +37,13 @@ type Scope struct {
 	nsIno  uint64 // ByPIDNamespace: inode of the container's PID namespace
 	selfNS uint64 // inode of the caller's own PID namespace, never a container's
 	cgroup []byte // ByCgroup: /proc/Init/cgroup as read when the scope was made
+
+	// notNested caches the PID namespaces (by inode) found not to be nested in the container's:
+	// finding out walks the namespace's parents, four system calls a level. Only this safe answer
+	// is cached: were a namespace to die and its inode number go to a new one, a stale "nested"
+	// could reach a process outside the container, a stale "not nested" only misses one.
+	mu        sync.Mutex
+	notNested map[uint64]bool
 }
 
 // ScopeOf returns the scope of the container whose init is the live process init.
@@ -98,31 +106,47 @@ func (s *Scope) inNamespace(pid int) bool {
 	if ino == s.nsIno {
 		return true
 	}
-	// Another namespace: it belongs to the container when the container's namespace is one of its
-	// ancestors. Walking up stops at the caller's namespace (EPERM above it).
+	s.mu.Lock()
+	known := s.notNested[ino]
+	s.mu.Unlock()
+	if known {
+		return false
+	}
+	nested, ok := s.nestedIn(path)
+	if ok && !nested {
+		s.mu.Lock()
+		if s.notNested == nil {
+			s.notNested = map[uint64]bool{}
+		}
+		s.notNested[ino] = true
+		s.mu.Unlock()
+	}
+	return nested
+}
+
+// nestedIn reports whether the PID namespace at path is nested in the container's, walking up its
+// parents; it stops at the caller's namespace (EPERM above it). ok is false when the walk failed
+// (the process went away), so that no verdict is cached.
+func (s *Scope) nestedIn(path string) (nested, ok bool) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false
+		return false, false
 	}
 	for {
 		parent, err := unix.IoctlRetInt(fd, nsGetParent)
 		unix.Close(fd)
 		if err != nil {
-			return false
+			return false, errors.Is(err, unix.EPERM)
 		}
 		fd = parent
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) != nil {
 			unix.Close(fd)
-			return false
+			return false, false
 		}
-		if st.Ino == s.nsIno {
+		if st.Ino == s.nsIno || st.Ino == s.selfNS {
 			unix.Close(fd)
-			return true
-		}
-		if st.Ino == s.selfNS {
-			unix.Close(fd)
-			return false
+			return st.Ino == s.nsIno, true
 		}
 	}
 }
@@ -183,10 +207,22 @@ func allPIDs() ([]int, error) {
 	return pids, nil
 }
 
+// nsInode returns the inode of the namespace file at path. It reads the link ("pid:[4026531836]"),
+// which costs about half a stat through procfs: this is the per-process cost of every scan.
 func nsInode(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, fmt.Errorf("stat %s: %w", path, err)
+	var buf [64]byte
+	n, err := unix.Readlink(path, buf[:])
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
 	}
-	return st.Ino, nil
+	link := buf[:n]
+	open, end := bytes.IndexByte(link, '['), bytes.IndexByte(link, ']')
+	if open < 0 || end <= open {
+		return 0, fmt.Errorf("read %s: unexpected link %q", path, link)
+	}
+	ino, err := strconv.ParseUint(string(link[open+1:end]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return ino, nil
 }
