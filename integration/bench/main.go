@@ -1,0 +1,250 @@
+// Command bench measures the graceful shim against containerd's stock runc shim, side by side in
+// one private containerd (integration/stack), alternating graceful and stock run by run:
+//
+//  1. start latency: create + start until Task.Start returns (and until the container prints);
+//  2. shim RSS with one idle container, and summed over many idle containers (one shim each);
+//  3. stop latency with N extra processes that exit on SIGTERM, and how many graceful TERMed;
+//  4. the membership scan (process.BenchmarkMembers, run through go test);
+//  5. grace accuracy: when a TERM-ignoring process is SIGKILLed, against the grace period;
+//  6. idle cost: context switches and CPU time of an idle container's shim.
+//
+// It prints a table and writes OUT/benchmarks.md and OUT/stop-latency.svg. Run it as root:
+//
+//	go run ./integration/bench -reps 5 -out docs   # the full run (make bench)
+//	go run ./integration/bench -smoke              # tiny sizes, one repetition (CI)
+//
+// -only runs some sections (start,rss,stop,scan,grace,idle); -cpuprofile-dir DIR asks the graceful
+// shims for a CPU profile of each stop (GRACEFUL_CPUPROFILE_DIR).
+//
+// Missed targets are reported, not fatal; the exit status is non-zero when a measurement failed or
+// a correctness check did not hold (graceful did not TERM every process, a pids limit capped N,
+// something was left behind).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// config is what one run measures.
+type config struct {
+	reps         int           // repetitions per runtime for most measurements
+	startSamples int           // start latency samples per runtime
+	graceReps    int           // grace accuracy samples
+	stopNs       []int         // extra processes for the stop latency
+	manyN        int           // idle containers for the summed RSS
+	idle         time.Duration // idle window
+	scanN        int           // processes per namespace for the membership scan
+	scanBench    string        // go test -benchtime for the scan
+	out          string
+	profileDir   string
+	smoke        bool
+	only         map[string]bool
+}
+
+func (c *config) runs(section string) bool { return len(c.only) == 0 || c.only[section] }
+
+func main() {
+	os.Exit(mainCode())
+}
+
+func mainCode() int {
+	var (
+		reps         = flag.Int("reps", 5, "repetitions per runtime (alternating graceful, stock)")
+		smoke        = flag.Bool("smoke", false, "tiny sizes and one repetition, for CI (well under a minute); writes to a temp dir unless -out is given")
+		out          = flag.String("out", "docs", "directory for benchmarks.md and stop-latency.svg")
+		startSamples = flag.Int("start-samples", 0, "start latency samples per runtime (default 4×reps)")
+		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
+		stopNs       = flag.String("stop-n", "100,1000,5000", "comma list of extra process counts for the stop latency")
+		manyN        = flag.Int("containers", 50, "idle containers for the summed shim RSS")
+		idle         = flag.Duration("idle", 30*time.Second, "idle window for the idle cost")
+		scanN        = flag.Int("scan-n", 5000, "processes per namespace for the membership scan (GRACEFUL_BENCH_SCAN_N)")
+		profileDir   = flag.String("cpuprofile-dir", "", "passed to the shims as GRACEFUL_CPUPROFILE_DIR: a shim that supports it writes a CPU profile of each stop there")
+		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,scan,grace,idle); default all")
+	)
+	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, manyN: *manyN, idle: *idle,
+		scanN: *scanN, out: *out, profileDir: *profileDir, smoke: *smoke, only: map[string]bool{}}
+	for _, n := range strings.Split(*stopNs, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(n))
+		if err != nil || v < 1 {
+			fmt.Fprintf(os.Stderr, "bench: -stop-n %q: want a comma list of positive integers\n", *stopNs)
+			return 2
+		}
+		cfg.stopNs = append(cfg.stopNs, v)
+	}
+	if *only != "" {
+		for _, s := range strings.Split(*only, ",") {
+			cfg.only[strings.TrimSpace(s)] = true
+		}
+	}
+	if cfg.smoke {
+		pick := func(name string, v *int, smoke int) {
+			if !set[name] {
+				*v = smoke
+			}
+		}
+		pick("reps", &cfg.reps, 1)
+		pick("start-samples", &cfg.startSamples, 1)
+		pick("grace-reps", &cfg.graceReps, 1)
+		pick("containers", &cfg.manyN, 3)
+		pick("scan-n", &cfg.scanN, 100)
+		if !set["stop-n"] {
+			cfg.stopNs = []int{20}
+		}
+		if !set["idle"] {
+			cfg.idle = 3 * time.Second
+		}
+		if !set["out"] {
+			cfg.out = filepath.Join(os.TempDir(), "graceful-bench-smoke")
+		}
+		cfg.scanBench = "20x"
+	} else {
+		cfg.scanBench = fmt.Sprintf("%dx", 10*cfg.reps)
+	}
+	if cfg.startSamples <= 0 {
+		cfg.startSamples = 4 * cfg.reps
+	}
+	if cfg.graceReps <= 0 {
+		cfg.graceReps = 2 * cfg.reps
+	}
+	if cfg.reps < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")
+		return 2
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	b, err := run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if len(b.failures) > 0 {
+		fmt.Fprintln(os.Stderr, "\nbench: failed:")
+		for _, f := range b.failures {
+			fmt.Fprintln(os.Stderr, "  -", f)
+		}
+		return 1
+	}
+	return 0
+}
+
+// run measures everything, closes the stack and writes the results.
+func run(ctx context.Context, cfg *config) (*bench, error) {
+	started := time.Now()
+	b := &bench{cfg: cfg, machine: readMachine()}
+	logf("graceful vs stock benchmark: %d repetitions; stop N=%v; %d idle containers; idle window %v; scan N=%d%s",
+		cfg.reps, cfg.stopNs, cfg.manyN, cfg.idle, cfg.scanN, map[bool]string{true: " (smoke)", false: ""}[cfg.smoke])
+
+	if cfg.runs("scan") {
+		// Before the stack, so that no container is around: the scan runs against the host's
+		// process table as it is.
+		b.section("scan", func() error { return b.runScan(ctx) })
+	}
+	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("grace") || cfg.runs("idle")) {
+		if err := b.withStack(ctx); err != nil {
+			return b, err
+		}
+	}
+	if ctx.Err() != nil {
+		return b, fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	b.machine.loadEnd = loadAvg()
+	b.elapsed = time.Since(started)
+	rows := b.rows()
+	table := markdownTable(rows)
+	fmt.Println()
+	fmt.Println(table)
+	if err := b.write(rows); err != nil {
+		return b, err
+	}
+	logf("done in %v; wrote %s and %s", b.elapsed.Round(time.Second),
+		filepath.Join(cfg.out, "benchmarks.md"), filepath.Join(cfg.out, "stop-latency.svg"))
+	return b, nil
+}
+
+// withStack starts the private containerd, runs the container measurements and removes everything
+// again, checking that nothing of the stack is left.
+func (b *bench) withStack(ctx context.Context) (retErr error) {
+	logf("starting a private containerd %s with both shims...", stack.ContainerdVersion())
+	// An absent defaults file: the graceful shim runs with its built-in defaults plus the
+	// benchmark's annotations, whatever /etc/containerd/graceful.toml says.
+	noDefaults := filepath.Join(os.TempDir(), fmt.Sprintf("graceful-bench-%d-no-defaults.toml", os.Getpid()))
+	env := []string{"GRACEFUL_CONFIG_FILE=" + noDefaults}
+	if b.cfg.profileDir != "" {
+		dir, err := filepath.Abs(b.cfg.profileDir)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		env = append(env, "GRACEFUL_CPUPROFILE_DIR="+dir)
+	}
+	s, err := stack.Start(ctx, stack.Options{Env: env})
+	if err != nil {
+		return fmt.Errorf("start the stack: %w", err)
+	}
+	b.stack = s
+	defer func() {
+		dir := s.Dir
+		if err := s.Close(); err != nil && retErr == nil {
+			retErr = fmt.Errorf("close the stack: %w", err)
+		}
+		if left := shimProcesses(dir); len(left) > 0 {
+			b.failf("cleanup: shim processes %v of %s still running after Close", left, dir)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			b.failf("cleanup: %s still exists after Close", dir)
+		}
+	}()
+	b.machine.readStack(ctx, s)
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	b.reports = subscribe(subCtx, s)
+
+	if b.cfg.runs("start") || b.cfg.runs("rss") {
+		b.section("start", func() error { return b.startLatency(ctx) })
+	}
+	if b.cfg.runs("rss") {
+		b.section("rss", func() error { return b.manyRSS(ctx) })
+	}
+	if b.cfg.runs("stop") {
+		b.section("stop", func() error { return b.stopLatency(ctx) })
+	}
+	if b.cfg.runs("grace") {
+		b.section("grace", func() error { return b.graceAccuracy(ctx) })
+	}
+	if b.cfg.runs("idle") {
+		b.section("idle", func() error { return b.idleCost(ctx) })
+	}
+	return nil
+}
+
+// section runs one measurement; its error is recorded and the run goes on with the next one.
+func (b *bench) section(name string, f func() error) {
+	t := time.Now()
+	if err := f(); err != nil {
+		b.failf("%s: %v", name, err)
+		logf("%s: FAILED after %v: %v", name, time.Since(t).Round(time.Millisecond), err)
+		return
+	}
+	logf("%s: done in %v", name, time.Since(t).Round(time.Millisecond))
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,560 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// order is the order in which the runtimes take turns: graceful, stock, graceful, stock, ...
+var order = []string{stack.GracefulRuntime, stack.StockRuntime}
+
+func short(runtime string) string {
+	if runtime == stack.StockRuntime {
+		return "stock"
+	}
+	return "graceful"
+}
+
+// samples are one measurement's values per runtime (graceful, stock).
+type samples map[string][]float64
+
+func (s samples) add(runtime string, v float64) { s[runtime] = append(s[runtime], v) }
+func (s samples) g() stats                      { return summarise(s[stack.GracefulRuntime]) }
+func (s samples) s() stats                      { return summarise(s[stack.StockRuntime]) }
+
+// stopPoint is the stop latency at one N.
+type stopPoint struct {
+	n       int
+	latency samples   // ns
+	drain   []float64 // graceful: the drain's duration, from the report (ns)
+	// graceful: from the Kill call to the drain's start (State, tracer start and attach, init's
+	// own exit), and from the drain's end to the exit event at the client (release, the kernel's
+	// zap of what is left, reaping, the exit event), both in ns.
+	beforeDrain, afterDrain []float64
+	termed                  []int // graceful: processes that exited after SIGTERM, per repetition
+	outcomes                []map[string]int
+	orders                  map[string]int
+	pidsMax                 map[string]string // per runtime: the smallest pids.max from the container's cgroup up
+}
+
+// scanResult is the outcome of BenchmarkMembers.
+type scanResult struct {
+	command    string
+	raw        string // the result line
+	iterations int
+	mean       float64 // ns/op
+	st         stats   // of single scans, in ns
+}
+
+// bench is one benchmark run and its results.
+type bench struct {
+	cfg     *config
+	machine machine
+	stack   *stack.Stack
+	reports *reports
+	seq     int
+	mu      sync.Mutex
+
+	startRun, startReady samples // ns
+	rssOne, rssMany      samples // bytes
+	manyShims            map[string][]int
+	stops                []*stopPoint
+	scan                 scanResult
+	graceOvershoot       []float64 // ns: drain end − grace, from the report
+	graceKilledAt        []float64 // ns: the TERM-ignoring process's end − grace, from the report
+	graceStop            []float64 // ns: client-side stop latency − grace
+	graceReport          string
+	idleSwitches         samples
+	idleTicks            samples // ms of utime+stime
+	idleCPU              samples // ns from schedstat
+	idleThreads          samples
+	idleActive           samples // seconds of the window in which the shim was switched in at all
+
+	failures []string
+	elapsed  time.Duration
+}
+
+func (b *bench) failf(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failures = append(b.failures, fmt.Sprintf(format, args...))
+}
+
+func (b *bench) nextID(kind, runtime string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seq++
+	return fmt.Sprintf("bench-%s-%s-%d", kind, short(runtime), b.seq)
+}
+
+// deleteContainer removes a container, recording a failure if it cannot.
+func (b *bench) deleteContainer(c *stack.Container) {
+	if err := c.Delete(); err != nil {
+		b.failf("delete %s: %v", c.ID, err)
+	}
+}
+
+// 1 (and 2, one container). Start latency: from NewContainer until Task.Start returns, and until
+// the container's process printed "ready"; then, once settled, the RSS of its shim.
+func (b *bench) startLatency(ctx context.Context) error {
+	b.startRun, b.startReady, b.rssOne = samples{}, samples{}, samples{}
+	// A start of each runtime first, not measured: the first start of a shim binary pays for
+	// cold caches.
+	for _, rt := range order {
+		c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID("warmup", rt), Runtime: rt, Args: []string{"sleep", "100000"}})
+		if err != nil {
+			return err
+		}
+		b.deleteContainer(c)
+	}
+	for i := 0; i < b.cfg.startSamples; i++ {
+		for _, rt := range order {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			t0 := time.Now()
+			c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID("start", rt), Runtime: rt, Args: []string{"sh", "-c", "echo ready; exec sleep 100000"}})
+			if err != nil {
+				return err
+			}
+			started := time.Since(t0)
+			err = c.Output.WaitLine("ready", 30*time.Second)
+			ready := time.Since(t0)
+			if err == nil {
+				time.Sleep(500 * time.Millisecond) // let the shim settle after the start
+				var shim int
+				if shim, err = shimOf(int(c.Task.Pid())); err == nil {
+					var rss int64
+					if rss, err = vmRSS(shim); err == nil {
+						b.rssOne.add(rt, float64(rss))
+					}
+				}
+			}
+			b.deleteContainer(c)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.ID, err)
+			}
+			b.startRun.add(rt, float64(started))
+			b.startReady.add(rt, float64(ready))
+		}
+		logf("start %d/%d: graceful %v, stock %v", i+1, b.cfg.startSamples,
+			time.Duration(last(b.startRun[stack.GracefulRuntime])).Round(time.Millisecond),
+			time.Duration(last(b.startRun[stack.StockRuntime])).Round(time.Millisecond))
+	}
+	return nil
+}
+
+func last(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	return v[len(v)-1]
+}
+
+// 2. Shim RSS summed over many idle containers, one shim each.
+func (b *bench) manyRSS(ctx context.Context) error {
+	b.rssMany, b.manyShims = samples{}, map[string][]int{}
+	const workers = 4
+	for rep := 0; rep < b.cfg.reps; rep++ {
+		for _, rt := range order {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			cs := make([]*stack.Container, b.cfg.manyN)
+			errs := make([]error, b.cfg.manyN)
+			parallel(b.cfg.manyN, workers, func(i int) {
+				cs[i], errs[i] = b.stack.Run(ctx, stack.Spec{ID: b.nextID("rss", rt), Runtime: rt, Args: []string{"sleep", "100000"}})
+			})
+			err := errors.Join(errs...)
+			var total int64
+			shims := map[int]bool{}
+			if err == nil {
+				time.Sleep(time.Second) // let the shims settle after the start
+				for _, c := range cs {
+					shim, serr := shimOf(int(c.Task.Pid()))
+					if serr != nil {
+						err = serr
+						break
+					}
+					if !shims[shim] {
+						shims[shim] = true
+						rss, rerr := vmRSS(shim)
+						if rerr != nil {
+							err = rerr
+							break
+						}
+						total += rss
+					}
+				}
+			}
+			parallel(len(cs), workers, func(i int) {
+				if cs[i] != nil {
+					b.deleteContainer(cs[i])
+				}
+			})
+			if err != nil {
+				return fmt.Errorf("%s, %d containers: %w", short(rt), b.cfg.manyN, err)
+			}
+			if len(shims) != b.cfg.manyN {
+				b.failf("rss: %s: %d containers were served by %d shims, want one shim per container", short(rt), b.cfg.manyN, len(shims))
+			}
+			b.manyShims[rt] = append(b.manyShims[rt], len(shims))
+			b.rssMany.add(rt, float64(total))
+			logf("rss %d/%d: %s, %d containers, %d shims: %.1f MiB", rep+1, b.cfg.reps, short(rt), b.cfg.manyN, len(shims), float64(total)/(1<<20))
+		}
+	}
+	return nil
+}
+
+// parallel calls f(0..n-1) on up to workers goroutines.
+func parallel(n, workers int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < min(workers, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// stopScript is an init that exits on TERM, with n sleeps that die on TERM (the default
+// disposition), waiting in the wait builtin, which a trapped signal interrupts at once. Two
+// spawners share the work of starting the sleeps (process creation is slow on small machines);
+// each ends by becoming a sleep itself, so the container holds exactly n processes besides init.
+func stopScript(n int) string {
+	spawn := func(k int) string {
+		return fmt.Sprintf("(for i in $(seq %d); do sleep 1000 & done; exec sleep 1000) &\n", k-1)
+	}
+	script := "trap \"exit 0\" TERM\n"
+	if n == 1 {
+		script += "sleep 1000 &\n"
+	} else {
+		script += spawn(n/2) + spawn(n-n/2)
+	}
+	return script + "echo ready\nwait"
+}
+
+// 3. Stop latency with N extra processes that exit on TERM.
+func (b *bench) stopLatency(ctx context.Context) error {
+	b.stops = nil
+	for _, n := range b.cfg.stopNs {
+		p := &stopPoint{n: n, latency: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
+		b.stops = append(b.stops, p)
+		for rep := 0; rep < b.cfg.reps; rep++ {
+			for _, rt := range order {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if err := b.stopOnce(ctx, p, rt); err != nil {
+					return fmt.Errorf("N=%d, %s: %w", n, short(rt), err)
+				}
+			}
+			logf("stop N=%d %d/%d: graceful %v (%d/%d TERMed), stock %v", n, rep+1, b.cfg.reps,
+				time.Duration(last(p.latency[stack.GracefulRuntime])).Round(time.Millisecond), p.termed[len(p.termed)-1], n,
+				time.Duration(last(p.latency[stack.StockRuntime])).Round(time.Millisecond))
+		}
+	}
+	return nil
+}
+
+func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
+	c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID(fmt.Sprintf("stop%d", p.n), rt), Runtime: rt, Script: stopScript(p.n)})
+	if err != nil {
+		return err
+	}
+	defer b.deleteContainer(c)
+	timeout := 60*time.Second + time.Duration(p.n)*30*time.Millisecond
+	if err := c.Output.WaitLine("ready", timeout); err != nil {
+		return err
+	}
+	init := int(c.Task.Pid())
+	limit, cgroup, err := pidsLimit(init)
+	if err != nil {
+		return err
+	}
+	p.pidsMax[rt] = fmt.Sprintf("%s (`%s` and its parents)", limit, cgroup)
+	if v, err := strconv.Atoi(limit); err == nil && v < p.n+2 {
+		b.failf("stop N=%d: the container's pids limit %d (%s) caps N", p.n, v, cgroup)
+	}
+	ns, err := pidNamespace(init)
+	if err != nil {
+		return err
+	}
+	// Every sleep was forked before "ready"; wait until the kernel shows all of them.
+	deadline := time.Now().Add(timeout)
+	for {
+		got := countInNamespace(ns) - 1 // init
+		if got == p.n {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the container holds %d processes besides init, want %d", got, p.n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let the last ones finish exec'ing
+	kill := time.Now()
+	took, _, err := c.Stop(ctx, syscall.SIGTERM, 2*time.Minute)
+	if err != nil {
+		return err
+	}
+	p.latency.add(rt, float64(took))
+	if rt != stack.GracefulRuntime {
+		return nil
+	}
+	rep, err := b.reports.wait(c.ID, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	termed, outcomes := rep.termed()
+	p.termed = append(p.termed, termed)
+	p.outcomes = append(p.outcomes, outcomes)
+	p.orders[rep.Order]++
+	if rep.Drain != nil {
+		p.drain = append(p.drain, rep.Drain.Duration)
+		before := rep.Drain.Started.Sub(kill)
+		p.beforeDrain = append(p.beforeDrain, float64(before))
+		p.afterDrain = append(p.afterDrain, float64(took-before)-rep.Drain.Duration)
+	}
+	if termed != p.n {
+		b.failf("stop N=%d: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.n, termed, p.n, outcomes, rep.Notes)
+	}
+	return nil
+}
+
+// graceScript: a child that ignores TERM, and an init that exits at once on TERM.
+const graceScript = `sh -c 'trap "" TERM; echo trapped; while :; do sleep 0.05; done' &
+trap "exit 0" TERM
+echo ready
+while :; do sleep 0.01; done`
+
+// graceAccuracy is the grace period of the grace accuracy runs.
+const graceAccuracy = time.Second
+
+// 5. Grace accuracy: the TERM-ignoring child is SIGKILLed when the grace period ends.
+func (b *bench) graceAccuracy(ctx context.Context) error {
+	b.graceOvershoot, b.graceKilledAt, b.graceStop = nil, nil, nil
+	for i := 0; i < b.cfg.graceReps; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID("grace", stack.GracefulRuntime), Runtime: stack.GracefulRuntime, Script: graceScript,
+			Annotations: map[string]string{
+				"io.containerd.graceful.v2.grace-period": graceAccuracy.String(),
+				"io.containerd.graceful.v2.stop-order":   "children-first",
+			}})
+		if err != nil {
+			return err
+		}
+		err = b.graceOnce(ctx, c)
+		b.deleteContainer(c)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.ID, err)
+		}
+		logf("grace %d/%d: drain end − G = %v, stop − G = %v", i+1, b.cfg.graceReps,
+			time.Duration(last(b.graceOvershoot)).Round(100*time.Microsecond), time.Duration(last(b.graceStop)).Round(100*time.Microsecond))
+	}
+	return nil
+}
+
+func (b *bench) graceOnce(ctx context.Context, c *stack.Container) error {
+	for _, line := range []string{"ready", "trapped"} {
+		if err := c.Output.WaitLine(line, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	took, _, err := c.Stop(ctx, syscall.SIGTERM, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	rep, err := b.reports.wait(c.ID, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	if rep.Drain == nil {
+		return fmt.Errorf("report without a drain: %+v", rep)
+	}
+	killed := 0.0
+	for _, p := range rep.Drain.Processes {
+		if p.Outcome == "killed" && p.After > killed {
+			killed = p.After
+		}
+	}
+	if !rep.Drain.GraceExpired || killed == 0 || rep.Order != "children-first" {
+		b.failf("grace: %s: order %q, grace expired %v, no killed process %v: want children-first, the TERM-ignoring child killed at the grace's end",
+			c.ID, rep.Order, rep.Drain.GraceExpired, killed == 0)
+	}
+	if rep.Drain.Grace != float64(graceAccuracy) {
+		b.failf("grace: %s: report's grace %v, want %v", c.ID, time.Duration(rep.Drain.Grace), graceAccuracy)
+	}
+	b.graceOvershoot = append(b.graceOvershoot, rep.Drain.Duration-rep.Drain.Grace)
+	b.graceKilledAt = append(b.graceKilledAt, killed-rep.Drain.Grace)
+	b.graceStop = append(b.graceStop, float64(took-graceAccuracy))
+	return nil
+}
+
+// 6. Idle cost: context switches and CPU time of the shim of an idle container (sleep as init, no
+// shell loop), both runtimes over the same window.
+func (b *bench) idleCost(ctx context.Context) error {
+	b.idleSwitches, b.idleTicks, b.idleCPU, b.idleThreads, b.idleActive = samples{}, samples{}, samples{}, samples{}, samples{}
+	for rep := 0; rep < b.cfg.reps; rep++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		shims := map[string]int{}
+		var cs []*stack.Container
+		cleanup := func() {
+			for _, c := range cs {
+				b.deleteContainer(c)
+			}
+		}
+		for _, rt := range order {
+			c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID("idle", rt), Runtime: rt, Args: []string{"sleep", "100000"}})
+			if err != nil {
+				cleanup()
+				return err
+			}
+			cs = append(cs, c)
+			if shims[rt], err = shimOf(int(c.Task.Pid())); err != nil {
+				cleanup()
+				return err
+			}
+		}
+		time.Sleep(2 * time.Second) // past the start's own activity
+		before := map[string]usage{}
+		for rt, pid := range shims {
+			u, err := readUsage(pid)
+			if err != nil {
+				cleanup()
+				return err
+			}
+			before[rt] = u
+		}
+		// Sample every second, to count the seconds in which the shim ran at all.
+		active := map[string]int{}
+		prev := map[string]int64{}
+		for rt := range shims {
+			prev[rt] = before[rt].switches
+		}
+		end := time.Now().Add(b.cfg.idle)
+		for time.Now().Before(end) {
+			select {
+			case <-time.After(min(time.Second, time.Until(end))):
+			case <-ctx.Done():
+				cleanup()
+				return ctx.Err()
+			}
+			for rt, pid := range shims {
+				if u, err := readUsage(pid); err == nil {
+					if u.switches != prev[rt] {
+						active[rt]++
+					}
+					prev[rt] = u.switches
+				}
+			}
+		}
+		for rt, pid := range shims {
+			u, err := readUsage(pid)
+			if err != nil {
+				cleanup()
+				return err
+			}
+			b.idleSwitches.add(rt, float64(u.switches-before[rt].switches))
+			b.idleTicks.add(rt, float64(u.ticks-before[rt].ticks)*1000/clockTicks)
+			b.idleCPU.add(rt, float64(u.cpuNs-before[rt].cpuNs))
+			b.idleThreads.add(rt, float64(u.threads))
+			b.idleActive.add(rt, float64(active[rt]))
+		}
+		cleanup()
+		logf("idle %d/%d over %v: context switches graceful %v (active in %v s), stock %v (active in %v s)", rep+1, b.cfg.reps, b.cfg.idle,
+			last(b.idleSwitches[stack.GracefulRuntime]), last(b.idleActive[stack.GracefulRuntime]),
+			last(b.idleSwitches[stack.StockRuntime]), last(b.idleActive[stack.StockRuntime]))
+	}
+	return nil
+}
+
+var (
+	benchLine   = regexp.MustCompile(`^BenchmarkMembers\S*\s+(\d+)\s+([0-9.]+) ns/op`)
+	benchMetric = regexp.MustCompile(`([0-9.]+) (median|min|max)-ns`)
+)
+
+// 4. The membership scan: process.BenchmarkMembers through go test. The benchmark sets up its
+// namespaces once and reports the median, minimum and maximum of its single scans.
+func (b *bench) runScan(ctx context.Context) error {
+	b.scan = scanResult{}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkMembers$", "-benchtime", b.cfg.scanBench,
+		"-count", "1", "-timeout", "20m", "./process/"}
+	b.scan.command = fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d go %s", b.cfg.scanN, strings.Join(args[:len(args)-1], " ")+" ./process/")
+	logf("scan: %s", b.scan.command)
+	cmd := exec.CommandContext(ctx, goBin, args...)
+	cmd.Dir = stack.ModuleRoot()
+	cmd.Env = append(os.Environ(), fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d", b.cfg.scanN))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	var output []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		output = append(output, line)
+		m := benchLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		b.scan.raw = line
+		b.scan.iterations, _ = strconv.Atoi(m[1])
+		b.scan.mean, _ = strconv.ParseFloat(m[2], 64)
+		for _, mm := range benchMetric.FindAllStringSubmatch(line, -1) {
+			v, _ := strconv.ParseFloat(mm[1], 64)
+			switch mm[2] {
+			case "median":
+				b.scan.st.median = v
+			case "min":
+				b.scan.st.min = v
+			case "max":
+				b.scan.st.max = v
+			}
+		}
+		b.scan.st.n = b.scan.iterations
+		logf("scan: %s", line)
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("go test: %w\n%s", err, strings.Join(output, "\n"))
+	}
+	if b.scan.raw == "" || b.scan.st.median == 0 {
+		return fmt.Errorf("no BenchmarkMembers result with median-ns in the output:\n%s", strings.Join(output, "\n"))
+	}
+	return nil
+}
