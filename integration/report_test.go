@@ -2,31 +2,11 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
 	"time"
 
-	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/graceful-shim/graceful/integration/stack"
 )
-
-// stopReport is the part of the published stop report the tests read.
-type stopReport struct {
-	ContainerID string `json:"container_id"`
-	Order       string `json:"order"`
-	InitSignal  string `json:"init_signal"`
-	Drain       struct {
-		GraceExpired bool `json:"grace_expired"`
-		Processes    []struct {
-			Pid     int      `json:"pid"`
-			Command string   `json:"command"`
-			Signals []string `json:"signals"`
-			Outcome string   `json:"outcome"`
-		} `json:"processes"`
-	} `json:"drain"`
-}
 
 // Every stop is published on containerd's event stream (topic /graceful/stop, as `ctr events`
 // shows it): the order used, and per process the signals sent and how it ended.
@@ -45,19 +25,14 @@ func TestStopReportIsPublished(t *testing.T) {
 	for {
 		select {
 		case env := <-events:
-			v, err := typeurl.UnmarshalAny(env.Event)
+			r, err := stack.DecodeStopReport(env.Event)
 			if err != nil {
-				t.Fatal(err)
-			}
-			data, _ := json.Marshal(v.(*structpb.Struct).AsMap())
-			var r stopReport
-			if err := json.Unmarshal(data, &r); err != nil {
 				t.Fatal(err)
 			}
 			if r.ContainerID != c.ID {
 				continue
 			}
-			t.Logf("report: %s", data)
+			t.Logf("report: %+v", r)
 			if r.Order != "children-first" || r.InitSignal != "SIGKILL" || !r.Drain.GraceExpired {
 				t.Fatalf("order %q, init signal %q, grace expired %v: want children-first, SIGKILL (PID 1 without a TERM trap), true",
 					r.Order, r.InitSignal, r.Drain.GraceExpired)

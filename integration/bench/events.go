@@ -2,48 +2,21 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
-// stopReport is the part of the graceful shim's published stop report the benchmark reads.
-type stopReport struct {
-	ContainerID string   `json:"container_id"`
-	Order       string   `json:"order"`
-	InitSignal  string   `json:"init_signal"`
-	Notes       []string `json:"notes"`
-	Drain       *struct {
-		Started      time.Time `json:"started"`
-		Grace        float64   `json:"grace_ns"`
-		Duration     float64   `json:"duration_ns"`
-		GraceExpired bool      `json:"grace_expired"`
-		// Totals counts every process by outcome; Processes details the first ones only (newer
-		// shims), or every process (older ones, without Totals).
-		Totals    map[string]int `json:"totals"`
-		Omitted   int            `json:"omitted"`
-		Processes []struct {
-			Pid     int      `json:"pid"`
-			Command string   `json:"command"`
-			Signals []string `json:"signals"`
-			Outcome string   `json:"outcome"`
-			After   float64  `json:"after_ns"`
-		} `json:"processes"`
-	} `json:"drain"`
-}
+type stopReport = stack.StopReport
 
 // termed counts the processes that exited after a SIGTERM (outcome "exited", SIGTERM among their
 // signals), and returns the outcomes of all. A report that details only its first processes
 // gives totals by outcome for all of them: "exited" means exited after the drain signal, which
 // the detailed processes show to be SIGTERM.
-func (r *stopReport) termed() (int, map[string]int) {
+func termed(r *stopReport) (int, map[string]int) {
 	outcomes := map[string]int{}
 	if r.Drain == nil {
 		return 0, outcomes
@@ -83,7 +56,7 @@ func subscribe(ctx context.Context, s *stack.Stack) *reports {
 		for {
 			select {
 			case env := <-events:
-				rep, err := decodeReport(env.Event)
+				rep, err := stack.DecodeStopReport(env.Event)
 				r.mu.Lock()
 				if err != nil {
 					r.err = err
@@ -107,26 +80,6 @@ func subscribe(ctx context.Context, s *stack.Stack) *reports {
 		}
 	}()
 	return r
-}
-
-func decodeReport(event typeurl.Any) (*stopReport, error) {
-	v, err := typeurl.UnmarshalAny(event)
-	if err != nil {
-		return nil, fmt.Errorf("decode stop report: %w", err)
-	}
-	st, ok := v.(*structpb.Struct)
-	if !ok {
-		return nil, fmt.Errorf("stop report is a %T, want a struct", v)
-	}
-	data, err := json.Marshal(st.AsMap())
-	if err != nil {
-		return nil, err
-	}
-	var rep stopReport
-	if err := json.Unmarshal(data, &rep); err != nil {
-		return nil, fmt.Errorf("decode stop report: %w", err)
-	}
-	return &rep, nil
 }
 
 // wait returns the stop report of container id, waiting up to timeout for it.

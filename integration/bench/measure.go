@@ -329,8 +329,8 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 	if err != nil {
 		return err
 	}
-	termed, outcomes := rep.termed()
-	p.termed = append(p.termed, termed)
+	nTermed, outcomes := termed(rep)
+	p.termed = append(p.termed, nTermed)
 	p.outcomes = append(p.outcomes, outcomes)
 	p.orders[rep.Order]++
 	if rep.Drain != nil {
@@ -339,8 +339,8 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 		p.beforeDrain = append(p.beforeDrain, float64(before))
 		p.afterDrain = append(p.afterDrain, float64(took-before)-rep.Drain.Duration)
 	}
-	if termed != p.n {
-		b.failf("stop N=%d: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.n, termed, p.n, outcomes, rep.Notes)
+	if nTermed != p.n {
+		b.failf("stop N=%d: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.n, nTermed, p.n, outcomes, rep.Notes)
 	}
 	return nil
 }

@@ -1,0 +1,58 @@
+package stack
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// StopReport is the part of the graceful shim's stop report (topic /graceful/stop) that the tests
+// and the benchmark read. Numbers arrive as JSON numbers through a structpb.Struct, so durations
+// are float64 nanoseconds.
+type StopReport struct {
+	ContainerID string   `json:"container_id"`
+	Order       string   `json:"order"`
+	InitSignal  string   `json:"init_signal"`
+	Notes       []string `json:"notes"`
+	Drain       *struct {
+		Started      time.Time `json:"started"`
+		Grace        float64   `json:"grace_ns"`
+		Duration     float64   `json:"duration_ns"`
+		GraceExpired bool      `json:"grace_expired"`
+		// Totals counts every process by outcome; Processes details the first ones only (newer
+		// shims), or every process (older ones, without Totals).
+		Totals    map[string]int `json:"totals"`
+		Omitted   int            `json:"omitted"`
+		Processes []struct {
+			Pid     int      `json:"pid"`
+			Command string   `json:"command"`
+			Signals []string `json:"signals"`
+			Outcome string   `json:"outcome"`
+			After   float64  `json:"after_ns"`
+		} `json:"processes"`
+	} `json:"drain"`
+}
+
+// DecodeStopReport decodes a /graceful/stop event.
+func DecodeStopReport(event typeurl.Any) (*StopReport, error) {
+	v, err := typeurl.UnmarshalAny(event)
+	if err != nil {
+		return nil, fmt.Errorf("decode stop report: %w", err)
+	}
+	st, ok := v.(*structpb.Struct)
+	if !ok {
+		return nil, fmt.Errorf("stop report is a %T, want a struct", v)
+	}
+	data, err := json.Marshal(st.AsMap())
+	if err != nil {
+		return nil, err
+	}
+	var rep StopReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return nil, fmt.Errorf("decode stop report: %w", err)
+	}
+	return &rep, nil
+}
