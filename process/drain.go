@@ -318,13 +318,12 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	d.active[pid] = t
 	d.byFd[int32(h.fd)] = pid
 	d.watchFd(h.fd)
-	if sig != 0 {
-		d.signal(t, sig)
-	}
-	// Read after the signal, which is what the process is waiting for; a process gone by now
-	// keeps an empty command in the report.
+	// The command is read before the signal: a process that dies of it leaves nothing to read.
 	if detailed {
 		d.report.Processes[t.report].Command = Command(pid)
+	}
+	if sig != 0 {
+		d.signal(t, sig)
 	}
 	return true
 }
