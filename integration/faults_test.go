@@ -237,7 +237,7 @@ echo ready
 			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: orderAnnotation(order)})
 			waitTrapped(t, c, "stopped")
 			waitStoppedMember(t, int(c.Task.Pid()))
-			stop(t, c, 15*time.Second)
+			stopExpect(t, c, 15*time.Second, exitOK)
 			if got := c.Marker("stopped"); got != "handled" {
 				t.Fatalf("the stopped process did not handle TERM")
 			}
@@ -287,10 +287,13 @@ func TestStopNeverSignalsOutsideTheContainer(t *testing.T) {
 	if err := hostOut.WaitLine("trapped host", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	other := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("other") + " & echo ready; " + loop})
+	alive := []func(){holdAlive(t, "host sentinel", host.Process.Pid)}
+	other := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("other") + " & echo pid $!; echo ready; " + loop})
 	waitTrapped(t, other, "other")
-	owner := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("owner") + " & echo ready; " + loop})
+	alive = append(alive, holdAlive(t, "init of other", int(other.Task.Pid())), holdAlive(t, "sentinel of other", sentinelPid(t, other)))
+	owner := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("owner") + " & echo pid $!; echo ready; " + loop})
 	waitTrapped(t, owner, "owner")
+	alive = append(alive, holdAlive(t, "init of owner", int(owner.Task.Pid())), holdAlive(t, "sentinel of owner", sentinelPid(t, owner)))
 
 	victim := childTraps("child") + `trap "exit 0" TERM
 echo ready
@@ -310,12 +313,15 @@ echo ready
 				spec.Annotations = orderAnnotation(order)
 				c := start(t, spec)
 				waitTrapped(t, c, "child")
-				stop(t, c, 15*time.Second)
+				stopExpect(t, c, 15*time.Second, exitOK)
 				if got := c.Marker("child"); got != "clean" {
 					t.Errorf("%s: the container's own child was not drained", order)
 				}
 			}
 		})
+	}
+	for _, check := range alive {
+		check()
 	}
 	if data, err := os.ReadFile(hostFile); err == nil {
 		t.Errorf("host sentinel received %q", data)
@@ -332,4 +338,26 @@ echo ready
 			t.Errorf("%s is %v (%v), want running", c.ID, st.Status, err)
 		}
 	}
+}
+
+// sentinelPid returns the host PID of the sentinel of a container whose script printed
+// "pid $!" (its PID in the container's namespace), found among the container's processes.
+func sentinelPid(t *testing.T, c *stack.Container) int {
+	t.Helper()
+	var inner int
+	for _, line := range strings.Split(c.Output.String(), "\n") {
+		fmt.Sscanf(line, "pid %d", &inner)
+	}
+	scope, err := process.ScopeOf(int(c.Task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, _ := scope.Members()
+	for _, pid := range members {
+		if st, err := process.ReadStatus(pid); err == nil && len(st.NSpid) > 0 && st.NSpid[len(st.NSpid)-1] == inner {
+			return pid
+		}
+	}
+	t.Fatalf("%s: no sentinel with PID %d in the container (%q)", c.ID, inner, c.Output.String())
+	return 0
 }

@@ -34,3 +34,21 @@ func zombieChildren(pid int) []int {
 	}
 	return zombies
 }
+
+// holdAlive opens a pidfd on pid (a sentinel) at once, and returns a check, for the end of the
+// test, that fails unless that very process is still alive: a sentinel can trap catchable
+// signals only, so a SIGKILL that reached it shows only here.
+func holdAlive(t *testing.T, what string, pid int) func() {
+	t.Helper()
+	h, err := process.Open(pid)
+	if err != nil {
+		t.Fatalf("pidfd of %s %d: %v", what, pid, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return func() {
+		t.Helper()
+		if h.Exited() {
+			t.Errorf("%s %d died (SIGKILLed?) during the test", what, pid)
+		}
+	}
+}

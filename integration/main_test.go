@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/graceful-shim/graceful/integration/stack"
@@ -110,12 +111,54 @@ func start(t *testing.T, spec stack.Spec) *stack.Container {
 	return c
 }
 
-// stop sends SIGTERM and waits up to timeout for the container to exit.
+// stop sends SIGTERM and waits up to timeout for the container to exit, whatever its exit status.
+// Prefer stopExpect where the exit status is deterministic.
 func stop(t *testing.T, c *stack.Container, timeout time.Duration) time.Duration {
 	t.Helper()
-	took, _, err := c.Stop(context.Background(), syscall.SIGTERM, timeout)
+	took, _ := stopStatus(t, c, timeout)
+	return took
+}
+
+// stopStatus sends SIGTERM, waits up to timeout for the container to exit and returns its exit
+// status.
+func stopStatus(t *testing.T, c *stack.Container, timeout time.Duration) (time.Duration, containerd.ExitStatus) {
+	t.Helper()
+	took, st, err := c.Stop(context.Background(), syscall.SIGTERM, timeout)
 	if err != nil {
 		t.Fatalf("stop %s: %v", c.ID, err)
 	}
+	if st.Error() != nil {
+		t.Fatalf("stop %s: exit status: %v", c.ID, st.Error())
+	}
+	return took, st
+}
+
+// Exit codes of a container's init as containerd reports them.
+const (
+	exitOK      = 0
+	exitSIGKILL = 128 + uint32(syscall.SIGKILL) // 137
+	exitSIGTERM = 128 + uint32(syscall.SIGTERM) // 143
+)
+
+// stopExpect is stop, and fails the test unless init's exit code is one of want: 0 where init
+// traps TERM and exits 0 (a SIGKILLed init would give 137), 137 where init is SIGKILLed.
+func stopExpect(t *testing.T, c *stack.Container, timeout time.Duration, want ...uint32) time.Duration {
+	t.Helper()
+	took, st := stopStatus(t, c, timeout)
+	assertExitCode(t, c, st, want...)
 	return took
+}
+
+// assertExitCode fails the test unless the exit status has one of the codes.
+func assertExitCode(t *testing.T, c *stack.Container, st containerd.ExitStatus, want ...uint32) {
+	t.Helper()
+	if st.Error() != nil {
+		t.Fatalf("%s: exit status: %v", c.ID, st.Error())
+	}
+	for _, w := range want {
+		if st.ExitCode() == w {
+			return
+		}
+	}
+	t.Fatalf("%s: init exited with code %d, want %v", c.ID, st.ExitCode(), want)
 }

@@ -51,7 +51,7 @@ done`
 			waitTrapped(t, c, "worker")
 			var took time.Duration
 			if order == "" {
-				took = stop(t, c, 15*time.Second)
+				took = stopExpect(t, c, 15*time.Second, exitOK)
 			} else {
 				// The supervisor may be busy respawning when its own TERM comes, and a shell can
 				// then miss it (a signal race in ash's wait): finish as an orchestrator would.
@@ -95,7 +95,7 @@ wait $cpid
 exit 0`
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
 	waitTrapped(t, c, "child", "grandchild")
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	if got := c.Marker("grandchild"); got != "clean" {
 		t.Fatalf("grandchild's handler did not complete")
 	}
@@ -110,7 +110,7 @@ func TestMultithreadedInitIsHeld(t *testing.T) {
 	if threads := countThreads(t, int(c.Task.Pid())); threads < 2 {
 		t.Fatalf("init has %d threads, want a multithreaded init", threads)
 	}
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	if got := c.Marker("child"); got != "clean" {
 		t.Fatalf("child's handler did not complete after the multithreaded init exited")
 	}

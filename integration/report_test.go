@@ -20,7 +20,7 @@ func TestStopReportIsPublished(t *testing.T) {
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
 		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
 	waitTrapped(t, c, "child", "ignoring")
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitSIGKILL)
 
 	for {
 		select {

@@ -53,7 +53,7 @@ while :; do sleep 0.05; done`
 		t.Run(short(runtime), func(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Script: script})
 			waitTrapped(t, c, "child")
-			took := stop(t, c, 15*time.Second)
+			took := stopExpect(t, c, 15*time.Second, exitOK)
 			got := c.Marker("child")
 			t.Logf("%s: stop took %v, child marker %q", short(runtime), took, got)
 			if runtime == stack.StockRuntime && got != "" {
@@ -115,7 +115,7 @@ echo ready
 ` + loop
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
 	waitTrapped(t, c, "child", "group", "session")
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	for _, name := range []string{"child", "group", "session"} {
 		if got := c.Marker(name); got != name {
 			t.Errorf("%s did not get TERM", name)
@@ -153,7 +153,7 @@ echo ready
 			}
 			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: tc.annotations, RuntimeOptions: tc.options})
 			waitTrapped(t, c, "ignoring")
-			took := stop(t, c, tc.grace+10*time.Second)
+			took := stopExpect(t, c, tc.grace+10*time.Second, exitOK)
 			t.Logf("grace %v: stop took %v", tc.grace, took)
 			if took < tc.grace || took >= tc.grace+time.Second {
 				t.Fatalf("stop took %v, want between %v and %v", took, tc.grace, tc.grace+time.Second)
@@ -183,7 +183,7 @@ echo ready
 		t.Fatalf("after SIGHUP the container is %v (%v), want running", st.Status, err)
 	}
 	// A HUP pending at the child would be handled before the TERM of the stop (lower number).
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	if got := c.Marker("child-hup"); got != "" {
 		t.Fatalf("SIGHUP reached the child")
 	}
@@ -217,7 +217,7 @@ echo ready
 	if err := execOut.WaitLine("exec-usr1", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	if got := c.Marker("exec"); got != "clean" {
 		t.Fatalf("exec process was not drained: marker %q", got)
 	}
@@ -255,7 +255,7 @@ echo ready
 			t.Fatal(err)
 		}
 	}
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 	for _, name := range []string{"go", "python"} {
 		if got := c.Marker(name); !strings.Contains(got, "terminated") && got != "SIGTERM" {
 			t.Errorf("%s handler did not finish: marker %q", name, got)
@@ -342,5 +342,5 @@ echo ready
 	if zombies := zombieChildren(shimPid); len(zombies) > 0 {
 		t.Fatalf("zombies under the shim: %v", zombies)
 	}
-	stop(t, c, 15*time.Second)
+	stopExpect(t, c, 15*time.Second, exitOK)
 }
