@@ -33,11 +33,9 @@ func Resolve(opts *anypb.Any, bundle string) (*Settings, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Settings{Policy: file.Policy, RuncOptions: runcOpts}
-	if runcOpts == nil && file.Runc != nil {
-		if s.RuncOptions, err = typeurl.MarshalAnyToProto(file.Runc); err != nil {
-			return nil, fmt.Errorf("marshal runc options: %w", err)
-		}
+	s := &Settings{Policy: file.Policy}
+	if s.RuncOptions, err = runcOptionsOf(file, runcOpts); err != nil {
+		return nil, err
 	}
 	annotations, err := readAnnotations(bundle)
 	if err != nil {
@@ -53,6 +51,29 @@ func Resolve(opts *anypb.Any, bundle string) (*Settings, error) {
 		s.Policy.StopBudget = KubernetesBudget(v)
 	}
 	return s, nil
+}
+
+// RuncOptions returns the runc options Create hands the runc task code for the runtime options
+// opts (see Resolve): runc options unchanged, else the runc keys of the options file that applies
+// (nil when it has none). The shim manager's Info and Start use it too.
+func RuncOptions(opts *anypb.Any) (*anypb.Any, error) {
+	file, runcOpts, err := optionsFile(opts)
+	if err != nil {
+		return nil, err
+	}
+	return runcOptionsOf(file, runcOpts)
+}
+
+// runcOptionsOf returns runcOpts when containerd sent runc options, else the file's runc keys.
+func runcOptionsOf(file *FileConfig, runcOpts *anypb.Any) (*anypb.Any, error) {
+	if runcOpts != nil || file.Runc == nil {
+		return runcOpts, nil
+	}
+	a, err := typeurl.MarshalAnyToProto(file.Runc)
+	if err != nil {
+		return nil, fmt.Errorf("marshal runc options: %w", err)
+	}
+	return a, nil
 }
 
 // optionsFile returns the options file that applies, and the runc options to pass through when

@@ -42,7 +42,8 @@ func init() {
 	})
 }
 
-// NewManager returns the shim manager: containerd's runc manager under the graceful name.
+// NewManager returns the shim manager: containerd's runc manager under the graceful name, with
+// the runtime options translated to runc options for its Info and Start (see optionsManager).
 func NewManager() shim.Shim {
-	return manager.NewShimManager(RuntimeName)
+	return newManager(manager.NewShimManager(RuntimeName))
 }
