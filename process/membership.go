@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -23,7 +25,8 @@ const (
 	// would kill).
 	ByPIDNamespace ScopeKind = "pid-namespace"
 	// ByCgroup: the container shares a PID namespace (pod-shared PID, host PID); its members are
-	// the processes in the same cgroups as its init.
+	// the processes in its init's cgroups or below them, on every hierarchy where that cgroup
+	// tells the container apart from the host (see ScopeOf).
 	ByCgroup ScopeKind = "cgroup"
 )
 
@@ -34,9 +37,9 @@ type Scope struct {
 	// Kind says how members are recognised.
 	Kind ScopeKind
 
-	nsIno  uint64 // ByPIDNamespace: inode of the container's PID namespace
-	selfNS uint64 // inode of the caller's own PID namespace, never a container's
-	cgroup []byte // ByCgroup: /proc/Init/cgroup as read when the scope was made
+	nsIno   uint64        // ByPIDNamespace: inode of the container's PID namespace
+	selfNS  uint64        // inode of the caller's own PID namespace, never a container's
+	cgroups []cgroupEntry // ByCgroup: init's cgroups on the hierarchies that tell the container apart
 
 	// notNested caches the PID namespaces (by inode) found not to be nested in the container's:
 	// finding out walks the namespace's parents, four system calls a level. Only this safe answer
@@ -68,15 +71,8 @@ func ScopeOf(init int) (*Scope, error) {
 		return s, nil
 	}
 	s.Kind = ByCgroup
-	if s.cgroup, err = os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", init)); err != nil {
-		return nil, fmt.Errorf("read cgroup of %d: %w", init, err)
-	}
-	own, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return nil, fmt.Errorf("read own cgroup: %w", err)
-	}
-	if bytes.Equal(own, s.cgroup) {
-		return nil, fmt.Errorf("process %d shares the caller's cgroups and PID namespace: its container cannot be told apart from the host", init)
+	if s.cgroups, err = containerCgroups(init); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -92,7 +88,7 @@ func (s *Scope) Contains(pid int) bool {
 		return s.inNamespace(pid)
 	case ByCgroup:
 		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-		return err == nil && bytes.Equal(data, s.cgroup)
+		return err == nil && withinAll(parseCgroups(data), s.cgroups)
 	}
 	return false
 }
@@ -225,4 +221,115 @@ func nsInode(path string) (uint64, error) {
 		return 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	return ino, nil
+}
+
+// cgroupEntry is one line of /proc/PID/cgroup: a hierarchy ("ID:controllers", "0:" for the cgroup
+// v2 unified hierarchy) and the process's cgroup path in it.
+type cgroupEntry struct {
+	hierarchy string
+	path      string
+}
+
+// parseCgroups parses the content of /proc/PID/cgroup. Malformed lines are skipped.
+func parseCgroups(data []byte) []cgroupEntry {
+	var entries []cgroupEntry
+	for _, line := range strings.Split(string(data), "\n") {
+		i := strings.IndexByte(line, ':')
+		if i < 0 {
+			continue
+		}
+		j := strings.IndexByte(line[i+1:], ':')
+		if j < 0 {
+			continue
+		}
+		j += i + 1
+		entries = append(entries, cgroupEntry{hierarchy: line[:j], path: line[j+1:]})
+	}
+	return entries
+}
+
+// readCgroups reads and parses /proc/PID/cgroup (PID "self" for the caller).
+func readCgroups(pid string) ([]cgroupEntry, []byte, error) {
+	data, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		return nil, nil, fmt.Errorf("read cgroups of %s: %w", pid, err)
+	}
+	return parseCgroups(data), data, nil
+}
+
+// containerCgroups returns the cgroups of the container whose init (not a PID namespace's PID 1)
+// is init, on the hierarchies that tell the container apart from the host. It refuses a container
+// that no hierarchy tells apart: signalling its "members" would signal the host.
+func containerCgroups(init int) ([]cgroupEntry, error) {
+	initCgroups, initData, err := readCgroups(strconv.Itoa(init))
+	if err != nil {
+		return nil, err
+	}
+	own, ownData, err := readCgroups("self")
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(ownData, initData) {
+		return nil, fmt.Errorf("process %d shares the caller's cgroups and PID namespace: its container cannot be told apart from the host", init)
+	}
+	hostInit, _, err := readCgroups("1")
+	if err != nil {
+		return nil, err
+	}
+	kept := distinguishing(initCgroups, hostInit, own)
+	if len(kept) == 0 {
+		return nil, fmt.Errorf("process %d shares the caller's PID namespace and none of its cgroups (%q) tells its container apart from the host: each is the root, or holds PID 1 or the caller", init, strings.TrimSpace(string(initData)))
+	}
+	return kept, nil
+}
+
+// distinguishing returns the entries of a container's init that tell the container apart: those
+// whose cgroup is not the root, not an ancestor of (or the same as) host PID 1's cgroup in that
+// hierarchy, nor of the caller's, and is a plain absolute path (a cgroup outside the caller's
+// cgroup namespace shows as "/.." and cannot be compared).
+func distinguishing(init, hostInit, own []cgroupEntry) []cgroupEntry {
+	var kept []cgroupEntry
+	for _, e := range init {
+		if e.path == "/" || !path.IsAbs(e.path) || path.Clean(e.path) != e.path || strings.Contains(e.path, "/..") {
+			continue
+		}
+		if p, ok := lookupCgroup(hostInit, e.hierarchy); ok && within(p, e.path) {
+			continue
+		}
+		if p, ok := lookupCgroup(own, e.hierarchy); ok && within(p, e.path) {
+			continue
+		}
+		kept = append(kept, e)
+	}
+	return kept
+}
+
+// withinAll reports whether a process with cgroups entries is, on every hierarchy of container,
+// in the container's cgroup or below it.
+func withinAll(entries, container []cgroupEntry) bool {
+	for _, c := range container {
+		p, ok := lookupCgroup(entries, c.hierarchy)
+		if !ok || !within(p, c.path) {
+			return false
+		}
+	}
+	return true
+}
+
+// lookupCgroup returns the path of hierarchy in entries.
+func lookupCgroup(entries []cgroupEntry, hierarchy string) (string, bool) {
+	for _, e := range entries {
+		if e.hierarchy == hierarchy {
+			return e.path, true
+		}
+	}
+	return "", false
+}
+
+// within reports whether cgroup path p is base or a descendant of it.
+func within(p, base string) bool {
+	if base == "/" {
+		return strings.HasPrefix(p, "/")
+	}
+	return p == base || strings.HasPrefix(p, base+"/")
 }
