@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -94,9 +95,31 @@ const maxKillSweeps = 8
 
 type tracked struct {
 	h      *Handle
-	report int // index in Report.Processes
+	detail int // index in Report.Processes, -1 when the process is only counted
 	killed bool
+	// signalled: the drain signal (or SIGKILL) was delivered; outcome, when set, overrides the
+	// outcome found at exit.
+	signalled bool
+	outcome   Outcome
+	// sigAt is CLOCK_MONOTONIC just before the drain signal was sent (0: not signalled): a fork
+	// reported with an earlier timestamp predates the signal, so the child needs it too.
+	sigAt int64
+	// nsIno is the process's PID namespace. deferred marks a nested namespace's init that would
+	// drop the drain signal: it is SIGKILLed once the rest of its namespace has exited.
+	// deferredOwn marks a process such an init (or its own new processes) started during the drain.
+	nsIno       uint64
+	deferred    bool
+	deferredOwn bool
 }
+
+// finishedPid is a process seen exiting: its PID may still be a zombie, or be recycled.
+type finishedPid struct {
+	gen   uint32 // the prune generation in which the PID was last listed in /proc
+	sigAt int64  // as tracked.sigAt
+}
+
+// pruneMin is the fewest finished entries that trigger pruning between sweeps.
+const pruneMin = 1024
 
 // Drainer is a drain in progress: StartDrain has signalled the members found so far, Finish waits
 // for them.
@@ -110,7 +133,13 @@ type Drainer struct {
 	events   []unix.EpollEvent
 	phaseSig unix.Signal // what a process started now gets: 0 during the grace, SIGKILL after
 	active   map[int]*tracked
-	finished map[int]bool
+	finished map[int]finishedPid
+	// gen counts prunes of finished; pruneAt is the size of finished that triggers the next.
+	gen     uint32
+	pruneAt int
+	// deferred counts the active nested inits waiting for their namespace to empty.
+	deferred int
+	commands *commandReader
 	// initsOwn are processes started by init (or by such processes) after the drain began: init's
 	// own business, as init has not been asked to stop yet. They are not waited for.
 	initsOwn map[int]bool
@@ -133,14 +162,17 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 		scope:    scope,
 		cfg:      cfg,
 		active:   map[int]*tracked{},
-		finished: map[int]bool{},
+		finished: map[int]finishedPid{},
+		pruneAt:  pruneMin,
 		initsOwn: map[int]bool{},
 		byFd:     map[int32]int{},
+		commands: newCommandReader(),
 		report: &Report{
 			Scope:   scope.Kind,
 			Signal:  SignalName(cfg.Signal),
 			Grace:   cfg.Grace,
 			Started: time.Now(),
+			Totals:  map[Outcome]int{},
 		},
 	}
 	// Exits are waited for with epoll: one wake-up costs what is ready, not what is tracked.
@@ -192,8 +224,9 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 		d.phaseSig = unix.SIGKILL
 		for _, t := range d.active {
 			d.signal(t, unix.SIGKILL)
-			t.killed = true
+			t.killed, t.deferred = true, false
 		}
+		d.deferred = 0
 		for i := 0; i < maxKillSweeps && d.sweep(unix.SIGKILL) > 0; i++ {
 		}
 		if !d.phase(ctx, wake, time.Now().Add(d.cfg.KillWait)) {
@@ -213,6 +246,7 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 		if ctx.Err() != nil {
 			return false
 		}
+		d.releaseDeferred()
 		now := time.Now()
 		since := now.Sub(lastScan)
 		rescan := len(d.active) == 0 || (dirty && since >= rescanMin)
@@ -256,10 +290,14 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 	if err != nil {
 		return 0
 	}
+	d.prune(pids)
 	found := 0
 	initsOwn := map[int]bool{}
 	for _, pid := range pids {
-		if _, ok := d.active[pid]; ok || pid == d.scope.Init || d.finished[pid] {
+		if _, ok := d.finished[pid]; ok {
+			continue
+		}
+		if _, ok := d.active[pid]; ok || pid == d.scope.Init {
 			// A finished PID is a zombie not reaped yet, or was recycled: a process started by a
 			// member is caught by the fork watcher, and the rest are init's own.
 			continue
@@ -269,9 +307,10 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 		if !d.scope.Contains(pid) {
 			continue
 		}
+		var st Status
 		if sig == 0 {
-			st, err := ReadStatus(pid)
-			if err != nil {
+			var err error
+			if st, err = ReadStatus(pid); err != nil {
 				continue
 			}
 			if d.initsOwn[pid] || st.PPid == d.scope.Init || d.initsOwn[st.PPid] {
@@ -283,6 +322,9 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 		}
 		if d.track(pid, sig) {
 			found++
+			if sig == 0 {
+				d.markDeferredOwn(pid, st.PPid)
+			}
 		}
 	}
 	if sig == 0 {
@@ -292,9 +334,10 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 }
 
 // track starts tracking pid if it is a member, signalling it with sig unless sig is 0. It reports
-// whether pid is now tracked.
+// whether pid is now tracked. A nested namespace's init that would drop sig is tracked unsignalled
+// and deferred (see releaseDeferred).
 func (d *Drainer) track(pid int, sig unix.Signal) bool {
-	if d.finished[pid] {
+	if _, ok := d.finished[pid]; ok {
 		// Seen exit already: a zombie not reaped yet, unless the PID was recycled.
 		if st, err := ReadStatus(pid); err != nil || st.State == 'Z' {
 			return false
@@ -305,62 +348,148 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	if err != nil {
 		return false
 	}
-	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
-	t := &tracked{h: h, report: len(d.report.Processes) - 1, killed: sig == unix.SIGKILL}
-	detailed := t.report < MaxDetailed
+	t := &tracked{h: h, detail: -1, killed: sig == unix.SIGKILL}
+	if len(d.report.Processes) < MaxDetailed {
+		d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid, Command: commName(pid)})
+		t.detail = len(d.report.Processes) - 1
+		// The command line is read aside (it can block on the target's memory), but briefly
+		// waited for before the signal: a process that dies of it leaves nothing to read.
+		d.commands.start(pid, t.detail)
+	} else {
+		d.report.Omitted++
+	}
 	if h.Exited() {
-		if detailed {
-			d.report.Processes[t.report].Command = Command(pid)
-		}
 		d.end(pid, t, AlreadyExited)
 		return false
 	}
 	d.active[pid] = t
 	d.byFd[int32(h.fd)] = pid
 	d.watchFd(h.fd)
-	// The command is read before the signal: a process that dies of it leaves nothing to read.
-	if detailed {
-		d.report.Processes[t.report].Command = Command(pid)
+	t.nsIno, t.deferred = d.defers(pid, sig)
+	if t.deferred {
+		d.deferred++
+		return true
 	}
 	if sig != 0 {
+		d.commands.await(t.detail)
 		d.signal(t, sig)
 	}
 	return true
 }
 
-// forked handles process creations reported by the fork watcher.
+// defers returns pid's PID namespace and whether pid must not get sig now: it is PID 1 of a
+// namespace nested in the container's (bubblewrap, unshare -p, docker-in-docker), where the kernel
+// drops a signal without a handler, and has none for sig. Such an init is SIGKILLed instead, once
+// the rest of its namespace is gone (a SIGKILL now would zap its children before their cleanup).
+func (d *Drainer) defers(pid int, sig unix.Signal) (ns uint64, deferred bool) {
+	ns, err := nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
+	if err != nil || ns == d.scope.nsIno || ns == d.scope.selfNS || sig == 0 || sig == unix.SIGKILL {
+		// In the container's own namespace (or the caller's, for a cgroup scope) only the
+		// container's init is a PID 1, and it is never a member.
+		return ns, false
+	}
+	st, err := ReadStatus(pid)
+	if err != nil || !st.NamespaceInit() {
+		return ns, false
+	}
+	handles, err := WillHandle(pid, sig)
+	return ns, err == nil && !handles
+}
+
+// releaseDeferred SIGKILLs each deferred nested init whose namespace holds no other active
+// process, apart from those the deferred inits started during the drain.
+func (d *Drainer) releaseDeferred() {
+	if d.deferred == 0 {
+		return
+	}
+	busy := map[uint64]bool{}
+	for _, t := range d.active {
+		if !t.deferred && !t.deferredOwn {
+			busy[t.nsIno] = true
+		}
+	}
+	for _, t := range d.active {
+		if t.deferred && !busy[t.nsIno] {
+			t.deferred = false
+			d.deferred--
+			d.signal(t, unix.SIGKILL)
+			t.killed = true
+		}
+	}
+}
+
+// markDeferredOwn marks the tracked process pid as started by a deferred init (or by one of its
+// own new processes) when its parent ppid is one.
+func (d *Drainer) markDeferredOwn(pid, ppid int) {
+	t, p := d.active[pid], d.active[ppid]
+	if t != nil && p != nil && (p.deferred || p.deferredOwn) {
+		t.deferredOwn = true
+	}
+}
+
+// forked handles process creations reported by the fork watcher. A child that a member forked
+// before the member got the drain signal (after the sweep had listed the process table) gets the
+// signal as well.
 func (d *Drainer) forked(forks []fork) {
 	for _, f := range forks {
 		if _, ok := d.active[f.child]; ok {
 			continue
 		}
-		switch {
-		case f.parent == d.scope.Init || d.initsOwn[f.parent]:
+		if f.parent == d.scope.Init || d.initsOwn[f.parent] {
 			if d.phaseSig == 0 {
 				d.initsOwn[f.child] = true
 			} else {
 				d.track(f.child, d.phaseSig)
 			}
-		case d.active[f.parent] != nil || d.finished[f.parent]:
-			d.track(f.child, d.phaseSig)
+			continue
+		}
+		var sigAt int64
+		if p := d.active[f.parent]; p != nil {
+			sigAt = p.sigAt
+		} else if p, ok := d.finished[f.parent]; ok {
+			sigAt = p.sigAt
+		} else {
+			continue
+		}
+		sig := d.phaseSig
+		if sig == 0 && sigAt != 0 && f.ts < sigAt {
+			sig = d.cfg.Signal
+		}
+		if d.track(f.child, sig) && sig == 0 {
+			d.markDeferredOwn(f.child, f.parent)
 		}
 	}
 }
 
+// signal sends sig to t, followed by SIGCONT unless sig is SIGKILL or SIGCONT, and records it.
 func (d *Drainer) signal(t *tracked, sig unix.Signal) {
-	p := &d.report.Processes[t.report]
+	if sig == d.cfg.Signal && t.sigAt == 0 {
+		var ts unix.Timespec
+		if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+			t.sigAt = ts.Nano()
+		}
+	}
 	if err := t.h.Signal(sig); err != nil {
-		if errors.Is(err, ErrGone) && len(p.Signals) == 0 {
-			p.Outcome = AlreadyExited
+		if errors.Is(err, ErrGone) && !t.signalled {
+			t.outcome = AlreadyExited
 		}
 		return
 	}
-	p.Signals = append(p.Signals, SignalName(sig))
+	t.signalled = true
+	d.recordSignal(t, sig)
 	if sig != unix.SIGKILL && sig != unix.SIGCONT {
 		// As systemd does: a stopped process only acts on the signal once continued.
 		if t.h.Signal(unix.SIGCONT) == nil {
-			p.Signals = append(p.Signals, "SIGCONT")
+			d.recordSignal(t, unix.SIGCONT)
 		}
+	}
+}
+
+// recordSignal adds sig to t's detailed report, if it has one.
+func (d *Drainer) recordSignal(t *tracked, sig unix.Signal) {
+	if t.detail >= 0 {
+		p := &d.report.Processes[t.detail]
+		p.Signals = append(p.Signals, SignalName(sig))
 	}
 }
 
@@ -386,7 +515,7 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 		switch {
 		case t.killed:
 			outcome = Killed
-		case len(d.report.Processes[t.report].Signals) == 0:
+		case !t.signalled:
 			outcome = ExitedUnsignalled
 		}
 		d.end(pid, t, outcome)
@@ -435,16 +564,56 @@ func (d *Drainer) watchFdOrNone() int {
 	return d.watch.fd
 }
 
+// end records that the tracked process pid ended with outcome o (unless an outcome was set
+// earlier) and stops tracking it.
 func (d *Drainer) end(pid int, t *tracked, o Outcome) {
-	p := &d.report.Processes[t.report]
-	if p.Outcome == "" {
-		p.Outcome = o
+	if t.outcome != "" {
+		o = t.outcome
 	}
-	p.After = time.Since(d.report.Started)
-	delete(d.byFd, int32(t.h.fd))
+	d.report.Totals[o]++
+	if t.detail >= 0 {
+		p := &d.report.Processes[t.detail]
+		p.Outcome = o
+		p.After = time.Since(d.report.Started)
+	}
+	if t.h.fd >= 0 {
+		delete(d.byFd, int32(t.h.fd))
+	}
 	t.h.Close() // closing a pidfd also takes it out of the epoll instance
+	if t.deferred {
+		d.deferred--
+	}
 	delete(d.active, pid)
-	d.finished[pid] = true
+	d.finished[pid] = finishedPid{gen: d.gen, sigAt: t.sigAt}
+	if len(d.finished) >= d.pruneAt {
+		if pids, err := allPIDs(); err == nil {
+			d.prune(pids)
+		}
+		d.pruneAt = max(pruneMin, 2*len(d.finished))
+	}
+}
+
+// prune forgets the finished processes and init's new processes whose PIDs are no longer in pids
+// (the process table): they are reaped, so a process with that PID is a new one. This bounds both
+// maps by the live processes, whatever a fork storm during a long grace period amounts to.
+func (d *Drainer) prune(pids []int) {
+	d.gen++
+	initsOwn := map[int]bool{}
+	for _, pid := range pids {
+		if f, ok := d.finished[pid]; ok {
+			f.gen = d.gen
+			d.finished[pid] = f
+		}
+		if d.initsOwn[pid] {
+			initsOwn[pid] = true
+		}
+	}
+	for pid, f := range d.finished {
+		if f.gen != d.gen {
+			delete(d.finished, pid)
+		}
+	}
+	d.initsOwn = initsOwn
 }
 
 // finish records every process still active with outcome o and completes the report.
@@ -453,14 +622,8 @@ func (d *Drainer) finish(o Outcome) *Report {
 	for pid, t := range d.active {
 		d.end(pid, t, o)
 	}
+	d.commands.collect(d.report.Processes)
 	d.report.Duration = time.Since(d.report.Started)
-	d.report.Totals = map[Outcome]int{}
-	for _, p := range d.report.Processes {
-		d.report.Totals[p.Outcome]++
-	}
-	if n := len(d.report.Processes); n > MaxDetailed {
-		d.report.Processes, d.report.Omitted = d.report.Processes[:MaxDetailed], n-MaxDetailed
-	}
 	return d.report
 }
 

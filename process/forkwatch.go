@@ -21,8 +21,19 @@ const (
 	forkEventMinLength = procEventOffset + 32
 )
 
-// fork is one process creation: parent and child thread-group ids, in the initial PID namespace.
-type fork struct{ parent, child int }
+// fork is one process creation: parent and child thread-group ids, in the initial PID namespace,
+// and when it happened (CLOCK_MONOTONIC nanoseconds, the kernel's ktime_get_ns).
+type fork struct {
+	parent, child int
+	ts            int64
+}
+
+// Inodes of the initial user and PID namespaces (PROC_USER_INIT_INO, PROC_PID_INIT_INO): fixed by
+// the kernel.
+const (
+	procUserInitIno = 0xEFFFFFFD
+	procPidInitIno  = 0xEFFFFFFC
+)
 
 // forkWatcher reports every process creation on the host from the kernel's proc connector, so a
 // drain learns at once which process started which, even when the parent exits right after. It
@@ -32,7 +43,13 @@ type forkWatcher struct {
 	buf []byte
 }
 
+// newForkWatcher subscribes to the proc connector. Outside the initial user or PID namespace the
+// kernel ignores the subscription without an error and the socket stays silent, so that case is
+// refused up front: the drain then falls back to re-reading the process table.
 func newForkWatcher() (*forkWatcher, error) {
+	if err := inInitialNamespaces(); err != nil {
+		return nil, err
+	}
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_CONNECTOR)
 	if err != nil {
 		return nil, fmt.Errorf("proc connector socket: %w", err)
@@ -55,6 +72,24 @@ func newForkWatcher() (*forkWatcher, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// inInitialNamespaces returns an error unless the caller is in the initial user and PID
+// namespaces, the only place where the proc connector reports anything.
+func inInitialNamespaces() error {
+	for _, ns := range []struct {
+		path string
+		ino  uint64
+	}{{"/proc/self/ns/user", procUserInitIno}, {"/proc/self/ns/pid", procPidInitIno}} {
+		ino, err := nsInode(ns.path)
+		if err != nil {
+			return fmt.Errorf("proc connector: %w", err)
+		}
+		if ino != ns.ino {
+			return fmt.Errorf("proc connector: %s is not the initial namespace (inode %d), fork events would never arrive", ns.path, ino)
+		}
+	}
+	return nil
 }
 
 // forkFilter is a classic BPF program that accepts PROC_EVENT_FORK messages only. BPF loads words
@@ -103,12 +138,13 @@ func (w *forkWatcher) read() (forks []fork, lost bool) {
 				break
 			}
 			if size >= forkEventMinLength && binary.NativeEndian.Uint32(msg[procEventOffset:]) == procEventFork {
+				ts := int64(binary.NativeEndian.Uint64(msg[procEventOffset+8:]))
 				ev := msg[procEventOffset+16:]
 				parentTgid := int(binary.NativeEndian.Uint32(ev[4:]))
 				childPid := int(binary.NativeEndian.Uint32(ev[8:]))
 				childTgid := int(binary.NativeEndian.Uint32(ev[12:]))
 				if childPid == childTgid { // a process, not a thread
-					forks = append(forks, fork{parent: parentTgid, child: childTgid})
+					forks = append(forks, fork{parent: parentTgid, child: childTgid, ts: ts})
 				}
 			}
 			next := (size + 3) &^ 3

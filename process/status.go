@@ -101,21 +101,121 @@ func parseStatus(data []byte) (Status, error) {
 	return st, sc.Err()
 }
 
-// Command returns the process's command line for reports, falling back to its name.
+// Command returns the process's command line for reports, falling back to its name. Reading the
+// command line takes the target's mmap lock and can block for as long as the target is stuck in a
+// page fault (a hung FUSE or NFS mount): never call it on a drain's critical path (see
+// commandReader).
 func Command(pid int) string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err == nil && len(data) > 0 {
-		s := strings.TrimRight(strings.ReplaceAll(string(data), "\x00", " "), " ")
-		if len(s) > 200 {
-			s = s[:200] + "…"
-		}
+	if s, ok := readCmdline(pid); ok {
 		return s
 	}
-	data, err = os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return commName(pid)
+}
+
+// readCmdline reads /proc/PID/cmdline; ok is false when it is empty or unreadable (an exited
+// process, a kernel thread).
+func readCmdline(pid int) (string, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(data) == 0 {
+		return "", false
+	}
+	s := strings.TrimRight(strings.ReplaceAll(string(data), "\x00", " "), " ")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s, true
+}
+
+// commName returns the process's name as "[name]", from /proc/PID/comm, which never touches the
+// target's memory and so cannot block on it. It returns "" when the process cannot be read.
+func commName(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	if err != nil {
 		return ""
 	}
 	return "[" + strings.TrimSpace(string(data)) + "]"
+}
+
+// Bounds on waiting for command lines read aside (see commandReader).
+const (
+	// commandWait is how long a signal waits for its target's command line, and
+	// commandWaitBudget how long all signals of one drain wait together.
+	commandWait       = 2 * time.Millisecond
+	commandWaitBudget = 20 * time.Millisecond
+	// commandCollect bounds the wait for the command lines still being read when a report is
+	// completed; a process whose read is stuck keeps its "[comm]".
+	commandCollect = 150 * time.Millisecond
+)
+
+// commandReader reads command lines off a drain's critical path: a read of /proc/PID/cmdline
+// blocks while the target is stuck in a page fault, so each runs in its own goroutine and is
+// waited for only within bounds. A stuck read leaks its goroutine until the target dies; there is
+// one at most per detailed process (MaxDetailed).
+type commandReader struct {
+	pending map[int]chan string // by index in Report.Processes
+	got     map[int]string
+	budget  time.Duration
+}
+
+func newCommandReader() *commandReader {
+	return &commandReader{pending: map[int]chan string{}, got: map[int]string{}, budget: commandWaitBudget}
+}
+
+// start begins reading pid's command line for the report entry detail.
+func (c *commandReader) start(pid, detail int) {
+	ch := make(chan string, 1)
+	c.pending[detail] = ch
+	go func() {
+		s, _ := readCmdline(pid)
+		ch <- s
+	}()
+}
+
+// await waits briefly (commandWait, and no longer than the budget left) for the read of entry
+// detail, so that a process about to die of a signal still has its command line read.
+func (c *commandReader) await(detail int) {
+	ch, ok := c.pending[detail]
+	if !ok || c.budget <= 0 {
+		return
+	}
+	start := time.Now()
+	timer := time.NewTimer(min(commandWait, c.budget))
+	defer timer.Stop()
+	select {
+	case s := <-ch:
+		c.got[detail] = s
+		delete(c.pending, detail)
+	case <-timer.C:
+	}
+	c.budget -= time.Since(start)
+}
+
+// collect fills in the command lines read so far, waiting at most commandCollect in all for the
+// rest; an entry whose command line is unknown keeps the name it has.
+func (c *commandReader) collect(procs []ProcessReport) {
+	timer := time.NewTimer(commandCollect)
+	defer timer.Stop()
+	expired := false
+	for detail, ch := range c.pending {
+		if expired {
+			select {
+			case c.got[detail] = <-ch:
+			default:
+			}
+			continue
+		}
+		select {
+		case c.got[detail] = <-ch:
+		case <-timer.C:
+			expired = true
+		}
+	}
+	for detail, s := range c.got {
+		if s != "" && detail < len(procs) {
+			procs[detail].Command = s
+		}
+	}
+	c.pending, c.got = map[int]chan string{}, map[int]string{}
 }
 
 // WillHandle reports whether the process pid will act on sig if it is sent now: it has a handler,
