@@ -2,6 +2,7 @@ package process
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,12 +30,20 @@ const (
 // and before exit_notify, so that while it is held the rest of its PID namespace is still alive and
 // can be drained. Every signal-delivery-stop is passed straight through.
 //
-// It writes HoldAttached once all threads are traced and HoldExiting when the first thread stops
+// pidfd refers to the process: it is checked after every thread is seized, so that a PID recycled
+// since the caller checked it is never held (a live process keeps its PID, so a pidfd that still
+// refers to a live process numbered pid proves the seized threads are that process's).
+//
+// A thread that ends on its own (pthread_exit, a Go thread ended by its runtime) while other
+// threads live on is let go at once: only the last live thread of the process is held, since
+// only its exit lets the kernel zap the namespace.
+//
+// It writes HoldAttached once all threads are traced and HoldExiting when the last thread stops
 // at exit, each on its own line to out. It returns, which ends the tracer and so lets the kernel
 // detach and release every thread, when in yields a line "release" or reaches EOF. It must run
 // in a process of its own: ptrace stops are reported through wait, which the caller must not
 // share with another reaper. If the process running it dies, the kernel detaches all the same.
-func RunHolder(pid int, in io.Reader, out io.Writer) error {
+func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 	runtime.LockOSThread() // every ptrace request must come from the tracing thread
 	children := make(chan os.Signal, 16)
 	signal.Notify(children, unix.SIGCHLD)
@@ -45,8 +55,12 @@ func RunHolder(pid int, in io.Reader, out io.Writer) error {
 		close(release)
 	}()
 
-	h := &holder{pid: pid, threads: map[int]bool{}, out: out}
-	if err := h.attach(); err != nil {
+	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out}
+	err := h.attach()
+	if err == nil {
+		err = verifyPidfd(pidfd, pid)
+	}
+	if err != nil {
 		fmt.Fprintf(out, "%s %v\n", HoldError, err)
 		return err
 	}
@@ -66,8 +80,31 @@ func RunHolder(pid int, in io.Reader, out io.Writer) error {
 type holder struct {
 	pid     int
 	threads map[int]bool // traced thread ids
-	exiting bool
-	out     io.Writer
+	// exitLetGo are threads that ended on their own while others lived on: past their exit stop.
+	exitLetGo map[int]bool
+	exiting   bool
+	out       io.Writer
+}
+
+// verifyPidfd checks that pidfd still refers to a live process numbered pid (in the caller's PID
+// namespace), from its fdinfo: a process that has exited shows Pid -1.
+func verifyPidfd(pidfd, pid int) error {
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		return fmt.Errorf("init %d exited before it was traced: %w", pid, err)
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", pidfd))
+	if err != nil {
+		return fmt.Errorf("read the pidfd of %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			if got, _ := strconv.Atoi(strings.TrimSpace(v)); got != pid {
+				return fmt.Errorf("the pidfd refers to process %s, not %d: the PID was recycled", strings.TrimSpace(v), pid)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("the pidfd of %d is not a pidfd", pid)
 }
 
 const traceOptions = unix.PTRACE_O_TRACEEXIT | unix.PTRACE_O_TRACECLONE
@@ -90,6 +127,11 @@ func (h *holder) attach() error {
 					continue // the thread exited meanwhile
 				}
 				return fmt.Errorf("ptrace seize thread %d of %d: %w", tid, h.pid, errno)
+			}
+			if !threadOf(tid, h.pid) {
+				// The thread exited after the listing and its id went to another process.
+				unix.PtraceDetach(tid)
+				continue
 			}
 			h.threads[tid] = true
 			added++
@@ -118,6 +160,7 @@ func (h *holder) reap() bool {
 		switch {
 		case ws.Exited() || ws.Signaled():
 			delete(h.threads, tid)
+			delete(h.exitLetGo, tid)
 		case ws.Stopped():
 			h.stopped(tid, ws)
 		}
@@ -128,7 +171,13 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 	sig := ws.StopSignal()
 	switch event := int(uint32(ws)>>16) & 0xff; event {
 	case unix.PTRACE_EVENT_EXIT:
-		// Hold: the thread stays stopped until the tracer goes away.
+		if h.othersLive(tid) {
+			// One thread ends while the process lives on: not init's exit.
+			h.exitLetGo[tid] = true
+			unix.PtraceCont(tid, 0)
+			return
+		}
+		// The last live thread: hold it until the tracer goes away.
 		if !h.exiting {
 			h.exiting = true
 			fmt.Fprintln(h.out, HoldExiting)
@@ -151,4 +200,66 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 	default:
 		unix.PtraceCont(tid, 0)
 	}
+}
+
+// othersLive reports whether a traced thread other than tid is alive and not dying. A process
+// that exits as a whole (exit_group, a fatal signal) queues SIGKILL for every other thread first,
+// so at the exit stop of its last thread no other thread counts as live.
+func (h *holder) othersLive(tid int) bool {
+	for t := range h.threads {
+		if t != tid && !h.exitLetGo[t] && threadLive(h.pid, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// pfExiting is PF_EXITING in a task's flags (/proc/PID/stat field 9).
+const pfExiting = 0x4
+
+// threadLive reports whether thread tid of process pid runs on: it exists, is not a zombie, has
+// not begun to exit and has no SIGKILL pending.
+func threadLive(pid, tid int) bool {
+	dir := fmt.Sprintf("/proc/%d/task/%d/", pid, tid)
+	stat, err := os.ReadFile(dir + "stat")
+	if err != nil {
+		return false
+	}
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return false
+	}
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 7 || fields[0] == "Z" || fields[0] == "X" {
+		return false
+	}
+	if flags, err := strconv.ParseUint(fields[6], 10, 64); err != nil || flags&pfExiting != 0 {
+		return false
+	}
+	status, err := os.ReadFile(dir + "status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigPnd:"); ok {
+			pending, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && pending&bit(unix.SIGKILL) == 0
+		}
+	}
+	return false
+}
+
+// threadOf reports whether tid is a thread of process pid.
+func threadOf(tid, pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			tgid, err := strconv.Atoi(strings.TrimSpace(v))
+			return err == nil && tgid == pid
+		}
+	}
+	return false
 }

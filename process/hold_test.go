@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,9 +22,12 @@ import (
 const holderEnv = "GRACEFUL_TEST_HOLDER_PID"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(threadInitEnv) != "" {
+		threadInit()
+	}
 	if pid := os.Getenv(holderEnv); pid != "" {
 		n, _ := strconv.Atoi(pid)
-		if err := RunHolder(n, os.Stdin, os.Stdout); err != nil {
+		if err := RunHolder(n, 3, os.Stdin, os.Stdout); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -38,21 +44,7 @@ trap "exit 0" TERM
 echo ready; while :; do sleep 0.05; done`, dir))
 	ns.expect(t, "trapped")
 
-	holder := exec.Command("/proc/self/exe")
-	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(ns.init))
-	release, _ := holder.StdinPipe()
-	stdout, _ := holder.StdoutPipe()
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	lines := bufio.NewScanner(stdout)
-	next := func() string {
-		if !lines.Scan() {
-			return "EOF"
-		}
-		return strings.TrimSpace(lines.Text())
-	}
+	holder, release, next := startHolder(t, ns.init, ns.init)
 	if got := next(); got != HoldAttached {
 		t.Fatalf("holder said %q, want %q", got, HoldAttached)
 	}
@@ -80,5 +72,136 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	}
 	if err := holder.Wait(); err != nil {
 		t.Fatalf("holder: %v", err)
+	}
+}
+
+// startHolder runs RunHolder in a process of its own for PID pid, handing it a pidfd of process
+// pidfdOf (the same process, unless a test fakes a recycled PID). next returns its next message.
+func startHolder(t *testing.T, pid, pidfdOf int) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
+	t.Helper()
+	h, err := Open(pidfdOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	holder = exec.Command("/proc/self/exe")
+	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(pid))
+	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(h.Fd()), "pidfd")}
+	release, _ = holder.StdinPipe()
+	stdout, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	lines := bufio.NewScanner(stdout)
+	next = func() string {
+		if !lines.Scan() {
+			return "EOF"
+		}
+		return strings.TrimSpace(lines.Text())
+	}
+	return holder, release, next
+}
+
+// threadInitEnv makes the test binary a multithreaded init (threadInit).
+const threadInitEnv = "GRACEFUL_TEST_THREAD_INIT"
+
+// threadInit is an init whose shutdown, as a thread pool's, ends a thread first: on SIGTERM one
+// OS thread exits (a goroutine that locked it returns), 300 ms later init writes the marker file
+// named by threadInitEnv and exits.
+func threadInit() {
+	runtime.GOMAXPROCS(4)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	fmt.Println("ready")
+	<-sigs
+	ended := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // returning without unlocking ends the thread
+		close(ended)
+	}()
+	<-ended
+	time.Sleep(300 * time.Millisecond)
+	os.WriteFile(os.Getenv(threadInitEnv), []byte("exiting"), 0o644)
+	os.Exit(0)
+}
+
+// A thread of init that ends during init's shutdown is not init's exit: the holder lets it go and
+// reports init exiting only when its last thread exits.
+func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "init")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", self)
+	cmd.Env = append(os.Environ(), threadInitEnv+"="+marker)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("thread init said %q (%v)", line, err)
+	}
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	init, _ := strconv.Atoi(strings.TrimSpace(string(children)))
+	if init == 0 {
+		t.Fatalf("no init under unshare: %q", children)
+	}
+	_, release, next := startHolder(t, init, init)
+	if got := next(); got != HoldAttached {
+		t.Fatalf("holder said %q, want %q", got, HoldAttached)
+	}
+	syscall.Kill(init, syscall.SIGTERM)
+	if got := next(); got != HoldExiting {
+		t.Fatalf("holder said %q, want %q", got, HoldExiting)
+	}
+	if got := readMarker(t, marker); got != "exiting" {
+		t.Fatal("the holder reported init exiting when one of its threads ended, before init itself exited")
+	}
+	h, err := Open(init)
+	if err != nil {
+		t.Fatalf("init gone while held: %v", err)
+	}
+	defer h.Close()
+	fmt.Fprintln(release, "release")
+	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, 5000); n != 1 {
+		t.Fatal("init did not finish exiting after release")
+	}
+}
+
+// A holder whose pidfd no longer refers to the process numbered pid (the PID was recycled) refuses
+// to hold it, and leaves it untraced.
+func TestHolderRefusesARecycledPID(t *testing.T) {
+	gone := exec.Command("true")
+	if err := gone.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := Open(gone.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.Wait()
+	live := exec.Command("sleep", "30")
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
+
+	holder := exec.Command("/proc/self/exe")
+	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(live.Process.Pid))
+	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(h.Fd()), "pidfd")}
+	out, err := holder.Output()
+	h.Close()
+	if err == nil || !strings.HasPrefix(string(out), HoldError) {
+		t.Fatalf("holder given a stale pidfd said %q (%v), want %s", out, err, HoldError)
+	}
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", live.Process.Pid))
+	if !strings.Contains(string(st), "TracerPid:\t0\n") {
+		t.Fatalf("the live process with the PID is traced:\n%s", st)
 	}
 }

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
+	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/process"
 )
@@ -21,13 +23,17 @@ import (
 // the shim's reaper waits for every child and would steal the tracer's ptrace stops.
 const HoldCommand = "hold-init"
 
-// RunHold is the tracer process's main: it holds process pid until stdin says release or closes.
+// holdPidfd is the descriptor on which the tracer receives init's pidfd.
+const holdPidfd = 3
+
+// RunHold is the tracer process's main: it holds process pid, which the pidfd on descriptor 3
+// refers to, until stdin says release or closes.
 func RunHold(pid string) error {
 	n, err := strconv.Atoi(pid)
 	if err != nil || n <= 0 {
 		return fmt.Errorf("%s: want a PID, got %q", HoldCommand, pid)
 	}
-	return process.RunHolder(n, os.Stdin, os.Stdout)
+	return process.RunHolder(n, holdPidfd, os.Stdin, os.Stdout)
 }
 
 // hold is a running tracer holding one container's init.
@@ -36,14 +42,23 @@ type hold struct {
 	release io.WriteCloser
 	// exiting is closed when init starts to exit (and is held); done when the tracer has exited.
 	exiting, done chan struct{}
+	exitingOnce   sync.Once
 }
 
 // holdAttachTimeout bounds how long the tracer may take to attach to init.
 const holdAttachTimeout = 5 * time.Second
 
-// startHold starts the tracer for init pid and returns once it traces every thread of init.
-func startHold(pid int) (*hold, error) {
-	cmd := exec.Command("/proc/self/exe", HoldCommand, strconv.Itoa(pid))
+// startHold starts the tracer for init and returns once it traces every thread of init. The
+// tracer gets init's pidfd, and seizes init only while that pidfd still refers to it.
+func startHold(init *process.Handle) (*hold, error) {
+	pidfd, err := unix.FcntlInt(uintptr(init.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate the pidfd of init %d: %w", init.Pid, err)
+	}
+	pidfdFile := os.NewFile(uintptr(pidfd), "init-pidfd")
+	defer pidfdFile.Close()
+	cmd := exec.Command("/proc/self/exe", HoldCommand, strconv.Itoa(init.Pid))
+	cmd.ExtraFiles = []*os.File{pidfdFile}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -58,21 +73,7 @@ func startHold(pid int) (*hold, error) {
 	}
 	h := &hold{cmd: cmd, release: stdin, exiting: make(chan struct{}), done: make(chan struct{})}
 	attached := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		failure := errors.New("the tracer exited before attaching")
-		for sc.Scan() {
-			switch line := sc.Text(); {
-			case line == process.HoldAttached:
-				attached <- nil
-			case line == process.HoldExiting:
-				close(h.exiting)
-			case strings.HasPrefix(line, process.HoldError):
-				failure = errors.New(strings.TrimSpace(strings.TrimPrefix(line, process.HoldError)))
-			}
-		}
-		attached <- failure
-	}()
+	go h.readTracer(stdout, attached)
 	go func() {
 		reaper.Default.Wait(cmd, exits)
 		close(h.done)
@@ -88,6 +89,28 @@ func startHold(pid int) (*hold, error) {
 		h.kill()
 		return nil, fmt.Errorf("the tracer did not attach within %s", holdAttachTimeout)
 	}
+}
+
+// readTracer follows the tracer's messages until it exits. attached gets one value: nil once the
+// tracer has attached, or why it could not; nobody need be reading it (after a timeout, say).
+func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
+	var once sync.Once
+	report := func(err error) {
+		once.Do(func() { attached <- err })
+	}
+	sc := bufio.NewScanner(stdout)
+	failure := errors.New("the tracer exited before attaching")
+	for sc.Scan() {
+		switch line := sc.Text(); {
+		case line == process.HoldAttached:
+			report(nil)
+		case line == process.HoldExiting:
+			h.exitingOnce.Do(func() { close(h.exiting) })
+		case strings.HasPrefix(line, process.HoldError):
+			failure = errors.New(strings.TrimSpace(strings.TrimPrefix(line, process.HoldError)))
+		}
+	}
+	report(failure)
 }
 
 // Release lets init finish exiting and waits for the tracer to go.

@@ -79,7 +79,7 @@ func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error
 		}
 	}
 	if s.order == InitFirst {
-		if s.hold, err = startHold(pid); err == nil {
+		if s.hold, err = startHold(init); err == nil {
 			s.signalInit()
 			return s, nil
 		}
