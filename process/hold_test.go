@@ -44,7 +44,7 @@ trap "exit 0" TERM
 echo ready; while :; do sleep 0.05; done`, dir))
 	ns.expect(t, "trapped")
 
-	holder, release, next := startHolder(t, ns.init, ns.init)
+	holder, release, next := startHolder(t, ns.init)
 	if got := next(); got != HoldAttached {
 		t.Fatalf("holder said %q, want %q", got, HoldAttached)
 	}
@@ -60,33 +60,30 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	if got := readMarker(t, filepath.Join(dir, "child")); got != "clean" {
 		t.Fatalf("child did not finish its cleanup while init was held: %+v", report.Processes)
 	}
-	h, err := Open(ns.init)
-	if err != nil {
-		t.Fatalf("init gone while held: %v", err)
-	}
-	defer h.Close()
-	fmt.Fprintln(release, "release")
-	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(fds, 5000); n != 1 {
-		t.Fatal("init did not finish exiting after release")
-	}
+	releaseHeld(t, ns.init, release)
 	if err := holder.Wait(); err != nil {
 		t.Fatalf("holder: %v", err)
 	}
 }
 
-// startHolder runs RunHolder in a process of its own for PID pid, handing it a pidfd of process
-// pidfdOf (the same process, unless a test fakes a recycled PID). next returns its next message.
-func startHolder(t *testing.T, pid, pidfdOf int) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
+// holderCommand is RunHolder in a process of its own for PID pid, handed pidfd (a pidfd of pid,
+// unless a test fakes a recycled PID).
+func holderCommand(pid int, pidfd *Handle) *exec.Cmd {
+	holder := exec.Command("/proc/self/exe")
+	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(pid))
+	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(pidfd.Fd()), "pidfd")}
+	return holder
+}
+
+// startHolder starts a holder for process pid. next returns its next message.
+func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
 	t.Helper()
-	h, err := Open(pidfdOf)
+	h, err := Open(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	holder = exec.Command("/proc/self/exe")
-	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(pid))
-	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(h.Fd()), "pidfd")}
+	holder = holderCommand(pid, h)
 	release, _ = holder.StdinPipe()
 	stdout, _ := holder.StdoutPipe()
 	if err := holder.Start(); err != nil {
@@ -101,6 +98,22 @@ func startHolder(t *testing.T, pid, pidfdOf int) (holder *exec.Cmd, release io.W
 		return strings.TrimSpace(lines.Text())
 	}
 	return holder, release, next
+}
+
+// releaseHeld checks that the held process pid is still there, releases it and waits until it
+// has finished exiting.
+func releaseHeld(t *testing.T, pid int, release io.Writer) {
+	t.Helper()
+	h, err := Open(pid)
+	if err != nil {
+		t.Fatalf("process %d gone while held: %v", pid, err)
+	}
+	defer h.Close()
+	fmt.Fprintln(release, "release")
+	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, 5000); n != 1 {
+		t.Fatalf("process %d did not finish exiting after release", pid)
+	}
 }
 
 // threadInitEnv makes the test binary a multithreaded init (threadInit).
@@ -151,7 +164,7 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 	if init == 0 {
 		t.Fatalf("no init under unshare: %q", children)
 	}
-	_, release, next := startHolder(t, init, init)
+	_, release, next := startHolder(t, init)
 	if got := next(); got != HoldAttached {
 		t.Fatalf("holder said %q, want %q", got, HoldAttached)
 	}
@@ -162,16 +175,7 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 	if got := readMarker(t, marker); got != "exiting" {
 		t.Fatal("the holder reported init exiting when one of its threads ended, before init itself exited")
 	}
-	h, err := Open(init)
-	if err != nil {
-		t.Fatalf("init gone while held: %v", err)
-	}
-	defer h.Close()
-	fmt.Fprintln(release, "release")
-	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(fds, 5000); n != 1 {
-		t.Fatal("init did not finish exiting after release")
-	}
+	releaseHeld(t, init, release)
 }
 
 // A holder whose pidfd no longer refers to the process numbered pid (the PID was recycled) refuses
@@ -192,10 +196,7 @@ func TestHolderRefusesARecycledPID(t *testing.T) {
 	}
 	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
 
-	holder := exec.Command("/proc/self/exe")
-	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(live.Process.Pid))
-	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(h.Fd()), "pidfd")}
-	out, err := holder.Output()
+	out, err := holderCommand(live.Process.Pid, h).Output()
 	h.Close()
 	if err == nil || !strings.HasPrefix(string(out), HoldError) {
 		t.Fatalf("holder given a stale pidfd said %q (%v), want %s", out, err, HoldError)
