@@ -17,6 +17,7 @@ type namespace struct {
 	cmd  *exec.Cmd
 	init int // host PID of the namespace's PID 1
 	out  *bufio.Reader
+	seen map[string]bool // lines read so far
 }
 
 // startNamespace runs script as PID 1 of a new PID namespace (with its own /proc) and waits until
@@ -36,7 +37,7 @@ func startNamespace(t *testing.T, script string) *namespace {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ns := &namespace{cmd: cmd, out: bufio.NewReader(stdout)}
+	ns := &namespace{cmd: cmd, out: bufio.NewReader(stdout), seen: map[string]bool{}}
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if ns.init > 0 {
@@ -57,9 +58,13 @@ func startNamespace(t *testing.T, script string) *namespace {
 	return ns
 }
 
-// expect reads lines printed by the namespace until one equals want.
+// expect returns once the namespace has printed a line equal to want, now or earlier (its
+// processes print in no fixed order).
 func (ns *namespace) expect(t *testing.T, want string) {
 	t.Helper()
+	if ns.seen[want] {
+		return
+	}
 	done := make(chan error, 1)
 	go func() {
 		for {
@@ -68,7 +73,9 @@ func (ns *namespace) expect(t *testing.T, want string) {
 				done <- err
 				return
 			}
-			if strings.TrimSpace(line) == want {
+			line = strings.TrimSpace(line)
+			ns.seen[line] = true
+			if line == want {
 				done <- nil
 				return
 			}
