@@ -66,12 +66,19 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	}
 }
 
-// holderCommand is RunHolder in a process of its own for PID pid, handed pidfd (a pidfd of pid,
-// unless a test fakes a recycled PID).
-func holderCommand(pid int, pidfd *Handle) *exec.Cmd {
+// holderCommand is RunHolder in a process of its own for PID pid, handed a copy of pidfd (a pidfd
+// of pid, unless a test fakes a recycled PID); the copy is closed at the test's end.
+func holderCommand(t *testing.T, pid int, pidfd *Handle) *exec.Cmd {
+	t.Helper()
+	fd, err := unix.FcntlInt(uintptr(pidfd.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := os.NewFile(uintptr(fd), "pidfd")
+	t.Cleanup(func() { file.Close() })
 	holder := exec.Command("/proc/self/exe")
 	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(pid))
-	holder.ExtraFiles = []*os.File{os.NewFile(uintptr(pidfd.Fd()), "pidfd")}
+	holder.ExtraFiles = []*os.File{file}
 	return holder
 }
 
@@ -83,7 +90,7 @@ func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteClose
 		t.Fatal(err)
 	}
 	defer h.Close()
-	holder = holderCommand(pid, h)
+	holder = holderCommand(t, pid, h)
 	release, _ = holder.StdinPipe()
 	stdout, _ := holder.StdoutPipe()
 	if err := holder.Start(); err != nil {
@@ -196,7 +203,7 @@ func TestHolderRefusesARecycledPID(t *testing.T) {
 	}
 	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
 
-	out, err := holderCommand(live.Process.Pid, h).Output()
+	out, err := holderCommand(t, live.Process.Pid, h).Output()
 	h.Close()
 	if err == nil || !strings.HasPrefix(string(out), HoldError) {
 		t.Fatalf("holder given a stale pidfd said %q (%v), want %s", out, err, HoldError)
