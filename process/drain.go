@@ -344,7 +344,7 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 		}
 		delete(d.finished, pid)
 	}
-	h, err := d.scope.OpenMember(pid)
+	h, ns, err := d.scope.openMember(pid)
 	if err != nil {
 		return false
 	}
@@ -365,7 +365,7 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	d.active[pid] = t
 	d.byFd[int32(h.fd)] = pid
 	d.watchFd(h.fd)
-	t.nsIno, t.deferred = d.defers(pid, sig)
+	t.nsIno, t.deferred = d.defers(pid, ns, sig)
 	if t.deferred {
 		d.deferred++
 		return true
@@ -377,12 +377,16 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	return true
 }
 
-// defers returns pid's PID namespace and whether pid must not get sig now: it is PID 1 of a
-// namespace nested in the container's (bubblewrap, unshare -p, docker-in-docker), where the kernel
-// drops a signal without a handler, and has none for sig. Such an init is SIGKILLed instead, once
-// the rest of its namespace is gone (a SIGKILL now would zap its children before their cleanup).
-func (d *Drainer) defers(pid int, sig unix.Signal) (ns uint64, deferred bool) {
-	ns, err := nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
+// defers returns pid's PID namespace (ns, when membership has read it already) and whether pid
+// must not get sig now: it is PID 1 of a namespace nested in the container's (bubblewrap,
+// unshare -p, docker-in-docker), where the kernel drops a signal without a handler, and has none
+// for sig. Such an init is SIGKILLed instead, once the rest of its namespace is gone (a SIGKILL
+// now would zap its children before their cleanup).
+func (d *Drainer) defers(pid int, ns uint64, sig unix.Signal) (uint64, bool) {
+	var err error
+	if ns == 0 {
+		ns, err = nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
+	}
 	if err != nil || ns == d.scope.nsIno || ns == d.scope.selfNS || sig == 0 || sig == unix.SIGKILL {
 		// In the container's own namespace (or the caller's, for a cgroup scope) only the
 		// container's init is a PID 1, and it is never a member.

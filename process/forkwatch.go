@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,8 +76,11 @@ func newForkWatcher() (*forkWatcher, error) {
 }
 
 // inInitialNamespaces returns an error unless the caller is in the initial user and PID
-// namespaces, the only place where the proc connector reports anything.
-func inInitialNamespaces() error {
+// namespaces, the only place where the proc connector reports anything. A process's namespaces
+// do not change, so this is found out once.
+var inInitialNamespaces = sync.OnceValue(readInitialNamespaces)
+
+func readInitialNamespaces() error {
 	for _, ns := range []struct {
 		path string
 		ino  uint64

@@ -80,33 +80,40 @@ func ScopeOf(init int) (*Scope, error) {
 // Contains reports whether pid is currently a member of the container (init excluded). A process
 // that cannot be read (gone, or a kernel thread) is not a member.
 func (s *Scope) Contains(pid int) bool {
+	_, ok := s.member(pid)
+	return ok
+}
+
+// member reports whether pid is a member and, for a PID-namespace scope, returns the inode of its
+// PID namespace (0 for a cgroup scope, which does not read it).
+func (s *Scope) member(pid int) (nsIno uint64, ok bool) {
 	if pid == s.Init {
-		return false
+		return 0, false
 	}
 	switch s.Kind {
 	case ByPIDNamespace:
 		return s.inNamespace(pid)
 	case ByCgroup:
 		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-		return err == nil && withinAll(parseCgroups(data), s.cgroups)
+		return 0, err == nil && withinAll(parseCgroups(data), s.cgroups)
 	}
-	return false
+	return 0, false
 }
 
-func (s *Scope) inNamespace(pid int) bool {
+func (s *Scope) inNamespace(pid int) (uint64, bool) {
 	path := "/proc/" + strconv.Itoa(pid) + "/ns/pid"
 	ino, err := nsInode(path)
 	if err != nil || ino == s.selfNS {
-		return false
+		return ino, false
 	}
 	if ino == s.nsIno {
-		return true
+		return ino, true
 	}
 	s.mu.Lock()
 	known := s.notNested[ino]
 	s.mu.Unlock()
 	if known {
-		return false
+		return ino, false
 	}
 	nested, ok := s.nestedIn(path)
 	if ok && !nested {
@@ -117,7 +124,7 @@ func (s *Scope) inNamespace(pid int) bool {
 		s.notNested[ino] = true
 		s.mu.Unlock()
 	}
-	return nested
+	return ino, nested
 }
 
 // nestedIn reports whether the PID namespace at path is nested in the container's, walking up its
@@ -167,15 +174,22 @@ func (s *Scope) Members() ([]int, error) {
 // is opened before membership is checked, so a PID recycled after the check is never reached
 // through it: any later signal through the handle either hits the checked process or fails.
 func (s *Scope) OpenMember(pid int) (*Handle, error) {
+	h, _, err := s.openMember(pid)
+	return h, err
+}
+
+// openMember is OpenMember, also returning the member's PID namespace as member does.
+func (s *Scope) openMember(pid int) (*Handle, uint64, error) {
 	h, err := Open(pid)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if !s.Contains(pid) {
+	ns, ok := s.member(pid)
+	if !ok {
 		h.Close()
-		return nil, ErrNotMember
+		return nil, 0, ErrNotMember
 	}
-	return h, nil
+	return h, ns, nil
 }
 
 // ErrNotMember reports a process that is not part of the container.
@@ -328,8 +342,5 @@ func lookupCgroup(entries []cgroupEntry, hierarchy string) (string, bool) {
 
 // within reports whether cgroup path p is base or a descendant of it.
 func within(p, base string) bool {
-	if base == "/" {
-		return strings.HasPrefix(p, "/")
-	}
-	return p == base || strings.HasPrefix(p, base+"/")
+	return p == base || base == "/" || strings.HasPrefix(p, base+"/")
 }
