@@ -220,8 +220,7 @@ const pfExiting = 0x4
 // threadLive reports whether thread tid of process pid runs on: it exists, is not a zombie, has
 // not begun to exit and has no SIGKILL pending.
 func threadLive(pid, tid int) bool {
-	dir := fmt.Sprintf("/proc/%d/task/%d/", pid, tid)
-	stat, err := os.ReadFile(dir + "stat")
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
 	if err != nil {
 		return false
 	}
@@ -236,30 +235,12 @@ func threadLive(pid, tid int) bool {
 	if flags, err := strconv.ParseUint(fields[6], 10, 64); err != nil || flags&pfExiting != 0 {
 		return false
 	}
-	status, err := os.ReadFile(dir + "status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "SigPnd:"); ok {
-			pending, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && pending&bit(unix.SIGKILL) == 0
-		}
-	}
-	return false
+	st, err := ReadStatus(tid)
+	return err == nil && st.Tgid == pid && st.Pending&bit(unix.SIGKILL) == 0
 }
 
 // threadOf reports whether tid is a thread of process pid.
 func threadOf(tid, pid int) bool {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(st), "\n") {
-		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
-			tgid, err := strconv.Atoi(strings.TrimSpace(v))
-			return err == nil && tgid == pid
-		}
-	}
-	return false
+	st, err := ReadStatus(tid)
+	return err == nil && st.Tgid == pid
 }

@@ -38,8 +38,12 @@ type Status struct {
 	Name string
 	// State is the one-letter state: R, S, D, T, Z, ...
 	State byte
-	// PPid is the parent's PID in the reader's PID namespace.
-	PPid int
+	// Tgid is the thread group (process) a task belongs to; PPid is the parent's PID, both in the
+	// reader's PID namespace.
+	Tgid, PPid int
+	// Pending are the signals pending for this task alone (SigPnd; a thread's, when read through
+	// its thread id).
+	Pending uint64
 	// NSpid lists the process's PID in each nested PID namespace, outermost first.
 	NSpid []int
 	Dispositions
@@ -77,8 +81,12 @@ func parseStatus(data []byte) (Status, error) {
 			if value != "" {
 				st.State = value[0]
 			}
+		case "Tgid":
+			st.Tgid, err = strconv.Atoi(value)
 		case "PPid":
 			st.PPid, err = strconv.Atoi(value)
+		case "SigPnd":
+			st.Pending, err = strconv.ParseUint(value, 16, 64)
 		case "NSpid":
 			for _, f := range strings.Fields(value) {
 				n, perr := strconv.Atoi(f)
