@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
@@ -42,7 +41,6 @@ type hold struct {
 	release io.WriteCloser
 	// exiting is closed when init starts to exit (and is held); done when the tracer has exited.
 	exiting, done chan struct{}
-	exitingOnce   sync.Once
 }
 
 // holdAttachTimeout bounds how long the tracer may take to attach to init.
@@ -94,23 +92,24 @@ func startHold(init *process.Handle) (*hold, error) {
 // readTracer follows the tracer's messages until it exits. attached gets one value: nil once the
 // tracer has attached, or why it could not; nobody need be reading it (after a timeout, say).
 func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
-	var once sync.Once
-	report := func(err error) {
-		once.Do(func() { attached <- err })
-	}
+	reported, exiting := false, false
 	sc := bufio.NewScanner(stdout)
 	failure := errors.New("the tracer exited before attaching")
 	for sc.Scan() {
 		switch line := sc.Text(); {
-		case line == process.HoldAttached:
-			report(nil)
-		case line == process.HoldExiting:
-			h.exitingOnce.Do(func() { close(h.exiting) })
+		case line == process.HoldAttached && !reported:
+			attached <- nil
+			reported = true
+		case line == process.HoldExiting && !exiting:
+			close(h.exiting)
+			exiting = true
 		case strings.HasPrefix(line, process.HoldError):
 			failure = errors.New(strings.TrimSpace(strings.TrimPrefix(line, process.HoldError)))
 		}
 	}
-	report(failure)
+	if !reported {
+		attached <- failure
+	}
 }
 
 // Release lets init finish exiting and waits for the tracer to go.
