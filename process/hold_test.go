@@ -117,9 +117,21 @@ func releaseHeld(t *testing.T, pid int, release io.Writer) {
 	}
 	defer h.Close()
 	fmt.Fprintln(release, "release")
-	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(fds, 5000); n != 1 {
+	if !waitExited(h, 5*time.Second) {
 		t.Fatalf("process %d did not finish exiting after release", pid)
+	}
+}
+
+// waitExited waits up to timeout for the process of h to exit. A poll interrupted by a signal
+// (the Go runtime's preemption signals) is retried.
+func waitExited(h *Handle, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(max(time.Until(deadline), 0)/time.Millisecond))
+		if err != unix.EINTR {
+			return n == 1
+		}
 	}
 }
 
