@@ -19,10 +19,10 @@ func buildStuckArgv(t *testing.T) string {
 	t.Helper()
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
-		t.Skip("gcc is needed to build testdata/stuckargv.c")
+		t.Fatalf("gcc is needed to build testdata/stuckargv.c (make stack installs it): %v", err)
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("stuckargv needs FUSE: %v", err)
+		t.Fatalf("stuckargv needs FUSE (make stack loads the fuse module): %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "stuckargv")
 	out, err := exec.Command(gcc, "-O2", "-Wall", "-pthread", "-Wl,-z,now", "-o", bin, filepath.Join("testdata", "stuckargv.c")).CombinedOutput()

@@ -17,7 +17,7 @@ export PATH=/usr/local/go/bin:$PATH
 log() { echo "stack: $*" >&2; }
 
 need_apt=()
-for pkg in libseccomp-dev pkg-config busybox-static gcc make python3; do
+for pkg in libseccomp-dev pkg-config busybox-static gcc libc6-dev linux-libc-dev make python3; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,6 +26,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+# The process tests' stuck-argv helper serves a FUSE file system.
+[ -e /dev/fuse ] || modprobe fuse || log "cannot load the fuse module: the process tests need /dev/fuse"
 
 bin="$STACK_DIR/bin"
 mkdir -p "$bin"
