@@ -86,10 +86,7 @@ sleep 0.2; echo ready; wait`, dir, helper)
 	if _, err := os.Stat(filepath.Join(dir, "stuck")); err != nil {
 		t.Fatalf("stuckargv did not get ready: %v", err)
 	}
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	members, err := scope.Members()
 	if err != nil {
 		t.Fatal(err)

@@ -21,10 +21,7 @@ func TestDrainKillsANestedInitThatDropsTheSignal(t *testing.T) {
 unshare --pid --fork sh -c 'sh -c "trap \"sleep 0.1; echo clean > %s/nested; exit 0\" TERM; while :; do sleep 0.05; done" & while :; do sleep 0.05; done' &
 sleep 0.3; echo ready; wait`, dir)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 30 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "nested")); got != "clean" {
 		t.Fatalf("the nested init's child did not finish its TERM handler: %+v", report.Processes)
@@ -43,10 +40,7 @@ func TestDrainMemoryStaysBoundedWhileAMemberKeepsForking(t *testing.T) {
 sh -c 'trap "i=0; while [ \$i -lt %d ]; do /bin/true; i=\$((i+1)); done; exit 0" TERM; while :; do sleep 0.05; done' &
 sleep 0.2; echo ready; wait`, forks)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	d := StartDrain(scope, DrainConfig{Signal: unix.SIGTERM, Grace: 60 * time.Second})
 	report := d.Finish(context.Background())
 	total := 0
@@ -76,10 +70,7 @@ i=0; while [ $i -lt 2000 ]; do sleep 1000 & i=$((i+1)); done
 sh -c 'while [ ! -e %s/go ]; do sleep 0.01; done; while :; do sleep 1000 & done' &
 sleep 0.2; echo ready; wait`, dir)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +113,7 @@ func TestDrainInAPIDNamespace(t *testing.T) {
 sh -c 'trap "sh -c \"i=0; while [ \\\$i -lt 300000 ]; do i=\\\$((i+1)); done; echo late > %[1]s/late\" & sleep 0.1; exit 0" TERM; while :; do sleep 0.05; done' &
 sleep 0.1; echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
 		t.Fatalf("the drain ended before the cleanup helper finished: %+v", report.Processes)

@@ -20,10 +20,7 @@ func TestScopeOfNamespaceListsOnlyItsMembers(t *testing.T) {
 	t.Cleanup(func() { outside.Process.Kill(); outside.Wait() })
 
 	ns := startNamespace(t, `sleep 60 & sleep 60 & unshare --pid --fork sleep 60 & sleep 0.2; echo ready; wait`)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	if scope.Kind != ByPIDNamespace {
 		t.Fatalf("scope kind %s, want %s", scope.Kind, ByPIDNamespace)
 	}
@@ -52,10 +49,7 @@ sh -c 'trap "" TERM; echo ignoring; while :; do sleep 0.05; done' &
 setsid sh -c 'trap "echo c > %[1]s/c; exit 0" TERM; while :; do sleep 0.05; done' &
 sleep 0.2; echo ready; wait`, dir)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	grace := 700 * time.Millisecond
 	start := time.Now()
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace})
@@ -84,10 +78,7 @@ sleep 0.2; echo ready; wait`, dir)
 
 func TestDrainEndsAsSoonAsMembersExit(t *testing.T) {
 	ns := startNamespace(t, `sleep 60 & sleep 60 & sleep 0.1; echo ready; wait`)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
 	if report.Duration > 2*time.Second || report.GraceExpired {
 		t.Fatalf("drain of processes that exit on TERM took %v (grace expired %v)", report.Duration, report.GraceExpired)
@@ -104,10 +95,7 @@ func TestDrainWaitsForProcessesStartedByCleanupWithoutSignallingThem(t *testing.
 sh -c 'trap "sh -c \"sleep 0.3; echo late > %[1]s/late\" & exit 0" TERM; while :; do sleep 0.05; done' &
 sleep 0.1; echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
 		t.Fatalf("the drain ended before the cleanup helper finished, or signalled it: %+v", report.Processes)
@@ -119,10 +107,7 @@ sleep 0.1; echo ready; while :; do sleep 0.01; done`, dir)
 
 func TestDrainCancelStopsAtOnce(t *testing.T) {
 	ns := startNamespace(t, `sh -c 'trap "" TERM; while :; do sleep 0.05; done' & sleep 0.1; echo ready; wait`)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	report := Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, Grace: 30 * time.Second})

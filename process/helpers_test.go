@@ -99,3 +99,13 @@ func readMarker(t *testing.T, path string) string {
 	}
 	return strings.TrimSpace(string(data))
 }
+
+// scope is the scope of the namespace's processes, as a drain of it would use.
+func (ns *namespace) scope(t *testing.T) *Scope {
+	t.Helper()
+	scope, err := ScopeOf(ns.init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return scope
+}

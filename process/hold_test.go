@@ -52,10 +52,7 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	if got := next(); got != HoldExiting {
 		t.Fatalf("holder said %q, want %q", got, HoldExiting)
 	}
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "child")); got != "clean" {
 		t.Fatalf("child did not finish its cleanup while init was held: %+v", report.Processes)

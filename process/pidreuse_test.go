@@ -63,10 +63,7 @@ func TestHandleNeverSignalsARecycledPid(t *testing.T) {
 // is refused by OpenMember: enumeration and signal never reach the outsider.
 func TestOpenMemberRefusesARecycledPid(t *testing.T) {
 	ns := startNamespace(t, `sleep 60 & echo $! > /dev/null; echo ready; wait; echo reaped; while :; do sleep 1; done`)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	members, err := scope.Members()
 	if err != nil || len(members) != 1 {
 		t.Fatalf("members %v (%v), want the one sleep", members, err)

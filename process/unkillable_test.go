@@ -21,10 +21,7 @@ func TestDrainGivesUpOnAnUnkillableProcess(t *testing.T) {
 		t.Fatalf("this test needs the cgroup v1 freezer at %s: %v", freezerRoot, err)
 	}
 	ns := startNamespace(t, `sleep 1000 & echo ready; wait`)
-	scope, err := ScopeOf(ns.init)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scope := ns.scope(t)
 	members, err := scope.Members()
 	if err != nil || len(members) != 1 {
 		t.Fatalf("members %v (%v)", members, err)
