@@ -258,6 +258,10 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 // termination grace period in seconds (allowlist it with the runtime's container_annotations).
 const KubernetesGraceAnnotation = "io.kubernetes.pod.terminationGracePeriod"
 
+// maxKubernetesGraceSeconds caps a termination grace period (about 136 years, far above any
+// grace period and far below an overflowing Duration).
+const maxKubernetesGraceSeconds = 1 << 32
+
 // KubernetesBudget returns the stop budget for a termination grace period: the period less a
 // margin of 10% (at least 1s, at most 5s) left for init's own exit and containerd's bookkeeping
 // before kubelet's SIGKILL. It returns 0 for a value that is not a whole number of seconds.
@@ -266,7 +270,8 @@ func KubernetesBudget(value string) time.Duration {
 	if err != nil || secs <= 0 {
 		return 0
 	}
-	period := time.Duration(secs) * time.Second
+	// A pod author sets this value: cap it before it can overflow a Duration.
+	period := time.Duration(min(secs, maxKubernetesGraceSeconds)) * time.Second
 	margin := min(max(period/10, time.Second), 5*time.Second)
 	return max(period-margin, 0)
 }

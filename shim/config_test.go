@@ -147,6 +147,16 @@ func TestKubernetesBudgetLeavesAMargin(t *testing.T) {
 	}
 }
 
+// A pod author controls the grace period: a huge value must give a huge budget (no cut), never one
+// that a Duration overflow wrapped to a few seconds or to none.
+func TestKubernetesBudgetOfAHugeGracePeriodDoesNotWrap(t *testing.T) {
+	for _, value := range []string{"9223372037", "18446744104", "9223372036854775807", "4294967296"} {
+		if got := KubernetesBudget(value); got < MaxGracePeriod {
+			t.Errorf("KubernetesBudget(%q) = %v, want at least the largest grace period %v", value, got, MaxGracePeriod)
+		}
+	}
+}
+
 func TestStopOrderParsing(t *testing.T) {
 	p, err := ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationStopOrder: "Init-First"})
 	if err != nil || p.StopOrder != InitFirst {
