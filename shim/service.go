@@ -2,7 +2,6 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -84,8 +83,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, nil
 }
 
-// Kill runs the graceful stop for a stop signal sent to a container's init; SIGKILL ends any stop
-// in progress and is forwarded; every other signal, and any Kill of an exec, is forwarded as is.
+// Kill carries out decideKill (plan.go) for a signal sent to a container's init: a stop signal
+// starts a graceful stop, SIGKILL ends any stop in progress and is forwarded, and every other
+// signal, and any Kill of an exec, is forwarded as is. A stop is claimed under the lock before
+// anything else happens, so that concurrent Kills start at most one.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
 	if r.ExecID != "" {
 		return s.TTRPCTaskService.Kill(ctx, r)
@@ -93,59 +94,85 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	sig := unix.Signal(r.Signal)
 	s.mu.Lock()
 	c := s.containers[r.ID]
-	if c == nil || c.policy.Passthrough || (sig != unix.SIGKILL && !c.policy.IsStopSignal(sig)) {
+	if c == nil {
 		s.mu.Unlock()
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
-	if sig == unix.SIGKILL {
-		aborted := c.stop != nil
-		if aborted {
-			c.stop.abort()
-		}
-		s.mu.Unlock()
+	var inProgress StopOrder
+	if c.stop != nil {
+		inProgress = c.stop.phase
+	}
+	action := decideKill(c.policy, sig, inProgress)
+	var claimed *stop
+	switch action {
+	case AbortAndForward:
+		c.stop.abort()
+	case StartStop:
+		claimed = newStop(r.ID, sig, c.policy)
+		c.stop = claimed
+	}
+	s.mu.Unlock()
+
+	logger := log.G(ctx).WithField("id", r.ID)
+	switch action {
+	case AbortAndForward:
 		resp, err := s.TTRPCTaskService.Kill(ctx, r)
-		if err != nil && aborted && errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		if err != nil && errdefs.IsNotFound(errgrpc.ToNative(err)) {
 			// Ending the stop let a held init finish exiting first: the SIGKILL did its job.
 			return &emptypb.Empty{}, nil
 		}
 		return resp, err
-	}
-	if c.stop != nil {
-		s.mu.Unlock()
-		log.G(ctx).WithField("id", r.ID).Infof("graceful: %s while a stop is in progress: the stop goes on", unix.SignalName(sig))
+	case Absorb:
+		logger.Infof("graceful: %s while a %s stop is in progress: init gets it in order", unix.SignalName(sig), inProgress)
 		return &emptypb.Empty{}, nil
+	case ForwardToInit:
+		logger.Infof("graceful: %s repeated during an init-first stop: forwarded to init", unix.SignalName(sig))
+	case StartStop:
+		return s.startStop(ctx, r, c, claimed)
 	}
-	s.mu.Unlock()
+	return s.TTRPCTaskService.Kill(ctx, r)
+}
 
-	st, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
-	if err != nil || st.Status != task.Status_RUNNING {
+// startStop begins the stop that Kill claimed, and finishes it in the background.
+func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *container, st *stop) (*emptypb.Empty, error) {
+	started := false
+	defer func() {
+		if !started {
+			s.unclaim(c, st)
+		}
+	}()
+	state, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
+	if err != nil || state.Status != task.Status_RUNNING {
 		// Not running (created, paused, stopped): the runc service answers as it always has.
+		st.close()
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
-	stop, err := beginStop(r.ID, int(st.Pid), sig, c.policy)
-	if err != nil {
-		if !errors.Is(err, errForward) {
-			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot drain, forwarding the signal")
-		}
-		return s.TTRPCTaskService.Kill(ctx, r)
-	}
+	started, report := st.begin(int(state.Pid))
 	s.mu.Lock()
-	if c.stop != nil {
-		s.mu.Unlock()
-		stop.abort()
-		return &emptypb.Empty{}, nil
-	}
-	c.stop = stop
+	st.phase = st.order
 	s.mu.Unlock()
-	go func() {
-		s.publish(stop.finish())
-		s.mu.Lock()
-		if c.stop == stop {
-			c.stop = nil
+	if !started {
+		s.publish(report)
+		if st.aborted.Load() {
+			// A SIGKILL came while the stop was being planned, and was forwarded.
+			return &emptypb.Empty{}, nil
 		}
-		s.mu.Unlock()
+		return s.TTRPCTaskService.Kill(ctx, r)
+	}
+	go func() {
+		s.publish(st.finish())
+		s.unclaim(c, st)
 	}()
 	return &emptypb.Empty{}, nil
+}
+
+// unclaim forgets st as the container's stop in progress.
+func (s *service) unclaim(c *container, st *stop) {
+	s.mu.Lock()
+	if c.stop == st {
+		c.stop = nil
+	}
+	s.mu.Unlock()
 }
 
 // Delete forgets the container once the runc service has deleted it.

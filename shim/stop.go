@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -13,30 +14,37 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// stop is one graceful stop of a container, in one of two orders:
-//   - children-first: drain every process but init, then send the stop signal to init;
-//   - init-first: hold init's exit (a tracer), send init the stop signal, and when init exits
-//     drain what is left before releasing it.
+// stop is one graceful stop of a container. Its plan (decideStop, plan.go) picks the strategy
+// that carries it out; see plan.go for every decision.
 type stop struct {
 	id     string
 	signal unix.Signal // the stop signal that was requested
 	policy Policy
-	order  StopOrder // resolved: InitFirst or ChildrenFirst
-	init   *process.Handle
-	scope  *process.Scope
-	// drainer is the drain started by a children-first stop; hold the tracer of an init-first one.
-	drainer    *process.Drainer
-	hold       *hold
+	order  StopOrder // the plan's order, "" when forwarded
+	// phase is the order as Kill sees it, under the service's lock: starting until begin returns.
+	phase      StopOrder
+	init       *process.Handle
+	scope      *process.Scope
+	strategy   strategy
 	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
 	profile    func() // stops the CPU profile, if any
 	ctx        context.Context
 	cancel     context.CancelFunc
-	done       chan struct{}
+	aborted    atomic.Bool
 }
 
-// StopReport is what one stop did, written to the shim's log.
+// strategy carries out a started stop.
+type strategy interface {
+	// finish waits for the stop to end (or ctx to be done) and returns the drain's report, nil
+	// when no drain ran.
+	finish(s *stop) *process.Report
+	// close frees what the strategy holds.
+	close()
+}
+
+// StopReport is what one stop did, written to the shim's log and published on StopEventTopic.
 type StopReport struct {
 	ContainerID string          `json:"container_id"`
 	Requested   string          `json:"requested_signal"`
@@ -47,15 +55,64 @@ type StopReport struct {
 	Drain       *process.Report `json:"drain,omitempty"`
 }
 
-// errForward tells the caller to forward the Kill to the runc service unchanged.
-var errForward = errors.New("forward the signal unchanged")
+// newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
+func newStop(id string, sig unix.Signal, policy Policy) *stop {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &stop{id: id, signal: sig, policy: policy, phase: starting, started: time.Now(),
+		ctx: ctx, cancel: cancel, profile: func() {}}
+}
 
-// beginStop starts a graceful stop of the container whose init is pid. A children-first stop has
-// signalled every other process when it returns; an init-first one has signalled init.
-func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error) {
+// begin starts the stop of the container whose init is pid, following its plan. It returns false
+// when the Kill is to be forwarded to init unchanged instead (the plan says so, or the container's
+// processes cannot be found), with the stop closed; report is then what to publish, if anything.
+// A children-first stop has signalled every other process when begin returns; an init-first one
+// has signalled init.
+func (s *stop) begin(pid int) (started bool, report *StopReport) {
+	if err := s.open(pid); err != nil {
+		s.note("cannot drain, the signal was forwarded: %v", err)
+		return false, s.closeForwarded()
+	}
+	status, err := observeInit(pid, s.signal, s.scope.Kind)
+	if err != nil {
+		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
+		return false, s.closeForwarded()
+	}
+	plan := decideStop(s.policy, s.signal, status)
+	var h *hold
+	if plan.Strategy == HoldInitThenDrain {
+		if h, err = startHold(s.init); err != nil {
+			status.TracerFailed = err
+			plan = decideStop(s.policy, s.signal, status)
+		}
+	}
+	s.order = plan.Order
+	s.notes = append(s.notes, plan.Notes...)
+	s.profile = startProfile(s.id)
+	if h != nil {
+		s.strategy = &holdInitThenDrain{hold: h}
+		// A SIGKILL (abort) ends the tracer, which lets a held init finish exiting.
+		context.AfterFunc(s.ctx, h.abort)
+	}
+	if s.ctx.Err() != nil {
+		s.note("stop aborted by SIGKILL before it began")
+		return false, s.closeForwarded()
+	}
+	switch plan.Strategy {
+	case ForwardOnly:
+		return false, s.closeForwarded()
+	case HoldInitThenDrain:
+		s.signalInit(status)
+	case DrainThenInit:
+		s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig())}
+	}
+	return true, nil
+}
+
+// open takes a pidfd on init and finds the container's processes.
+func (s *stop) open(pid int) error {
 	init, err := process.Open(pid)
 	if err != nil {
-		return nil, fmt.Errorf("open init %d: %w", pid, err)
+		return fmt.Errorf("open init %d: %w", pid, err)
 	}
 	scope, err := process.ScopeOf(pid)
 	if err == nil {
@@ -64,38 +121,51 @@ func beginStop(id string, pid int, sig unix.Signal, policy Policy) (*stop, error
 	}
 	if err != nil {
 		init.Close()
-		return nil, fmt.Errorf("find the processes of init %d: %w", pid, err)
+		return fmt.Errorf("find the processes of init %d: %w", pid, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &stop{id: id, signal: sig, policy: policy, init: init, scope: scope, started: time.Now(),
-		ctx: ctx, cancel: cancel, done: make(chan struct{}), profile: startProfile(id)}
-
-	handles, _ := process.WillHandle(pid, sig)
-	s.order = policy.StopOrder
-	if s.order == Auto {
-		s.order = ChildrenFirst
-		if handles {
-			s.order = InitFirst
-		}
-	}
-	if s.order == InitFirst {
-		if s.hold, err = startHold(init); err == nil {
-			s.signalInit()
-			return s, nil
-		}
-		s.note("cannot hold init's exit: %v", err)
-		if handles {
-			// init will act on the signal itself: give it the signal as the stock shim would.
-			s.order = ""
-			s.log(nil)
-			s.close()
-			return nil, errForward
-		}
-		s.order = ChildrenFirst
-	}
-	s.drainer = process.StartDrain(scope, s.drainConfig())
-	return s, nil
+	s.init, s.scope = init, scope
+	return nil
 }
+
+// drainThenInit is the children-first strategy: every process but init is drained, then init
+// gets the stop signal.
+type drainThenInit struct{ drainer *process.Drainer }
+
+func (d *drainThenInit) finish(s *stop) *process.Report {
+	drain := d.drainer.Finish(s.ctx)
+	if s.ctx.Err() == nil {
+		if status, err := observeInit(s.init.Pid, s.signal, s.scope.Kind); err == nil {
+			s.signalInit(status)
+		} else {
+			s.signalInit(InitStatus{Handles: true}) // init is gone or unreadable: the signal as is
+		}
+	}
+	return drain
+}
+
+func (d *drainThenInit) close() {}
+
+// holdInitThenDrain is the init-first strategy: init, traced, has been signalled; when it starts
+// to exit it is held there while the rest is drained, then released.
+type holdInitThenDrain struct{ hold *hold }
+
+func (h *holdInitThenDrain) finish(s *stop) *process.Report {
+	select {
+	case <-h.hold.exiting:
+		// init is held in its exit: drain the rest (at once done when nothing is left).
+		drain := process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
+		if s.ctx.Err() == nil {
+			h.hold.Release()
+		}
+		return drain
+	case <-h.hold.done:
+		s.note("the tracer ended before init exited: init was released")
+	case <-s.ctx.Done():
+	}
+	return nil
+}
+
+func (h *holdInitThenDrain) close() { h.hold.kill() }
 
 // drainConfig is the drain's signal and grace period; the grace is cut short to end within the
 // stop budget (Kubernetes' termination grace period less a margin) when there is one.
@@ -110,50 +180,21 @@ func (s *stop) drainConfig() process.DrainConfig {
 	return process.DrainConfig{Signal: s.policy.DrainSignal, Grace: grace}
 }
 
-// finish completes the stop in the background, logs its report and returns it.
+// finish completes a started stop, logs its report and returns it.
 func (s *stop) finish() *StopReport {
 	defer s.close()
-	var drain *process.Report
-	switch s.order {
-	case ChildrenFirst:
-		drain = s.drainer.Finish(s.ctx)
-		if s.ctx.Err() == nil {
-			s.signalInit()
-		}
-	case InitFirst:
-		select {
-		case <-s.hold.exiting:
-			// init is held in its exit: drain the rest (at once done when nothing is left).
-			drain = process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
-			if s.ctx.Err() == nil {
-				s.hold.Release()
-			}
-		case <-s.hold.done:
-			s.note("the tracer ended before init exited: init was released")
-		case <-s.ctx.Done():
-		}
-	}
+	drain := s.strategy.finish(s)
 	if s.ctx.Err() != nil {
 		s.note("stop aborted by SIGKILL")
 	}
 	return s.log(drain)
 }
 
-// signalInit delivers the requested stop signal to init, or SIGKILL when init would drop it (PID 1
-// of a namespace without a handler) or ignores it, so that the stop completes.
-func (s *stop) signalInit() {
-	sig := s.signal
-	st, err := process.ReadStatus(s.init.Pid)
-	if err == nil && st.State != 'Z' {
-		handles, _ := process.WillHandle(s.init.Pid, sig)
-		switch {
-		case !handles && st.NamespaceInit():
-			sig = unix.SIGKILL
-			s.note("init has no %s handler and, as PID 1, would drop it: sent SIGKILL", process.SignalName(s.signal))
-		case !handles && st.Ignores(sig):
-			sig = unix.SIGKILL
-			s.note("init ignores %s: sent SIGKILL", process.SignalName(s.signal))
-		}
+// signalInit delivers to init what initSignal decides for the requested signal.
+func (s *stop) signalInit(status InitStatus) {
+	sig, why := initSignal(s.signal, status)
+	if why != "" {
+		s.note("%s", why)
 	}
 	if err := s.init.Signal(sig); err != nil {
 		if errors.Is(err, process.ErrGone) {
@@ -166,27 +207,33 @@ func (s *stop) signalInit() {
 	s.initSignal = process.SignalName(sig)
 }
 
-// abort ends the stop at once (the container is being SIGKILLed): the drain stops waiting and the
-// tracer, if any, goes, which lets a held init finish exiting.
+// abort ends the stop at once (the container is being SIGKILLed or deleted): the drain stops
+// waiting and the tracer, if any, goes, which lets a held init finish exiting.
 func (s *stop) abort() {
+	s.aborted.Store(true)
 	s.cancel()
-	if s.hold != nil {
-		s.hold.cmd.Process.Kill()
-	}
 }
 
 func (s *stop) note(format string, args ...any) {
 	s.notes = append(s.notes, fmt.Sprintf(format, args...))
 }
 
+// closeForwarded closes a stop that forwards the signal instead, and returns its report.
+func (s *stop) closeForwarded() *StopReport {
+	s.order = ""
+	defer s.close()
+	return s.log(nil)
+}
+
 func (s *stop) close() {
 	s.profile()
-	if s.hold != nil {
-		s.hold.kill()
+	if s.strategy != nil {
+		s.strategy.close()
 	}
-	s.init.Close()
+	if s.init != nil {
+		s.init.Close()
+	}
 	s.cancel()
-	close(s.done)
 }
 
 func (s *stop) log(drain *process.Report) *StopReport {

@@ -1,0 +1,254 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
+)
+
+// Tests of the Kill decision table and the stop plan (shim/plan.go) through a real containerd.
+
+// An explicit init-first for an init without a TERM handler (a shell as PID 1) must not end in the
+// kernel's zap: init would be SIGKILLed while traced, and a task with a fatal signal pending is
+// not held at its exit. The plan runs children-first instead, so the child's handler runs.
+func TestExplicitInitFirstWithoutHandlerDrainsChildren(t *testing.T) {
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: childTraps("child") + "echo ready\n" + loop,
+		Annotations: orderAnnotation("init-first")})
+	waitTrapped(t, c, "child")
+	stopExpect(t, c, 15*time.Second, exitSIGKILL)
+	if got := c.Marker("child"); got != "clean" {
+		t.Fatalf("child marker %q: its TERM handler did not run (init zapped it)", got)
+	}
+}
+
+// During an init-first stop, a repeated stop signal reaches init, as it does with the stock shim:
+// an init that exits only on the second TERM exits, and its child is still drained.
+func TestRepeatedStopSignalReachesInitFirstInit(t *testing.T) {
+	script := childTraps("child") + `n=0
+trap 'n=$((n+1)); echo "term $n"; [ $n -ge 2 ] && exit 0' TERM
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: orderAnnotation("init-first")})
+	waitTrapped(t, c, "child")
+	start := time.Now()
+	kill(t, c, syscall.SIGTERM)
+	if err := c.Output.WaitLine("term 1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	kill(t, c, syscall.SIGTERM)
+	if err := c.Output.WaitLine("term 2", 10*time.Second); err != nil {
+		t.Fatalf("the second TERM never reached init: %v", err)
+	}
+	_, st, err := c.WaitExit(start, 15*time.Second)
+	if err != nil || st.ExitCode() != exitOK {
+		t.Fatalf("exit %d (%v), want 0", st.ExitCode(), err)
+	}
+	if got := c.Marker("child"); got != "clean" {
+		t.Fatalf("child marker %q: not drained", got)
+	}
+}
+
+// Concurrent stop signals (a kubelet retry plus a docker stop, say) start exactly one stop: each
+// member is signalled once, and the shim keeps no descriptor of a losing stop (pidfds, an epoll
+// fd and a proc-connector socket each).
+func TestConcurrentStopSignalsStartOneStop(t *testing.T) {
+	script := `sh -c 'trap "echo term >> /out/terms; sleep 0.3; exit 0" TERM; echo trapped child; while :; do sleep 0.05; done' &
+echo ready
+` + loop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: orderAnnotation("children-first")})
+	waitTrapped(t, c, "child")
+	shim := shimOf(t, c)
+	before := fdCount(t, shim)
+	start := time.Now()
+	killConcurrently(t, c, 20, -1)
+	_, st, err := c.WaitExit(start, 20*time.Second)
+	if err != nil || st.ExitCode() != exitSIGKILL {
+		t.Fatalf("exit %d (%v), want 137 (a shell PID 1 gets SIGKILL after the drain)", st.ExitCode(), err)
+	}
+	if terms := strings.Count(c.Marker("terms"), "term"); terms != 1 {
+		t.Errorf("the child was sent TERM %d times, want once", terms)
+	}
+	// The stop closes what it holds just after init is signalled: wait for that, bounded.
+	deadline := time.Now().Add(10 * time.Second)
+	after := fdCount(t, shim)
+	for after > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		after = fdCount(t, shim)
+	}
+	if after > before {
+		t.Fatalf("the shim holds %d descriptors after the stop, %d before it: a losing stop leaked\n%s", after, before, fdList(shim))
+	}
+}
+
+// A SIGKILL among concurrent stop signals ends the container at once, whichever stop it meets
+// (starting, planned or draining), though the child ignores TERM and the grace is a minute.
+func TestSigkillAmongConcurrentStopSignalsWins(t *testing.T) {
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: ignoringChild + "echo ready\n" + loop,
+		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "60s"}})
+	waitTrapped(t, c, "ignoring")
+	start := time.Now()
+	killConcurrently(t, c, 20, 10)
+	took, st, err := c.WaitExit(start, 30*time.Second)
+	if err != nil || st.ExitCode() != exitSIGKILL {
+		t.Fatalf("exit %d (%v) after %v, want 137 well before the 60s grace", st.ExitCode(), err, took)
+	}
+}
+
+// A stop that falls back to forwarding (the tracer cannot attach: init is already traced) still
+// publishes its report, saying why.
+func TestForwardedStopPublishesItsReport(t *testing.T) {
+	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
+	defer cancel()
+	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: "trap 'exit 0' TERM\necho ready\n" + loop})
+	releaseAtExit := traceFromOutside(t, int(c.Task.Pid()))
+	start := time.Now()
+	kill(t, c, syscall.SIGTERM)
+	for done := false; !done; {
+		select {
+		case env := <-events:
+			r, err := stack.DecodeStopReport(env.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.ContainerID != c.ID {
+				continue
+			}
+			if r.Order != "" || !strings.Contains(strings.Join(r.Notes, "; "), "cannot hold init's exit") {
+				t.Fatalf("report %+v: want a forwarded stop saying the tracer could not attach", r)
+			}
+			done = true
+		case err := <-errs:
+			t.Fatalf("event stream: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the forwarded stop published no report")
+		}
+	}
+	releaseAtExit()
+	if _, st, err := c.WaitExit(start, 15*time.Second); err != nil || st.ExitCode() != exitOK {
+		t.Fatalf("exit %d (%v), want 0: init got the forwarded TERM", st.ExitCode(), err)
+	}
+}
+
+// traceFromOutside attaches a tracer that is not the stop's own (the shim binary's hold-init,
+// started by the test) to pid. It returns the function that waits for pid to be held in its exit
+// and then releases it.
+func traceFromOutside(t *testing.T, pid int) (releaseAtExit func()) {
+	t.Helper()
+	h, err := process.Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	pidfd := os.NewFile(uintptr(h.Fd()), "pidfd")
+	cmd := exec.Command(filepath.Join(theStack.Dir, "bin", "containerd-shim-graceful-v2"), "hold-init", strconv.Itoa(pid))
+	cmd.ExtraFiles = []*os.File{pidfd}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := stack.NewOutput()
+	cmd.Stdout = out
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			stdin.Close()
+			cmd.Wait()
+		})
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); release() })
+	if err := out.WaitLine(process.HoldAttached, 10*time.Second); err != nil {
+		t.Fatalf("outside tracer: %v\n%s", err, out)
+	}
+	return func() {
+		t.Helper()
+		if err := out.WaitLine(process.HoldExiting, 10*time.Second); err != nil {
+			t.Errorf("init never began to exit: %v\n%s", err, out)
+		}
+		release()
+	}
+}
+
+// kill sends sig to the container's init through containerd.
+func kill(t *testing.T, c *stack.Container, sig syscall.Signal) {
+	t.Helper()
+	if err := c.Task.Kill(stackContext(), sig); err != nil {
+		t.Fatalf("kill %s: %v", unix.SignalName(sig), err)
+	}
+}
+
+// killConcurrently sends n Kills at once through containerd: SIGTERM, except SIGKILL at index
+// sigkillAt (none when negative).
+func killConcurrently(t *testing.T, c *stack.Container, n, sigkillAt int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	errs := make(chan error, n)
+	for i := range n {
+		sig := syscall.SIGTERM
+		if i == sigkillAt {
+			sig = syscall.SIGKILL
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			if err := c.Task.Kill(stackContext(), sig); err != nil && sig == syscall.SIGKILL {
+				errs <- err
+			}
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("SIGKILL: %v", err)
+	}
+}
+
+// shimOf is the PID of the shim that runs c.
+func shimOf(t *testing.T, c *stack.Container) int {
+	t.Helper()
+	st, err := process.ReadStatus(int(c.Task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.PPid
+}
+
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatalf("descriptors of the shim %d: %v", pid, err)
+	}
+	return len(entries)
+}
+
+// fdList describes pid's descriptors, for a failure message.
+func fdList(pid int) string {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	entries, _ := os.ReadDir(dir)
+	var b strings.Builder
+	for _, e := range entries {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		b.WriteString(e.Name() + " -> " + target + "\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,167 @@
+package shim
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/process"
+)
+
+// This file is the whole stop policy: what a Kill does (decideKill), how a stop runs (decideStop)
+// and what init is finally sent (initSignal). Everything else carries out what these decide.
+
+// KillAction is what the service does with one Kill of a container's init.
+type KillAction string
+
+const (
+	// Forward: hand the Kill to the runc service unchanged, as the stock shim would.
+	Forward KillAction = "forward"
+	// StartStop: begin a graceful stop.
+	StartStop KillAction = "start-stop"
+	// AbortAndForward: end the stop in progress (the drain and any hold) and forward the SIGKILL.
+	AbortAndForward KillAction = "abort-and-forward"
+	// ForwardToInit: a stop signal repeated during an init-first stop reaches init, as each one
+	// does with the stock shim (init has been asked already; it may want to be asked again).
+	ForwardToInit KillAction = "forward-to-init"
+	// Absorb: a stop signal repeated during a children-first stop is left to the stop, which gives
+	// init the signal once the others are drained; signalling init now would break that order.
+	Absorb KillAction = "absorb"
+)
+
+// starting is the order of a stop that has been claimed but not yet planned.
+const starting StopOrder = "starting"
+
+// decideKill is the Kill decision table. inProgress is the order of the stop in progress
+// (starting while it is being planned), "" when none is. A StartStop of a container that is not
+// running (created, paused, stopped) is forwarded: the runc service answers as it always has.
+//
+//	signal                  stop in progress            action
+//	any (passthrough)       any                         forward
+//	SIGKILL                 any                         abort the stop, forward
+//	SIGKILL, or not a stop  none                        forward
+//	  signal
+//	a stop signal           none                        start a stop
+//	a stop signal           init-first                  forward to init (as the stock shim would)
+//	a stop signal           starting or children-first  absorb: the stop signals init in order
+func decideKill(p Policy, sig unix.Signal, inProgress StopOrder) KillAction {
+	switch {
+	case p.Passthrough:
+		return Forward
+	case sig == unix.SIGKILL && inProgress != "":
+		return AbortAndForward
+	case sig == unix.SIGKILL || !p.IsStopSignal(sig):
+		return Forward
+	case inProgress == InitFirst:
+		return ForwardToInit
+	case inProgress != "":
+		return Absorb
+	}
+	return StartStop
+}
+
+// InitStatus is what a stop observes of init before it starts.
+type InitStatus struct {
+	// Handles: init will act on the stop signal (a handler, or blocked for a sigwait loop).
+	Handles bool
+	// Ignores: init explicitly ignores the stop signal.
+	Ignores bool
+	// NamespaceInit: init is PID 1 of its PID namespace, so the kernel drops a signal it does not
+	// handle (no zap follows unless it exits).
+	NamespaceInit bool
+	// Threads is init's thread count (every thread is traced under init-first).
+	Threads int
+	// Scope is how the container's processes are found (own PID namespace, or cgroup).
+	Scope process.ScopeKind
+	// TracerFailed, when set, is why the tracer could not attach to init: the plan is asked again
+	// with it.
+	TracerFailed error
+}
+
+// Strategy is how a stop runs.
+type Strategy string
+
+const (
+	// ForwardOnly: the stop signal goes to init as with the stock shim; there is no drain.
+	ForwardOnly Strategy = "forward"
+	// DrainThenInit: drain every process but init, then signal init (children-first).
+	DrainThenInit Strategy = "drain-then-init"
+	// HoldInitThenDrain: trace init, signal it, drain the rest while its exit is held (init-first).
+	HoldInitThenDrain Strategy = "hold-init-then-drain"
+)
+
+// Plan is a stop's decision: the order and strategy, and why.
+type Plan struct {
+	Order    StopOrder // the order used ("" when forwarded)
+	Strategy Strategy
+	Notes    []string
+}
+
+// decideStop is the stop order, from the policy and what init looks like now:
+//
+//	policy          init                                   plan
+//	auto            handles the signal, tracer attaches    init-first (hold)
+//	auto            handles it, tracer fails               forward (init shuts down itself)
+//	auto            does not handle it                     children-first
+//	init-first      handles it, tracer attaches            init-first (hold)
+//	init-first      handles it, tracer fails               forward
+//	init-first      does not handle it                     children-first: init would die of
+//	                                                       the signal or of SIGKILL, and a task
+//	                                                       with a fatal signal pending is not
+//	                                                       held at its exit (Linux >= 5.19), so
+//	                                                       the kernel would zap the rest
+//	children-first  any                                    children-first
+func decideStop(p Policy, sig unix.Signal, init InitStatus) Plan {
+	name := process.SignalName(sig)
+	order := p.StopOrder
+	if order == Auto {
+		order = ChildrenFirst
+		if init.Handles {
+			order = InitFirst
+		}
+	}
+	if order == ChildrenFirst {
+		return Plan{Order: ChildrenFirst, Strategy: DrainThenInit}
+	}
+	switch {
+	case !init.Handles:
+		return Plan{Order: ChildrenFirst, Strategy: DrainThenInit, Notes: []string{fmt.Sprintf(
+			"init-first needs init to handle %s; it does not, and its exit cannot be held: children-first instead", name)}}
+	case init.TracerFailed != nil:
+		return Plan{Strategy: ForwardOnly, Notes: []string{fmt.Sprintf(
+			"cannot hold init's exit: %v; init handles %s itself: forwarded", init.TracerFailed, name)}}
+	}
+	return Plan{Order: InitFirst, Strategy: HoldInitThenDrain}
+}
+
+// initSignal is what init is sent for the requested stop signal: the signal itself, or SIGKILL
+// when init would not act on it (PID 1 of its namespace without a handler drops it; an ignored
+// signal does nothing), so that the stop completes instead of hanging. note says why, if changed.
+func initSignal(sig unix.Signal, init InitStatus) (unix.Signal, string) {
+	name := process.SignalName(sig)
+	switch {
+	case init.Handles:
+		return sig, ""
+	case init.NamespaceInit:
+		return unix.SIGKILL, fmt.Sprintf("init has no %s handler and, as PID 1, would drop it: sent SIGKILL", name)
+	case init.Ignores:
+		return unix.SIGKILL, fmt.Sprintf("init ignores %s: sent SIGKILL", name)
+	}
+	return sig, ""
+}
+
+// observeInit reads init's status for the plan.
+func observeInit(pid int, sig unix.Signal, scope process.ScopeKind) (InitStatus, error) {
+	st, err := process.ReadStatus(pid)
+	if err != nil {
+		return InitStatus{}, err
+	}
+	handles, err := process.WillHandle(pid, sig)
+	if err != nil {
+		return InitStatus{}, err
+	}
+	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return InitStatus{Handles: handles, Ignores: st.Ignores(sig), NamespaceInit: st.NamespaceInit(),
+		Threads: len(threads), Scope: scope}, nil
+}
