@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -25,6 +26,7 @@ const (
 	AnnotationStopSignals = AnnotationPrefix + "stop-signals"
 	AnnotationDrainSignal = AnnotationPrefix + "drain-signal"
 	AnnotationStopOrder   = AnnotationPrefix + "stop-order"
+	AnnotationInit        = AnnotationPrefix + "init"
 )
 
 // StopOrder is who gets the stop signal first.
@@ -73,6 +75,11 @@ type Policy struct {
 	StopBudget time.Duration
 	// Passthrough forwards every Kill untouched (sandbox containers).
 	Passthrough bool
+	// Init runs graceful-init as the container's PID 1, with the image's process as its child
+	// (opt-in; see initspec.go).
+	Init bool
+	// InitPath is the graceful-init binary; "" for the one next to the shim's own binary.
+	InitPath string
 }
 
 // DefaultPolicy is the built-in policy.
@@ -96,8 +103,8 @@ func (p Policy) String() string {
 	for i, s := range p.StopSignals {
 		names[i] = process.SignalName(s)
 	}
-	return fmt.Sprintf("grace-period=%s stop-signals=%s drain-signal=%s stop-order=%s", p.GracePeriod,
-		strings.Join(names, ","), process.SignalName(p.DrainSignal), p.StopOrder)
+	return fmt.Sprintf("grace-period=%s stop-signals=%s drain-signal=%s stop-order=%s init=%t", p.GracePeriod,
+		strings.Join(names, ","), process.SignalName(p.DrainSignal), p.StopOrder, p.Init)
 }
 
 // FileConfig is a parsed runtime options file: the graceful keys and the runc options.
@@ -130,11 +137,12 @@ var camelRuncKeys = map[string]string{
 }
 
 func acceptedKeys() string {
-	keys := []string{"grace_period", "stop_signals", "drain_signal", "stop_order"}
+	keys := []string{"grace_period", "stop_signals", "drain_signal", "stop_order", "init", "init_path"}
+	n := len(keys)
 	for k := range runcKeys {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys[4:])
+	sort.Strings(keys[n:])
 	return strings.Join(keys, ", ")
 }
 
@@ -177,6 +185,20 @@ func ParseConfigFile(data []byte, source string) (*FileConfig, error) {
 				break
 			}
 			cfg.Policy.StopOrder, err = parseStopOrder(s)
+		case "init":
+			b, ok := value.(bool)
+			if !ok {
+				err = fmt.Errorf("want true or false, got %v", value)
+				break
+			}
+			cfg.Policy.Init = b
+		case "init_path":
+			s, ok := value.(string)
+			if !ok || !filepath.IsAbs(s) {
+				err = fmt.Errorf("want the absolute path of the graceful-init binary, got %v", value)
+				break
+			}
+			cfg.Policy.InitPath = s
 		default:
 			name := key
 			if snake, ok := camelRuncKeys[key]; ok {
@@ -243,9 +265,11 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 			p.DrainSignal, err = parseDrainSignal(value)
 		case AnnotationStopOrder:
 			p.StopOrder, err = parseStopOrder(value)
+		case AnnotationInit:
+			p.Init, err = parseBool(value)
 		default:
-			return p, fmt.Errorf("annotation %q: unknown graceful annotation: accepted %s, %s, %s, %s",
-				key, AnnotationGracePeriod, AnnotationStopSignals, AnnotationDrainSignal, AnnotationStopOrder)
+			return p, fmt.Errorf("annotation %q: unknown graceful annotation: accepted %s, %s, %s, %s, %s",
+				key, AnnotationGracePeriod, AnnotationStopSignals, AnnotationDrainSignal, AnnotationStopOrder, AnnotationInit)
 		}
 		if err != nil {
 			return p, fmt.Errorf("annotation %q: %w", key, err)
@@ -274,6 +298,16 @@ func KubernetesBudget(value string) time.Duration {
 	period := time.Duration(min(secs, maxKubernetesGraceSeconds)) * time.Second
 	margin := min(max(period/10, time.Second), 5*time.Second)
 	return max(period-margin, 0)
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q: want true or false", s)
 }
 
 func parseGracePeriod(s string) (time.Duration, error) {

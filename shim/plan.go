@@ -33,6 +33,10 @@ const (
 // starting is the order of a stop that has been claimed but not yet planned.
 const starting StopOrder = "starting"
 
+// MainExited is the order of the drain that follows the main process's own exit under
+// graceful-init: there was no stop signal, and the rest of the container is drained.
+const MainExited StopOrder = "main-exit"
+
 // decideKill is the Kill decision table. inProgress is the order of the stop in progress
 // (starting while it is being planned), "" when none is. A StartStop of a container that is not
 // running (created, paused, stopped) is forwarded: the runc service answers as it always has.
@@ -77,6 +81,10 @@ type InitStatus struct {
 	// TracerFailed, when set, is why the tracer could not attach to init: the plan is asked again
 	// with it.
 	TracerFailed error
+	// InjectedInit: init is graceful-init, which passes the signal to the main process and, when
+	// that exits, stays alive (holding the namespace open) until the rest is gone. The shim
+	// watches the main process.
+	InjectedInit bool
 }
 
 // Strategy is how a stop runs.
@@ -89,6 +97,13 @@ const (
 	DrainThenInit Strategy = "drain-then-init"
 	// HoldInitThenDrain: trace init, signal it, drain the rest while its exit is held (init-first).
 	HoldInitThenDrain Strategy = "hold-init-then-drain"
+	// SignalInitAwaitMain: signal graceful-init, which passes it to the main process; drain the
+	// rest when the main process exits (init-first without a tracer: graceful-init holds the
+	// namespace open itself).
+	SignalInitAwaitMain Strategy = "signal-init-await-main"
+	// DrainOnly: drain every process but init, and nothing else (after the main process exited
+	// by itself under graceful-init; init exits once the rest is gone).
+	DrainOnly Strategy = "drain-only"
 )
 
 // Plan is a stop's decision: the order and strategy, and why.
@@ -112,6 +127,12 @@ type Plan struct {
 //	                                                       held at its exit (Linux >= 5.19), so
 //	                                                       the kernel would zap the rest
 //	children-first  any                                    children-first
+//	auto or         graceful-init (injected)               init-first without a tracer:
+//	init-first                                             graceful-init passes the signal to
+//	                                                       the main process; the rest is drained
+//	                                                       when that exits
+//
+// With graceful-init and children-first, the main process is drained with the rest.
 func decideStop(p Policy, sig unix.Signal, init InitStatus) Plan {
 	name := process.SignalName(sig)
 	order := p.StopOrder
@@ -120,6 +141,9 @@ func decideStop(p Policy, sig unix.Signal, init InitStatus) Plan {
 		if init.Handles {
 			order = InitFirst
 		}
+	}
+	if p.StopOrder != ChildrenFirst && init.InjectedInit {
+		return Plan{Order: InitFirst, Strategy: SignalInitAwaitMain}
 	}
 	if order == ChildrenFirst {
 		return Plan{Order: ChildrenFirst, Strategy: DrainThenInit}
@@ -133,6 +157,12 @@ func decideStop(p Policy, sig unix.Signal, init InitStatus) Plan {
 			"cannot hold init's exit: %v; init handles %s itself: forwarded", init.TracerFailed, name)}}
 	}
 	return Plan{Order: InitFirst, Strategy: HoldInitThenDrain}
+}
+
+// decideMainExit is the plan when the main process under graceful-init exits by itself while
+// other processes are alive: drain them, with the same policy as a stop.
+func decideMainExit() Plan {
+	return Plan{Order: MainExited, Strategy: DrainOnly}
 }
 
 // initSignal is what init is sent for the requested stop signal: the signal itself, or SIGKILL

@@ -64,6 +64,9 @@ func TestDecideStop(t *testing.T) {
 		{"init-first: tracer refused, no handler → children-first", order(InitFirst), InitStatus{TracerFailed: refused}, DrainThenInit, ChildrenFirst, "children-first instead"},
 		{"children-first: init traps the signal", order(ChildrenFirst), InitStatus{Handles: true}, DrainThenInit, ChildrenFirst, ""},
 		{"children-first: PID 1 without a trap", order(ChildrenFirst), InitStatus{NamespaceInit: true}, DrainThenInit, ChildrenFirst, ""},
+		{"auto under graceful-init → init-first without a tracer", order(Auto), InitStatus{Handles: true, InjectedInit: true}, SignalInitAwaitMain, InitFirst, ""},
+		{"init-first under graceful-init → without a tracer", order(InitFirst), InitStatus{Handles: true, InjectedInit: true}, SignalInitAwaitMain, InitFirst, ""},
+		{"children-first under graceful-init drains the main process too", order(ChildrenFirst), InitStatus{Handles: true, InjectedInit: true}, DrainThenInit, ChildrenFirst, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := decideStop(tc.policy, unix.SIGTERM, tc.init)

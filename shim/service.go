@@ -38,6 +38,8 @@ var _ shim.TTRPCService = (*service)(nil)
 type container struct {
 	policy Policy
 	stop   *stop // the graceful stop in progress, if any
+	// main follows the main process under graceful-init (nil without it, or before Start).
+	main *mainWatch
 }
 
 // newService wraps the runc task service; stop reports are published through publisher.
@@ -72,6 +74,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
 	r.Options = settings.RuncOptions
+	if settings.Policy.Init {
+		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
+		}
+	}
 	resp, err := s.TTRPCTaskService.Create(ctx, r)
 	if err != nil {
 		return nil, err
@@ -147,7 +154,13 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 		st.close()
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
-	started, report := st.begin(int(state.Pid))
+	var mainExit <-chan struct{}
+	s.mu.Lock()
+	if c.main != nil {
+		mainExit = c.main.exited
+	}
+	s.mu.Unlock()
+	started, report := st.begin(int(state.Pid), mainExit)
 	s.mu.Lock()
 	st.phase = st.order
 	s.mu.Unlock()
@@ -180,8 +193,13 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
 	if err == nil && r.ExecID == "" {
 		s.mu.Lock()
-		if c := s.containers[r.ID]; c != nil && c.stop != nil {
-			c.stop.abort()
+		if c := s.containers[r.ID]; c != nil {
+			if c.stop != nil {
+				c.stop.abort()
+			}
+			if c.main != nil {
+				c.main.cancel()
+			}
 		}
 		delete(s.containers, r.ID)
 		s.mu.Unlock()

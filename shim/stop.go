@@ -47,7 +47,7 @@ type strategy interface {
 // StopReport is what one stop did, written to the shim's log and published on StopEventTopic.
 type StopReport struct {
 	ContainerID string          `json:"container_id"`
-	Requested   string          `json:"requested_signal"`
+	Requested   string          `json:"requested_signal,omitempty"` // none after the main process's own exit
 	GracePeriod string          `json:"grace_period"`
 	Order       StopOrder       `json:"order"`
 	InitSignal  string          `json:"init_signal,omitempty"`
@@ -67,7 +67,9 @@ func newStop(id string, sig unix.Signal, policy Policy) *stop {
 // processes cannot be found), with the stop closed; report is then what to publish, if anything.
 // A children-first stop has signalled every other process when begin returns; an init-first one
 // has signalled init.
-func (s *stop) begin(pid int) (started bool, report *StopReport) {
+//
+// mainExit, when not nil, is closed when the main process under graceful-init exits.
+func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *StopReport) {
 	if err := s.open(pid); err != nil {
 		s.note("cannot drain, the signal was forwarded: %v", err)
 		return false, s.closeForwarded()
@@ -77,6 +79,7 @@ func (s *stop) begin(pid int) (started bool, report *StopReport) {
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
 		return false, s.closeForwarded()
 	}
+	status.InjectedInit = mainExit != nil
 	plan := decideStop(s.policy, s.signal, status)
 	var h *hold
 	if plan.Strategy == HoldInitThenDrain {
@@ -102,10 +105,28 @@ func (s *stop) begin(pid int) (started bool, report *StopReport) {
 		return false, s.closeForwarded()
 	case HoldInitThenDrain:
 		s.signalInit(status)
+	case SignalInitAwaitMain:
+		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
+		s.signalInit(status)
 	case DrainThenInit:
-		s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig())}
+		s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig()), thenInit: true}
 	}
 	return true, nil
+}
+
+// beginMainExit starts the drain that follows the main process's own exit under graceful-init
+// (pid). It returns false, with nothing to report, when the container is already gone (the main
+// process died with it, of a SIGKILL).
+func (s *stop) beginMainExit(pid int) bool {
+	if err := s.open(pid); err != nil || s.init.Exited() {
+		s.close()
+		return false
+	}
+	plan := decideMainExit()
+	s.order = plan.Order
+	s.profile = startProfile(s.id)
+	s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig())}
+	return true
 }
 
 // open takes a pidfd on init and finds the container's processes.
@@ -128,12 +149,15 @@ func (s *stop) open(pid int) error {
 }
 
 // drainThenInit is the children-first strategy: every process but init is drained, then init
-// gets the stop signal.
-type drainThenInit struct{ drainer *process.Drainer }
+// gets the stop signal (unless thenInit is false: the drain after the main process's exit).
+type drainThenInit struct {
+	drainer  *process.Drainer
+	thenInit bool
+}
 
 func (d *drainThenInit) finish(s *stop) *process.Report {
 	drain := d.drainer.Finish(s.ctx)
-	if s.ctx.Err() == nil {
+	if d.thenInit && s.ctx.Err() == nil {
 		if status, err := observeInit(s.init.Pid, s.signal, s.scope.Kind); err == nil {
 			s.signalInit(status)
 		} else {
@@ -166,6 +190,22 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 }
 
 func (h *holdInitThenDrain) close() { h.hold.kill() }
+
+// awaitMainThenDrain is init-first under graceful-init: init has been signalled and passed the
+// signal on; when the main process exits, the rest is drained while graceful-init, which exits
+// only once it is alone, holds the namespace open.
+type awaitMainThenDrain struct{ mainExit <-chan struct{} }
+
+func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
+	select {
+	case <-a.mainExit:
+		return process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
+	case <-s.ctx.Done():
+		return nil
+	}
+}
+
+func (a *awaitMainThenDrain) close() {}
 
 // drainConfig is the drain's signal and grace period; the grace is cut short to end within the
 // stop budget (Kubernetes' termination grace period less a margin) when there is one.
@@ -237,7 +277,11 @@ func (s *stop) close() {
 }
 
 func (s *stop) log(drain *process.Report) *StopReport {
-	r := &StopReport{ContainerID: s.id, Requested: process.SignalName(s.signal), GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
+	requested := ""
+	if s.signal != 0 {
+		requested = process.SignalName(s.signal)
+	}
+	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
 		InitSignal: s.initSignal, Notes: s.notes, Drain: drain}
 	data, _ := json.Marshal(r)
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}

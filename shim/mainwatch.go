@@ -1,0 +1,160 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/process"
+)
+
+// mainWatch follows the main process of a container under graceful-init through a pidfd, for the
+// container's life: one descriptor, and no wakeup until the main process exits.
+type mainWatch struct {
+	pid    int
+	exited chan struct{} // closed when the main process has exited
+
+	mu     sync.Mutex
+	wake   int // eventfd that ends the watch early (the container is deleted)
+	closed bool
+}
+
+// cancel ends the watch without a drain.
+func (w *mainWatch) cancel() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		one := [8]byte{1}
+		unix.Write(w.wake, one[:])
+	}
+}
+
+func (w *mainWatch) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	unix.Close(w.wake)
+}
+
+// Start starts the container with the runc service and, under graceful-init, begins to watch the
+// main process.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	if err != nil || r.ExecID != "" {
+		return resp, err
+	}
+	s.mu.Lock()
+	c := s.containers[r.ID]
+	s.mu.Unlock()
+	if c == nil || !c.policy.Init {
+		return resp, nil
+	}
+	w, h, err := watchMain(int(resp.Pid))
+	if err != nil {
+		// The stop still works (as for any init); only the drain on the main process's own exit
+		// is lost.
+		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
+		return resp, nil
+	}
+	s.mu.Lock()
+	c.main = w
+	s.mu.Unlock()
+	go s.followMain(r.ID, c, w, h, int(resp.Pid))
+	return resp, nil
+}
+
+// mainStartTimeout bounds how long graceful-init may take to start the main process.
+const mainStartTimeout = 10 * time.Second
+
+// watchMain finds the main process, graceful-init's (initPid) first child, and opens a pidfd on
+// it. The pidfd is opened before the parent is checked, so a recycled PID is never watched.
+func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
+	deadline := time.Now().Add(mainStartTimeout)
+	children := fmt.Sprintf("/proc/%d/task/%d/children", initPid, initPid)
+	for {
+		data, err := os.ReadFile(children)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read the children of graceful-init %d: %w", initPid, err)
+		}
+		if fields := strings.Fields(string(data)); len(fields) > 0 {
+			pid, err := strconv.Atoi(fields[0])
+			if err != nil {
+				return nil, nil, fmt.Errorf("children of graceful-init %d: %q", initPid, data)
+			}
+			h, err := process.Open(pid)
+			if err != nil {
+				return nil, nil, fmt.Errorf("open the main process %d: %w", pid, err)
+			}
+			if st, err := process.ReadStatus(pid); err != nil || st.PPid != initPid {
+				h.Close()
+				return nil, nil, fmt.Errorf("the main process %d is gone", pid)
+			}
+			wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+			if err != nil {
+				h.Close()
+				return nil, nil, fmt.Errorf("eventfd: %w", err)
+			}
+			return &mainWatch{pid: pid, exited: make(chan struct{}), wake: wake}, h, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("graceful-init %d started no main process within %s", initPid, mainStartTimeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// followMain waits for the main process to exit. A stop in progress then drains the rest itself;
+// otherwise the main process exited by itself, and a stop of order main-exit drains the rest, with
+// the same policy and report as any stop. graceful-init exits once the rest is gone.
+func (s *service) followMain(id string, c *container, w *mainWatch, h *process.Handle, initPid int) {
+	defer w.close()
+	exited, err := waitReadable(h.Fd(), w.wake)
+	h.Close()
+	if err != nil {
+		log.L.WithError(err).WithField("id", id).Warn("graceful: watch the main process")
+	}
+	if !exited {
+		return
+	}
+	s.mu.Lock()
+	close(w.exited)
+	if c.stop != nil || s.containers[id] != c {
+		s.mu.Unlock()
+		return
+	}
+	st := newStop(id, 0, c.policy)
+	st.phase = MainExited
+	c.stop = st
+	s.mu.Unlock()
+	if !st.beginMainExit(initPid) {
+		s.unclaim(c, st)
+		return
+	}
+	s.publish(st.finish())
+	s.unclaim(c, st)
+}
+
+// waitReadable waits until fd (a pidfd: the process exited) or wake is readable, and reports
+// whether fd was.
+func waitReadable(fd, wake int) (bool, error) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(wake), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("poll: %w", err)
+		}
+		return fds[0].Revents != 0, nil
+	}
+}
