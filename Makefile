@@ -5,6 +5,8 @@ export PATH := /usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
+INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
+INIT_BIN := bin/graceful-init
 
 .PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat demo vet fuzz clean
 
@@ -12,9 +14,11 @@ all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-shim-graceful-v2
+	CGO_ENABLED=0 $(GO) build -ldflags "$(INIT_LDFLAGS)" -o $(INIT_BIN) ./cmd/graceful-init
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-graceful-v2
+	install -D -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-init
 
 # Installs apt packages, runc and containerd into the stack cache (reused when present).
 stack:
