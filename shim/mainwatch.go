@@ -79,17 +79,12 @@ const mainStartTimeout = 10 * time.Second
 // it. The pidfd is opened before the parent is checked, so a recycled PID is never watched.
 func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
-	children := fmt.Sprintf("/proc/%d/task/%d/children", initPid, initPid)
 	for {
-		data, err := os.ReadFile(children)
+		pid, err := firstChild(initPid)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read the children of graceful-init %d: %w", initPid, err)
+			return nil, nil, err
 		}
-		if fields := strings.Fields(string(data)); len(fields) > 0 {
-			pid, err := strconv.Atoi(fields[0])
-			if err != nil {
-				return nil, nil, fmt.Errorf("children of graceful-init %d: %q", initPid, data)
-			}
+		if pid > 0 {
 			h, err := process.Open(pid)
 			if err != nil {
 				return nil, nil, fmt.Errorf("open the main process %d: %w", pid, err)
@@ -110,6 +105,49 @@ func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// firstChild returns the oldest child of pid (0 for none yet). A child is listed under the thread
+// that forked it, so every thread's children file is read.
+func firstChild(pid int) (int, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read the threads of graceful-init %d: %w", pid, err)
+	}
+	first, firstStart := 0, uint64(0)
+	for _, task := range tasks {
+		data, err := os.ReadFile(dir + "/" + task.Name() + "/children")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, f := range strings.Fields(string(data)) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if start, ok := startTime(n); ok && (first == 0 || start < firstStart) {
+				first, firstStart = n, start
+			}
+		}
+	}
+	return first, nil
+}
+
+// startTime is when pid started, in clock ticks after boot (field 22 of /proc/PID/stat).
+func startTime(pid int) (uint64, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	fields := strings.Fields(string(data[i+1:]))
+	if i < 0 || len(fields) < 20 {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(fields[19], 10, 64) // field 22 is the 20th after the name
+	return start, err == nil
 }
 
 // followMain waits for the main process to exit. A stop in progress then drains the rest itself;

@@ -170,6 +170,10 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	if err := buildGo(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", true); err != nil {
 		return nil, err
 	}
+	// graceful-init next to the shim, where the shim looks for it.
+	if err := buildGo(filepath.Join(shimBin, "graceful-init"), "./cmd/graceful-init", false); err != nil {
+		return nil, err
+	}
 	config := fmt.Sprintf(`version = %[5]d
 root = %[1]q
 state = %[2]q

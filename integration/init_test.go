@@ -1,0 +1,299 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
+)
+
+// Tests of graceful-init, the opt-in PID 1 (annotation io.containerd.graceful.v2.init).
+
+var withInit = map[string]string{"io.containerd.graceful.v2.init": "true"}
+
+// initSpec is a graceful container running script under graceful-init, or without it.
+func initSpec(script string, init bool) stack.Spec {
+	spec := stack.Spec{Runtime: stack.GracefulRuntime, Script: script}
+	if init {
+		spec.Annotations = map[string]string{}
+		for k, v := range withInit {
+			spec.Annotations[k] = v
+		}
+	}
+	return spec
+}
+
+func initName(init bool) string {
+	if init {
+		return "with-init"
+	}
+	return "without-init"
+}
+
+// namespaceProcs lists the processes in the PID namespace of c's init, init included.
+func namespaceProcs(t *testing.T, c *stack.Container) []process.Status {
+	t.Helper()
+	ns, err := os.Readlink("/proc/" + strconv.Itoa(int(c.Task.Pid())) + "/ns/pid")
+	if err != nil {
+		t.Fatalf("the container's init is gone (%v); output: %q", err, c.Output)
+	}
+	entries, _ := os.ReadDir("/proc")
+	var procs []process.Status
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if other, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || other != ns {
+			continue
+		}
+		if st, err := process.ReadStatus(n); err == nil {
+			procs = append(procs, st)
+		}
+	}
+	return procs
+}
+
+func zombiesIn(procs []process.Status) int {
+	n := 0
+	for _, p := range procs {
+		if p.State == 'Z' {
+			n++
+		}
+	}
+	return n
+}
+
+// waitNamespace polls c's PID namespace until cond holds, for up to 20s.
+func waitNamespace(t *testing.T, c *stack.Container, what string, cond func([]process.Status) bool) []process.Status {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		procs := namespaceProcs(t, c)
+		if cond(procs) {
+			return procs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached in 20s: %d processes, %d zombies", what, len(procs), zombiesIn(procs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A PID 1 that never waits (exec sleep) with an orphaned grandchild: without the init the orphan
+// stays a zombie; with it, it is reaped.
+func TestInitReapsAnOrphanThatPID1NeverWaitsFor(t *testing.T) {
+	script := `sh -c 'sleep 0.2 &'
+echo ready
+exec sleep 100000`
+	for _, init := range []bool{false, true} {
+		t.Run(initName(init), func(t *testing.T) {
+			c := start(t, initSpec(script, init))
+			// The orphan's sleep ends 0.2s in: wait until only the expected processes live (the
+			// orphan a zombie, or gone).
+			want := 1 // without init: the main sleep as PID 1
+			if init {
+				want = 2 // graceful-init and the main sleep
+			}
+			procs := waitNamespace(t, c, "the orphan exits", func(ps []process.Status) bool {
+				return len(ps)-zombiesIn(ps) == want
+			})
+			if init {
+				// graceful-init reaps it; allow the reap to happen.
+				procs = waitNamespace(t, c, "no zombie", func(ps []process.Status) bool { return zombiesIn(ps) == 0 })
+			}
+			z := zombiesIn(procs)
+			t.Logf("%s: %d processes, %d zombies", initName(init), len(procs), z)
+			if !init && z != 1 {
+				t.Fatalf("without init: %d zombies, want the orphan left a zombie", z)
+			}
+			stopExpect(t, c, 15*time.Second, exitSIGKILL, exitSIGTERM)
+		})
+	}
+}
+
+// A tail -f /dev/null style PID 1 under graceful-init, with 500 short-lived orphans: no zombie at
+// the end.
+func TestInitReapsManyOrphans(t *testing.T) {
+	script := `i=0; while [ $i -lt 500 ]; do sh -c 'sleep 0.5 &'; i=$((i+1)); done
+echo ready
+exec tail -f /dev/null`
+	c := start(t, initSpec(script, true))
+	procs := waitNamespace(t, c, "every orphan gone", func(ps []process.Status) bool { return len(ps) == 2 })
+	if z := zombiesIn(procs); z != 0 {
+		t.Fatalf("%d zombies", z)
+	}
+	stopExpect(t, c, 15*time.Second, exitSIGTERM)
+}
+
+// The main process exits 3 by itself while a helper traps TERM and needs 0.3s: under the init the
+// helper's handler runs (without it the kernel's zap kills the helper), the task's exit status is
+// the main process's 3, and a stop report (order main-exit) is published.
+func TestInitDrainsWhenMainExitsByItself(t *testing.T) {
+	script := childTraps("helper") + `echo ready
+while [ ! -e /out/go ]; do sleep 0.05; done
+exit 3`
+	for _, init := range []bool{false, true} {
+		t.Run(initName(init), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
+			defer cancel()
+			events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+			c := start(t, initSpec(script, init))
+			waitTrapped(t, c, "helper")
+			start := time.Now()
+			if err := os.WriteFile(c.OutDir+"/go", nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, st, err := c.WaitExit(start, 20*time.Second)
+			if err != nil || st.ExitCode() != 3 {
+				t.Fatalf("exit %d (%v), want the main process's 3", st.ExitCode(), err)
+			}
+			got := c.Marker("helper")
+			if !init {
+				if got != "" {
+					t.Fatalf("without init: the helper cleaned up (%q), expected the zap", got)
+				}
+				return
+			}
+			if got != "clean" {
+				t.Fatalf("the helper's TERM handler did not complete: marker %q", got)
+			}
+			for {
+				select {
+				case env := <-events:
+					r, err := stack.DecodeStopReport(env.Event)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if r.ContainerID != c.ID {
+						continue
+					}
+					if r.Order != "main-exit" || r.Drain == nil || r.Drain.Totals["exited"] < 1 {
+						t.Fatalf("report %+v: want order main-exit with the helper exited", r)
+					}
+					return
+				case err := <-errs:
+					t.Fatalf("event stream: %v", err)
+				case <-ctx.Done():
+					t.Fatal("no report for the drain after the main process's exit")
+				}
+			}
+		})
+	}
+}
+
+// mainOf is the main process under graceful-init: the container's process whose parent is init
+// (the only one, in the tests that use it).
+func mainOf(t *testing.T, c *stack.Container) int {
+	t.Helper()
+	pid := int(c.Task.Pid())
+	for _, p := range namespaceProcs(t, c) {
+		if p.PPid == pid {
+			return p.Tgid
+		}
+	}
+	t.Fatalf("graceful-init %d has no child; output %q", pid, c.Output)
+	return 0
+}
+
+// The main process killed by SIGKILL: the task exits 137, as the main process's own status.
+func TestInitExitsWithTheMainProcessSignal(t *testing.T) {
+	c := start(t, initSpec("echo ready\nexec sleep 100000", true))
+	main := mainOf(t, c)
+	start := time.Now()
+	if err := syscall.Kill(main, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, err := c.WaitExit(start, 20*time.Second); err != nil || st.ExitCode() != exitSIGKILL {
+		t.Fatalf("exit %d (%v), want 137", st.ExitCode(), err)
+	}
+}
+
+// SIGHUP and SIGUSR1 sent to the container reach the main process through graceful-init.
+func TestInitForwardsSignalsToMain(t *testing.T) {
+	script := `trap 'echo got HUP' HUP
+trap 'echo got USR1' USR1
+trap 'exit 0' TERM
+echo ready
+` + loop
+	c := start(t, initSpec(script, true))
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGUSR1} {
+		kill(t, c, sig)
+		name := strings.TrimPrefix(process.SignalName(sig), "SIG")
+		if err := c.Output.WaitLine("got "+name, 10*time.Second); err != nil {
+			t.Fatalf("%s did not reach the main process: %v", name, err)
+		}
+	}
+	stopExpect(t, c, 15*time.Second, exitOK)
+}
+
+// With the init, a stop drains what the main process leaves behind: the run.sh case (the main
+// process has no TERM trap; it is not PID 1 any more, so TERM's default action ends it) and an
+// exec'd process both get TERM and run their handlers.
+func TestInitStopDrainsLeftoversAndExecs(t *testing.T) {
+	script := childTraps("child") + "echo ready\nwait"
+	c := start(t, initSpec(script, true))
+	waitTrapped(t, c, "child")
+	execTrapping(t, c, "exec")
+	stopExpect(t, c, 15*time.Second, exitSIGTERM)
+	for _, name := range []string{"child", "exec"} {
+		if got := c.Marker(name); got != "clean" {
+			t.Errorf("%s: TERM handler did not complete (marker %q)", name, got)
+		}
+	}
+}
+
+// A SIGKILL to a container under graceful-init ends everything at once, even with a TERM-ignoring
+// child and a long grace.
+func TestInitSigkillEndsAtOnce(t *testing.T) {
+	spec := initSpec(ignoringChild+"trap 'exit 0' TERM\necho ready\n"+loop, true)
+	spec.Annotations["io.containerd.graceful.v2.grace-period"] = "60s"
+	c := start(t, spec)
+	waitTrapped(t, c, "ignoring")
+	kill(t, c, syscall.SIGTERM)
+	start := time.Now()
+	kill(t, c, syscall.SIGKILL)
+	if took, st, err := c.WaitExit(start, 20*time.Second); err != nil || st.ExitCode() != exitSIGKILL {
+		t.Fatalf("exit %d (%v) after %v, want 137 at once", st.ExitCode(), err, took)
+	}
+}
+
+// A bad init annotation is refused at Create, naming it.
+func TestInitBadValueRefusedAtCreate(t *testing.T) {
+	spec := initSpec("echo ready", true)
+	spec.Annotations["io.containerd.graceful.v2.init"] = "yes"
+	spec.ID = "badinit-" + strconv.FormatInt(seq.Add(1), 10)
+	_, err := theStack.Run(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "io.containerd.graceful.v2.init") || !strings.Contains(err.Error(), "true or false") {
+		t.Fatalf("create with init=yes: %v", err)
+	}
+}
+
+// execTrapping starts `ctr task exec` in c: a shell that on TERM takes 0.2s, writes "clean" to
+// /out/<name> and exits 0. It returns once the trap is set; the exec's output is returned.
+func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
+		"task", "exec", "--exec-id", name, c.ID, "sh", "-c",
+		`trap "echo `+name+`-usr1" USR1; trap "sleep 0.2; echo clean > /out/`+name+`; exit 0" TERM; echo `+name+`-ready; `+loop)
+	out := stack.NewOutput()
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	if err := out.WaitLine(name+"-ready", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
