@@ -8,7 +8,7 @@ BIN := bin/containerd-shim-graceful-v2
 INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 
-.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest demo vet fuzz clean
 
 all: build
 
@@ -53,6 +53,13 @@ test-compat:
 		CONTAINERD_VERSION=$$v bash integration/stack/install.sh; \
 		CONTAINERD_VERSION=$$v $(GO) test -count=1 -timeout 10m -run '$(COMPAT_TESTS)' ./integration/; \
 	done
+
+# critest, the kubernetes-sigs CRI validation suite, against one private CRI daemon with the stock
+# runc handler and the graceful handler (form A): fails unless the same specs pass under both.
+# install-critest.sh adds the CNI plugins and builds critest into the stack cache.
+test-critest: stack
+	bash integration/stack/install-critest.sh
+	GRACEFUL_CRITEST=1 $(GO) test -count=1 -v -timeout 30m -run '^(TestComparePassSets|TestCritestPassSetMatchesRunc)$$' ./integration/
 
 test: stack vet test-unit test-integration test-oldest
 

@@ -65,6 +65,7 @@ type criEnv struct {
 	rt           runtimeapi.RuntimeServiceClient
 	images       runtimeapi.ImageServiceClient
 	cgroupParent string
+	imageNames   []string // imported into the CRI namespace
 }
 
 func TestCRI(t *testing.T) {
@@ -81,8 +82,9 @@ func TestCRI(t *testing.T) {
 	}
 }
 
-// criConfig is the daemon's CRI configuration (appended to the stack's config.toml, version 3).
-func criConfig(dir, shim, runc, configPath string) string {
+// criConfig is the daemon's CRI configuration (appended to the stack's config.toml, version 3);
+// cniBinDir is where the CNI plugins are (a missing directory for host-network pods only).
+func criConfig(dir, shim, runc, configPath, cniBinDir string) string {
 	annotations := `
       pod_annotations = ['io.containerd.graceful.v2.*']
       container_annotations = ['io.containerd.graceful.v2.*', 'io.kubernetes.pod.terminationGracePeriod']`
@@ -95,8 +97,10 @@ func criConfig(dir, shim, runc, configPath string) string {
 [plugins.'io.containerd.cri.v1.runtime']
   # This host lacks CAP_SYS_RESOURCE: no oom_score_adj below containerd's own.
   restrict_oom_score_adj = true
+  # Pod network namespaces (critest's pods) are mounted below the daemon's state, not /run/netns.
+  netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    # Host-network pods only: no CNI plugin runs; keep the (created) conf dir private.
+    # Host-network pods only unless a test writes a conflist (critest); keep the conf dir private.
     bin_dirs = [%[2]q]
     conf_dir = %[3]q
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
@@ -114,13 +118,39 @@ func criConfig(dir, shim, runc, configPath string) string {
       runtime_path = %[8]q%[4]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-runcpath.options]
         BinaryName = %[7]q
-`, criPauseImage, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d"), annotations,
+`, criPauseImage, cniBinDir, filepath.Join(dir, "cni", "net.d"), annotations,
 		configPath, criInlineGrace.String(), runc, shim)
 }
 
-// startCRI starts the private CRI daemon and imports the images into the CRI namespace; every
-// trace of it is removed at cleanup.
+// startCRI starts the private CRI daemon for host-network pods and imports the images into the
+// CRI namespace; every trace of it is removed at cleanup.
 func startCRI(t *testing.T) *criEnv {
+	t.Helper()
+	return startCRIWith(t, criSetup{})
+}
+
+// criSetup is what a CRI daemon needs beyond startCRI's: pod networking, more handlers, images.
+type criSetup struct {
+	// cniBinDir holds the CNI plugins (default: a missing directory, host-network pods only).
+	cniBinDir string
+	// cniConflist, when set, is written to the daemon's private CNI conf dir (dir/cni/net.d);
+	// @DIR@ in it stands for the CRI daemon's directory.
+	cniConflist string
+	// extraConfig is appended to criConfig.
+	extraConfig string
+	// images are imported into the CRI namespace besides the test and the pause image.
+	images []criImage
+}
+
+// criImage is a busybox image for CRI.
+type criImage struct {
+	name       string
+	entrypoint []string
+	extra      []stack.ImageFile
+}
+
+// startCRIWith starts a private CRI daemon as startCRI does, with setup's additions.
+func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 	t.Helper()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("/run", "graceful-cri-")
@@ -170,7 +200,20 @@ func startCRI(t *testing.T) *criEnv {
 	if err := os.WriteFile(defaults, []byte(fmt.Sprintf("grace_period = %q\n", criDefaultsGrace)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	config := criConfig(dir, shim, runc, configPath)
+	cniBinDir := setup.cniBinDir
+	if cniBinDir == "" {
+		cniBinDir = filepath.Join(dir, "cni", "bin")
+	}
+	if setup.cniConflist != "" {
+		if err := os.MkdirAll(filepath.Join(dir, "cni", "net.d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		conflist := strings.ReplaceAll(setup.cniConflist, "@DIR@", dir)
+		if err := os.WriteFile(filepath.Join(dir, "cni", "net.d", "10-graceful.conflist"), []byte(conflist), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := criConfig(dir, shim, runc, configPath, cniBinDir) + strings.ReplaceAll(setup.extraConfig, "@RUNC@", runc)
 	t.Logf("CRI config appended to the stack's config.toml:%s", config)
 
 	env.s, err = stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaults}, ExtraConfig: config})
@@ -184,12 +227,13 @@ func startCRI(t *testing.T) *criEnv {
 		}
 	}
 
-	for _, img := range []struct {
-		name       string
-		entrypoint []string
-	}{{stack.ImageName, nil}, {criPauseImage, []string{"/bin/sleep", "infinity"}}} {
+	env.imageNames = []string{stack.ImageName, criPauseImage}
+	for _, img := range append([]criImage{{name: stack.ImageName}, {name: criPauseImage, entrypoint: []string{"/bin/sleep", "infinity"}}}, setup.images...) {
+		if img.name != stack.ImageName && img.name != criPauseImage {
+			env.imageNames = append(env.imageNames, img.name)
+		}
 		var archive bytes.Buffer
-		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint}); err != nil {
+		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint, Extra: img.extra}); err != nil {
 			t.Fatalf("build image %s: %v", img.name, err)
 		}
 		if _, err := env.s.ImportInto(ctx, stack.CRINamespace, &archive); err != nil {
@@ -220,7 +264,7 @@ func startCRI(t *testing.T) *criEnv {
 	return env
 }
 
-// criReady checks that the CRI runtime is ready and sees both images.
+// criReady checks that the CRI runtime is ready and sees the imported images.
 func criReady(ctx context.Context, env *criEnv) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -233,7 +277,7 @@ func criReady(ctx context.Context, env *criEnv) error {
 			return fmt.Errorf("runtime not ready: %s %s", c.Reason, c.Message)
 		}
 	}
-	for _, name := range []string{stack.ImageName, criPauseImage} {
+	for _, name := range env.imageNames {
 		resp, err := env.images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: name}})
 		if err != nil {
 			return err

@@ -1,0 +1,299 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// TestCritestPassSetMatchesRunc runs critest, the kubernetes-sigs CRI validation suite, against one
+// private containerd with CRI, first with the stock runc shim's handler, then with the graceful
+// shim's (form A: runtime_type io.containerd.graceful.v2, options ConfigPath), and fails unless
+// the same specs pass under both. `make test-critest` runs it (GRACEFUL_CRITEST=1); it needs
+// install-critest.sh's critest binary and CNI plugins.
+func TestCritestPassSetMatchesRunc(t *testing.T) {
+	if os.Getenv("GRACEFUL_CRITEST") != "1" {
+		t.Skip("set GRACEFUL_CRITEST=1 (make test-critest) to run critest")
+	}
+	bin := filepath.Join(stack.StackDir(), "bin", "critest-"+critestVersion())
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("critest is not installed (bash integration/stack/install-critest.sh): %v", err)
+	}
+	for _, p := range []string{"bridge", "host-local", "loopback"} {
+		if _, err := os.Stat(filepath.Join(critestCNIBinDir, p)); err != nil {
+			t.Fatalf("CNI plugin %s missing (apt package containernetworking-plugins): %v", p, err)
+		}
+	}
+
+	// The bridge the CNI config creates is a host device: remove it after the daemon is gone.
+	t.Cleanup(func() { exec.Command("ip", "link", "del", critestBridge).Run() })
+	work := t.TempDir()
+	index := filepath.Join(work, "index.html")
+	if err := os.WriteFile(index, []byte("<html><body>graceful critest</body></html>\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	env := startCRIWith(t, criSetup{
+		cniBinDir:   critestCNIBinDir,
+		cniConflist: critestConflist,
+		extraConfig: critestRuncHandler,
+		images: []criImage{{
+			name: critestWebImage,
+			// The web server image of critest's port mapping, port forward and multi-container
+			// specs: busybox httpd on port 80, logging "httpd" as the specs expect.
+			entrypoint: []string{"/bin/sh", "-c", "echo httpd serving /www; exec httpd -f -p 80 -h /www"},
+			extra:      []stack.ImageFile{{Path: "www/index.html", Source: index}},
+		}},
+	})
+	t.Logf("CRI daemon ready after %v", time.Since(start).Round(time.Millisecond))
+
+	images := filepath.Join(work, "test-images.yaml")
+	if err := os.WriteFile(images, []byte(fmt.Sprintf("defaultTestContainerImage: %s\nwebServerTestImage: %s\n", stack.ImageName, critestWebImage)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	results := map[string]critestStates{}
+	for _, handler := range []string{"runc", "graceful"} {
+		report := filepath.Join(work, "report-"+handler+".json")
+		logPath := filepath.Join(os.TempDir(), "graceful-critest-"+handler+".log")
+		log, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin,
+			"-runtime-endpoint", "unix://"+env.s.Address,
+			"-runtime-handler", handler,
+			"-test-images-file", images,
+			"-ginkgo.skip", critestSkip,
+			"-ginkgo.seed", "1", // the same order for both handlers
+			"-ginkgo.no-color",
+			"-ginkgo.timeout", "15m",
+			"-ginkgo.json-report", report,
+		)
+		cmd.Dir = work
+		cmd.Stdout, cmd.Stderr = log, log
+		start := time.Now()
+		runErr := cmd.Run() // non-zero when any spec fails: the report tells which
+		log.Close()
+		took := time.Since(start)
+		states, err := parseGinkgoReport(report)
+		if err != nil {
+			t.Fatalf("handler %s: critest (%v) wrote no usable report: %v; output in %s", handler, runErr, err, logPath)
+		}
+		results[handler] = states
+		ran, passed, failed, skipped := states.counts()
+		t.Logf("handler %-8s ran %d, passed %d, failed %d, skipped %d in %v (critest: %v; output in %s)",
+			handler, ran, passed, failed, skipped, took.Round(time.Second), runErr, logPath)
+		for _, name := range states.with(func(s string) bool { return s != "passed" && s != "skipped" }) {
+			t.Logf("  %s %s: %s", handler, states[name], name)
+		}
+	}
+
+	runc, graceful := results["runc"], results["graceful"]
+	if _, passed, _, _ := runc.counts(); passed < critestMinPassed {
+		t.Errorf("only %d specs passed with runc, want at least %d: the environment, not the shim, is broken", passed, critestMinPassed)
+	}
+	if diff := comparePassSets(runc, graceful); diff != "" {
+		t.Errorf("the pass sets differ (graceful vs runc):\n%s", diff)
+	} else {
+		t.Logf("the pass sets are equal")
+	}
+}
+
+const (
+	critestCNIBinDir = "/usr/lib/cni"
+	critestBridge    = "gcritest0"
+	critestWebImage  = "docker.io/graceful/httpd:latest"
+	// critestMinPassed guards against a broken environment passing the comparison with (almost)
+	// nothing passing under either handler (81 passed with runc when this was written).
+	critestMinPassed = 60
+)
+
+func critestVersion() string {
+	if v := os.Getenv("CRITEST_VERSION"); v != "" {
+		return v
+	}
+	return "v1.37.0"
+}
+
+// critestSkip skips the specs that need a registry (image pulls, critest's own test images) or
+// host iptables (host ports); every other spec runs under both handlers.
+var critestSkip = strings.Join([]string{
+	`Image Manager`,                // pulls registry images
+	`Image Consistency`,            // pulls
+	`Image Identifier Consistency`, // pulls
+	`Image Volume`,                 // pulls
+	`SupplementalGroupsPolicy`,     // test-image-predefined-group
+	`NoNewPrivs`,                   // the nonewprivs image
+	`portforward in host network`,  // hostnet-nginx image
+	`port mapping with host port`,  // the portmap plugin: host iptables
+}, "|")
+
+// critestConflist is the pods' network: a private bridge, addresses from a private host-local
+// store, no iptables (no masquerade, no host ports).
+const critestConflist = `{
+  "cniVersion": "1.0.0",
+  "name": "graceful-critest",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "` + critestBridge + `",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "@DIR@/cni/ipam",
+        "ranges": [[{"subnet": "10.240.77.0/24"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+`
+
+// critestRuncHandler is the stock handler critest compares with: runc's shim and the same runc.
+const critestRuncHandler = `
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = '@RUNC@'
+`
+
+// critestStates maps a spec's full text to its state in a ginkgo report (passed, failed,
+// skipped, ...).
+type critestStates map[string]string
+
+// parseGinkgoReport reads a ginkgo JSON report (-ginkgo.json-report) and returns the state of
+// every It spec.
+func parseGinkgoReport(path string) (critestStates, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var suites []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			LeafNodeType            string
+			State                   string
+		}
+	}
+	if err := json.Unmarshal(data, &suites); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	states := critestStates{}
+	for _, suite := range suites {
+		for _, r := range suite.SpecReports {
+			if r.LeafNodeType != "It" {
+				continue // BeforeSuite, AfterSuite, ...
+			}
+			name := strings.Join(append(append([]string{}, r.ContainerHierarchyTexts...), r.LeafNodeText), " ")
+			if prev, dup := states[name]; dup && prev != r.State {
+				r.State = prev + "," + r.State
+			}
+			states[name] = r.State
+		}
+	}
+	if len(states) == 0 {
+		return nil, fmt.Errorf("%s lists no specs", path)
+	}
+	return states, nil
+}
+
+// counts returns how many specs ran (not skipped or pending), passed, failed and were skipped.
+func (s critestStates) counts() (ran, passed, failed, skipped int) {
+	for _, st := range s {
+		switch st {
+		case "skipped", "pending":
+			skipped++
+			continue
+		case "passed":
+			passed++
+		default:
+			failed++
+		}
+		ran++
+	}
+	return ran, passed, failed, skipped
+}
+
+// with returns the sorted names of the specs whose state satisfies keep.
+func (s critestStates) with(keep func(string) bool) []string {
+	var names []string
+	for name, st := range s {
+		if keep(st) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// comparePassSets returns "" when the same specs passed in both runs, or else a line for every
+// spec that passed in one run only, with its state in the other.
+func comparePassSets(runc, graceful critestStates) string {
+	var b strings.Builder
+	names := map[string]bool{}
+	for n := range runc {
+		names[n] = true
+	}
+	for n := range graceful {
+		names[n] = true
+	}
+	var sorted []string
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	state := func(s critestStates, n string) string {
+		if st, ok := s[n]; ok {
+			return st
+		}
+		return "absent"
+	}
+	for _, n := range sorted {
+		r, g := state(runc, n), state(graceful, n)
+		if (r == "passed") != (g == "passed") {
+			fmt.Fprintf(&b, "  runc %s, graceful %s: %s\n", r, g, n)
+		}
+	}
+	return b.String()
+}
+
+func TestComparePassSets(t *testing.T) {
+	runc := critestStates{"a": "passed", "b": "failed", "c": "skipped", "d": "passed"}
+	if d := comparePassSets(runc, critestStates{"a": "passed", "b": "timedout", "c": "failed", "d": "passed"}); d != "" {
+		t.Errorf("equal pass sets reported as different:\n%s", d)
+	}
+	graceful := critestStates{"a": "passed", "b": "passed", "c": "skipped", "d": "skipped", "e": "passed"}
+	want := "  runc failed, graceful passed: b\n  runc passed, graceful skipped: d\n  runc absent, graceful passed: e\n"
+	if d := comparePassSets(runc, graceful); d != want {
+		t.Errorf("comparePassSets = %q, want %q", d, want)
+	}
+	ran, passed, failed, skipped := graceful.counts()
+	if ran != 3 || passed != 3 || failed != 0 || skipped != 2 {
+		t.Errorf("counts = %d ran, %d passed, %d failed, %d skipped; want 3, 3, 0, 2", ran, passed, failed, skipped)
+	}
+
+	report := filepath.Join(t.TempDir(), "report.json")
+	os.WriteFile(report, []byte(`[{"SpecReports": [
+		{"LeafNodeType": "BeforeSuite", "State": "passed"},
+		{"ContainerHierarchyTexts": ["[k8s.io] Container", "basic"], "LeafNodeText": "starts", "LeafNodeType": "It", "State": "passed"},
+		{"ContainerHierarchyTexts": ["[k8s.io] Image Manager"], "LeafNodeText": "pulls", "LeafNodeType": "It", "State": "skipped"}
+	]}]`), 0o644)
+	states, err := parseGinkgoReport(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 2 || states["[k8s.io] Container basic starts"] != "passed" || states["[k8s.io] Image Manager pulls"] != "skipped" {
+		t.Errorf("parseGinkgoReport = %v", states)
+	}
+}
