@@ -144,9 +144,10 @@ type criSetup struct {
 
 // criImage is a busybox image for CRI.
 type criImage struct {
-	name       string
-	entrypoint []string
-	extra      []stack.ImageFile
+	name            string
+	entrypoint, cmd []string
+	extra           []stack.ImageFile
+	hardLinks       bool
 }
 
 // startCRIWith starts a private CRI daemon as startCRI does, with setup's additions.
@@ -233,7 +234,7 @@ func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 			env.imageNames = append(env.imageNames, img.name)
 		}
 		var archive bytes.Buffer
-		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint, Extra: img.extra}); err != nil {
+		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint, Cmd: img.cmd, Extra: img.extra, HardLinks: img.hardLinks}); err != nil {
 			t.Fatalf("build image %s: %v", img.name, err)
 		}
 		if _, err := env.s.ImportInto(ctx, stack.CRINamespace, &archive); err != nil {

@@ -36,33 +36,57 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 	// The bridge the CNI config creates is a host device: remove it after the daemon is gone.
 	t.Cleanup(func() { exec.Command("ip", "link", "del", critestBridge).Run() })
 	work := t.TempDir()
-	index := filepath.Join(work, "index.html")
-	if err := os.WriteFile(index, []byte("<html><body>graceful critest</body></html>\n"), 0o644); err != nil {
-		t.Fatal(err)
+	files := map[string]string{
+		"index.html": "<html><body>graceful critest</body></html>\n",
+		"passwd":     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"group":      "root:x:0:\nnogroup:x:65534:\n",
 	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(work, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The web server image of critest's port mapping, port forward and multi-container specs:
+	// busybox httpd on port 80, logging "httpd" as the specs expect.
+	web := criImage{
+		name:       critestWebImage,
+		entrypoint: []string{"/bin/sh", "-c", "echo httpd serving /www; exec httpd -f -p 80 -h /www"},
+		extra:      []stack.ImageFile{{Path: "www/index.html", Source: filepath.Join(work, "index.html")}},
+	}
+	// The multi-container specs name their httpd image themselves: the same image, imported
+	// under that name, is found without a pull.
+	httpd := web
+	httpd.name = critestHttpdImage
 	start := time.Now()
 	env := startCRIWith(t, criSetup{
 		cniBinDir:   critestCNIBinDir,
 		cniConflist: critestConflist,
 		extraConfig: critestRuncHandler,
-		images: []criImage{{
-			name: critestWebImage,
-			// The web server image of critest's port mapping, port forward and multi-container
-			// specs: busybox httpd on port 80, logging "httpd" as the specs expect.
-			entrypoint: []string{"/bin/sh", "-c", "echo httpd serving /www; exec httpd -f -p 80 -h /www"},
-			extra:      []stack.ImageFile{{Path: "www/index.html", Source: index}},
-		}},
+		images: []criImage{
+			{
+				// critest's default image, shaped like Docker Hub's busybox: sh as the
+				// command, applets as hard links, /etc/passwd and /etc/group.
+				name:      critestImage,
+				cmd:       []string{"sh"},
+				hardLinks: true,
+				extra: []stack.ImageFile{
+					{Path: "etc/passwd", Source: filepath.Join(work, "passwd")},
+					{Path: "etc/group", Source: filepath.Join(work, "group")},
+				},
+			},
+			web, httpd,
+		},
 	})
 	t.Logf("CRI daemon ready after %v", time.Since(start).Round(time.Millisecond))
 
 	images := filepath.Join(work, "test-images.yaml")
-	if err := os.WriteFile(images, []byte(fmt.Sprintf("defaultTestContainerImage: %s\nwebServerTestImage: %s\n", stack.ImageName, critestWebImage)), 0o644); err != nil {
+	if err := os.WriteFile(images, []byte(fmt.Sprintf("defaultTestContainerImage: %s\nwebServerTestImage: %s\n", critestImage, critestWebImage)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
 	results := map[string]critestStates{}
 	for _, handler := range []string{"runc", "graceful"} {
-		report := filepath.Join(work, "report-"+handler+".json")
+		report := filepath.Join(os.TempDir(), "graceful-critest-"+handler+".json")
 		logPath := filepath.Join(os.TempDir(), "graceful-critest-"+handler+".log")
 		log, err := os.Create(logPath)
 		if err != nil {
@@ -84,16 +108,23 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 		runErr := cmd.Run() // non-zero when any spec fails: the report tells which
 		log.Close()
 		took := time.Since(start)
-		states, err := parseGinkgoReport(report)
+		states, skips, err := parseGinkgoReport(report)
 		if err != nil {
 			t.Fatalf("handler %s: critest (%v) wrote no usable report: %v; output in %s", handler, runErr, err, logPath)
 		}
 		results[handler] = states
 		ran, passed, failed, skipped := states.counts()
-		t.Logf("handler %-8s ran %d, passed %d, failed %d, skipped %d in %v (critest: %v; output in %s)",
-			handler, ran, passed, failed, skipped, took.Round(time.Second), runErr, logPath)
+		t.Logf("handler %-8s ran %d, passed %d, failed %d, skipped %d (%d by the suite itself) in %v (critest: %v; output in %s, report %s)",
+			handler, ran, passed, failed, skipped, len(skips), took.Round(time.Second), runErr, logPath, report)
 		for _, name := range states.with(func(s string) bool { return s != "passed" && s != "skipped" }) {
 			t.Logf("  %s %s: %s", handler, states[name], name)
+		}
+		reasons := map[string]int{}
+		for _, msg := range skips {
+			reasons[msg]++
+		}
+		for _, msg := range sortedKeys(reasons) {
+			t.Logf("  %s: %d skipped by the suite: %s", handler, reasons[msg], msg)
 		}
 	}
 
@@ -109,12 +140,14 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 }
 
 const (
-	critestCNIBinDir = "/usr/lib/cni"
-	critestBridge    = "gcritest0"
-	critestWebImage  = "docker.io/graceful/httpd:latest"
+	critestCNIBinDir  = "/usr/lib/cni"
+	critestBridge     = "gcritest0"
+	critestImage      = "docker.io/graceful/critest-busybox:latest"
+	critestWebImage   = "docker.io/graceful/httpd:latest"
+	critestHttpdImage = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4"
 	// critestMinPassed guards against a broken environment passing the comparison with (almost)
-	// nothing passing under either handler (81 passed with runc when this was written).
-	critestMinPassed = 60
+	// nothing passing under either handler (81 of 86 passed with runc when this was written).
+	critestMinPassed = 70
 )
 
 func critestVersion() string {
@@ -134,7 +167,8 @@ var critestSkip = strings.Join([]string{
 	`SupplementalGroupsPolicy`,     // test-image-predefined-group
 	`NoNewPrivs`,                   // the nonewprivs image
 	`portforward in host network`,  // hostnet-nginx image
-	`port mapping with host port`,  // the portmap plugin: host iptables
+	`runtime should support (HostPID|PodPID|ContainerPID)$`, // the nginx image (pidof nginx)
+	`port mapping with host port`,                           // the portmap plugin: host iptables
 }, "|")
 
 // critestConflist is the pods' network: a private bridge, addresses from a private host-local
@@ -172,11 +206,12 @@ const critestRuncHandler = `
 type critestStates map[string]string
 
 // parseGinkgoReport reads a ginkgo JSON report (-ginkgo.json-report) and returns the state of
-// every It spec.
-func parseGinkgoReport(path string) (critestStates, error) {
+// every It spec, and the message of every spec that the suite skipped itself (Skip() at run time,
+// not a -ginkgo.skip filter).
+func parseGinkgoReport(path string) (states critestStates, skips map[string]string, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var suites []struct {
 		SpecReports []struct {
@@ -184,12 +219,13 @@ func parseGinkgoReport(path string) (critestStates, error) {
 			LeafNodeText            string
 			LeafNodeType            string
 			State                   string
+			Failure                 struct{ Message string }
 		}
 	}
 	if err := json.Unmarshal(data, &suites); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", path, err)
+		return nil, nil, fmt.Errorf("parse %s: %w", path, err)
 	}
-	states := critestStates{}
+	states, skips = critestStates{}, map[string]string{}
 	for _, suite := range suites {
 		for _, r := range suite.SpecReports {
 			if r.LeafNodeType != "It" {
@@ -200,12 +236,15 @@ func parseGinkgoReport(path string) (critestStates, error) {
 				r.State = prev + "," + r.State
 			}
 			states[name] = r.State
+			if r.State == "skipped" && r.Failure.Message != "" {
+				skips[name] = r.Failure.Message
+			}
 		}
 	}
 	if len(states) == 0 {
-		return nil, fmt.Errorf("%s lists no specs", path)
+		return nil, nil, fmt.Errorf("%s lists no specs", path)
 	}
-	return states, nil
+	return states, skips, nil
 }
 
 // counts returns how many specs ran (not skipped or pending), passed, failed and were skipped.
@@ -235,6 +274,15 @@ func (s critestStates) with(keep func(string) bool) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // comparePassSets returns "" when the same specs passed in both runs, or else a line for every
@@ -287,13 +335,17 @@ func TestComparePassSets(t *testing.T) {
 	os.WriteFile(report, []byte(`[{"SpecReports": [
 		{"LeafNodeType": "BeforeSuite", "State": "passed"},
 		{"ContainerHierarchyTexts": ["[k8s.io] Container", "basic"], "LeafNodeText": "starts", "LeafNodeType": "It", "State": "passed"},
-		{"ContainerHierarchyTexts": ["[k8s.io] Image Manager"], "LeafNodeText": "pulls", "LeafNodeType": "It", "State": "skipped"}
+		{"ContainerHierarchyTexts": ["[k8s.io] Image Manager"], "LeafNodeText": "pulls", "LeafNodeType": "It", "State": "skipped"},
+		{"ContainerHierarchyTexts": ["[k8s.io] AppArmor"], "LeafNodeText": "enforces", "LeafNodeType": "It", "State": "skipped", "Failure": {"Message": "AppArmor is disabled"}}
 	]}]`), 0o644)
-	states, err := parseGinkgoReport(report)
+	states, skips, err := parseGinkgoReport(report)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(states) != 2 || states["[k8s.io] Container basic starts"] != "passed" || states["[k8s.io] Image Manager pulls"] != "skipped" {
+	if len(states) != 3 || states["[k8s.io] Container basic starts"] != "passed" || states["[k8s.io] Image Manager pulls"] != "skipped" {
 		t.Errorf("parseGinkgoReport = %v", states)
+	}
+	if len(skips) != 1 || skips["[k8s.io] AppArmor enforces"] != "AppArmor is disabled" {
+		t.Errorf("parseGinkgoReport skips = %v", skips)
 	}
 }

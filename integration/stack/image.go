@@ -28,6 +28,11 @@ type ImageOptions struct {
 	Name string
 	// Entrypoint is the image config's entrypoint (none by default; a CRI sandbox image needs one).
 	Entrypoint []string
+	// Cmd is the image config's command (none by default; Docker Hub's busybox has sh).
+	Cmd []string
+	// HardLinks makes the applets hard links to bin/busybox, as in Docker Hub's busybox, instead
+	// of symbolic links (masking an applet's path then masks that applet only).
+	HardLinks bool
 	// Extra files to put in the image.
 	Extra []ImageFile
 }
@@ -66,7 +71,11 @@ func BuildImage(out io.Writer, busybox string, opts ImageOptions) error {
 		if applet == "busybox" {
 			continue
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777}); err != nil {
+		hdr := &tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777}
+		if opts.HardLinks {
+			hdr = &tar.Header{Typeflag: tar.TypeLink, Name: "bin/" + applet, Linkname: "bin/busybox", Mode: 0o755}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
 	}
@@ -85,7 +94,7 @@ func BuildImage(out io.Writer, busybox string, opts ImageOptions) error {
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint},
+		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint, "Cmd": opts.Cmd},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := add(config)
