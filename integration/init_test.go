@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
@@ -296,4 +300,99 @@ func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A terminal container under graceful-init: the main process has the terminal and its process
+// group is the terminal's foreground group, as with tini.
+func TestInitTerminalContainer(t *testing.T) {
+	spec := initSpec(`[ -t 0 ] && [ -t 1 ] && echo has-tty
+cat /proc/$$/stat > /out/stat
+trap 'exit 0' TERM
+echo ready
+`+loop, true)
+	spec.Terminal = true
+	c := start(t, spec)
+	if err := c.Output.WaitLine("has-tty", 10*time.Second); err != nil {
+		t.Fatalf("the main process has no terminal: %v", err)
+	}
+	fields := strings.Fields(c.Marker("stat"))
+	if len(fields) < 8 || fields[4] != fields[7] || fields[7] == "-1" {
+		t.Fatalf("stat %q: want the main process's group (field 5) to be the terminal's foreground group (field 8)", fields)
+	}
+	stopExpect(t, c, 15*time.Second, exitOK)
+}
+
+// An image with no shell, no /sbin and no libc (only a static binary), on a read-only rootfs, as
+// user 65534: graceful-init runs it, and a stop reaches its handler.
+func TestInitRunsAStaticBinaryReadOnlyAsNobody(t *testing.T) {
+	spec := initSpec("", true)
+	spec.Args = []string{"/app/gohandler", "app"}
+	spec.ReadonlyRootfs = true
+	spec.User = "65534:65534"
+	spec.Mounts = []specs.Mount{
+		{Destination: "/bin", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "ro"}},
+		{Destination: "/app/gohandler", Type: "bind", Source: filepath.Join(theStack.Dir, "bin", "gohandler"), Options: []string{"rbind", "ro"}},
+	}
+	spec.ID = "noshell-" + strconv.FormatInt(seq.Add(1), 10)
+	c, err := theStack.Run(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Delete() })
+	if err := os.Chmod(c.OutDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Output.WaitLine("ready app", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	main := mainOf(t, c)
+	if st, err := process.ReadStatus(main); err != nil || st.Name != "gohandler" {
+		t.Fatalf("main process %d: %+v (%v)", main, st, err)
+	}
+	stopExpect(t, c, 15*time.Second, exitOK)
+	if got := c.Marker("app"); !strings.Contains(got, "terminated") {
+		t.Fatalf("the static binary's TERM handler did not run: marker %q", got)
+	}
+}
+
+// The init is a host binary running as PID 1: root inside an unprivileged container can neither
+// write it through its path or /proc/1/exe nor remount it writable, and the host binary is
+// unchanged afterwards.
+func TestInitCannotBeWrittenFromTheContainer(t *testing.T) {
+	host := filepath.Join(theStack.Dir, "bin", "graceful-init")
+	before := fileHash(t, host)
+	script := `for p in /dev/.graceful-init /proc/1/exe; do
+  if (echo x >> $p) 2>/dev/null; then echo "wrote $p"; else echo "refused $p"; fi
+  if (: > $p) 2>/dev/null; then echo "truncated $p"; fi
+done
+mount -o remount,rw,bind /dev/.graceful-init 2>/dev/null && echo remounted
+grep -q ' /dev/.graceful-init ro,' /proc/self/mountinfo && echo mounted-ro
+trap 'exit 0' TERM
+echo ready
+` + loop
+	c := start(t, initSpec(script, true))
+	out := c.Output.String()
+	for _, want := range []string{"refused /dev/.graceful-init", "refused /proc/1/exe", "mounted-ro"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output %q: want %q", out, want)
+		}
+	}
+	for _, bad := range []string{"wrote", "truncated", "remounted"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("output %q: the container could change the init (%s)", out, bad)
+		}
+	}
+	stopExpect(t, c, 15*time.Second, exitOK)
+	if after := fileHash(t, host); after != before {
+		t.Fatalf("the host's graceful-init changed: %s → %s", before, after)
+	}
+}
+
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(data))
 }

@@ -35,6 +35,12 @@ type Spec struct {
 	PIDNamespace string
 	// Mounts are added to the /out bind mount.
 	Mounts []specs.Mount
+	// Terminal gives the process a terminal (its output then comes through the pty).
+	Terminal bool
+	// ReadonlyRootfs mounts the rootfs read-only; User ("uid" or "uid:gid") runs the process as
+	// that user.
+	ReadonlyRootfs bool
+	User           string
 }
 
 // Container is a created test container and its task.
@@ -73,6 +79,15 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 	if spec.HostPID {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
 	}
+	if spec.Terminal {
+		specOpts = append(specOpts, oci.WithTTY)
+	}
+	if spec.ReadonlyRootfs {
+		specOpts = append(specOpts, oci.WithRootFSReadonly())
+	}
+	if spec.User != "" {
+		specOpts = append(specOpts, oci.WithUser(spec.User))
+	}
 	if spec.PIDNamespace != "" {
 		specOpts = append(specOpts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: spec.PIDNamespace}))
 	}
@@ -90,7 +105,11 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 		}
 	}()
 	output := NewOutput()
-	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, output, output)))
+	ioOpts := []cio.Opt{cio.WithStreams(nil, output, output)}
+	if spec.Terminal {
+		ioOpts = append(ioOpts, cio.WithTerminal)
+	}
+	task, err := c.NewTask(ctx, cio.NewCreator(ioOpts...))
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", spec.ID, err)
 	}
