@@ -193,6 +193,12 @@ func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 		t.Fatal(err)
 	}
 	runc := filepath.Join(stack.StackDir(), "bin", "runc")
+	if stack.Cgroup2() {
+		// Unified mode without the cpu controller: runc must not get the sandbox's CPU shares.
+		if runc, err = stack.BuildRuncNoCPU(filepath.Join(dir, "bin")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	configPath := filepath.Join(dir, "graceful.toml")
 	if err := os.WriteFile(configPath, []byte(fmt.Sprintf("grace_period = %q\nbinary_name = %q\n", criPathGrace, runc)), 0o644); err != nil {
 		t.Fatal(err)
@@ -465,7 +471,30 @@ func (p *criPod) start(t *testing.T, name, script string, annotations map[string
 	if _, err := p.env.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.id}); err != nil {
 		t.Fatalf("StartContainer %s (handler %s): %v", name, p.handler.name, err)
 	}
+	if stack.Cgroup2Required() {
+		p.checkUnified(t, c)
+	}
 	return c
+}
+
+// checkUnified fails the test unless the container's init runs in cgroup v2 unified mode (make
+// test-cgroup2).
+func (p *criPod) checkUnified(t *testing.T, c *criContainer) {
+	t.Helper()
+	ctx, cancel := criCtx()
+	defer cancel()
+	k8s := namespaces.WithNamespace(ctx, stack.CRINamespace)
+	container, err := p.env.s.Client.LoadContainer(k8s, c.id)
+	if err != nil {
+		t.Fatalf("load container %s: %v", c.name, err)
+	}
+	task, err := container.Task(k8s, nil)
+	if err != nil {
+		t.Fatalf("task of container %s: %v", c.name, err)
+	}
+	if err := stack.CheckUnified(int(task.Pid()), c.id); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitFile waits until the container wrote /out/name.

@@ -100,6 +100,11 @@ func assertNoTraces(t *testing.T, id string) {
 			t.Errorf("%s: cgroups left: %v", id, matches)
 		}
 	}
+	if stack.Cgroup2() {
+		if matches, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", id)); len(matches) > 0 {
+			t.Errorf("%s: cgroups left: %v", id, matches)
+		}
+	}
 	runcState, _ := filepath.Glob(filepath.Join("/run/containerd/runc", "*", id))
 	if len(runcState) > 0 {
 		t.Errorf("%s: runc state left: %v", id, runcState)

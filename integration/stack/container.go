@@ -91,6 +91,9 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 	if spec.PIDNamespace != "" {
 		specOpts = append(specOpts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.PIDNamespace, Path: spec.PIDNamespace}))
 	}
+	if Cgroup2() {
+		specOpts = append(specOpts, WithoutCPUAndMemory)
+	}
 	c, err := s.Client.NewContainer(ctx, spec.ID,
 		containerd.WithNewSnapshot(spec.ID, s.Image),
 		containerd.WithNewSpec(specOpts...),
@@ -130,6 +133,12 @@ func (s *Stack) Run(ctx context.Context, spec Spec) (*Container, error) {
 	if err := c.Task.Start(containerdNamespace(ctx)); err != nil {
 		c.Delete()
 		return nil, fmt.Errorf("start task %s: %w", spec.ID, err)
+	}
+	if Cgroup2Required() {
+		if err := CheckUnified(int(c.Task.Pid()), spec.ID); err != nil {
+			c.Delete()
+			return nil, err
+		}
 	}
 	return c, nil
 }

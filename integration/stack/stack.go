@@ -148,6 +148,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("the stack needs root (containerd, runc, mounts)")
 	}
+	if Cgroup2Required() && !Cgroup2() {
+		return nil, fmt.Errorf("GRACEFUL_CGROUP2=1 but /sys/fs/cgroup is not a cgroup2 hierarchy (run make test-cgroup2)")
+	}
 	if err := Install(); err != nil {
 		return nil, err
 	}
@@ -287,8 +290,12 @@ func (s *Stack) Close() error {
 	}
 	killShims(s.Dir)
 	unmountUnder(s.Dir)
-	// runc leaves the namespace's parent cgroup (/<namespace>) once its containers are gone.
+	// runc leaves the namespace's parent cgroup (/<namespace>) once its containers are gone, in
+	// each v1 hierarchy or the unified one.
 	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Namespace))
+	if Cgroup2() {
+		parents = append(parents, filepath.Join("/sys/fs/cgroup", Namespace))
+	}
 	for _, p := range parents {
 		os.Remove(p)
 	}
