@@ -8,7 +8,7 @@ BIN := bin/containerd-shim-graceful-v2
 INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 
-.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -29,14 +29,15 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
-	$(GO) test -race -count=1 ./process/... ./shim/...
+	$(GO) test -race -count=1 ./process/... ./shim/... ./integration/stack/
 
 test-integration: stack
 	$(GO) test -count=1 -v -timeout 20m ./integration/
 
 # The core stop tests, run against every containerd in COMPAT_VERSIONS by test-compat, and against
 # the oldest (Debian 12's containerd 1.6) by test.
-COMPAT_TESTS := ^(TestSeedCaseChildHandlerRuns|TestRunShStopsInChildsShutdownTime|TestTermIgnoringChildKilledAtGrace|TestExecProcessIsDrained|TestSupervisorIsNotFooledUnderAuto)$$
+COMPAT_NAMES := TestSeedCaseChildHandlerRuns|TestRunShStopsInChildsShutdownTime|TestTermIgnoringChildKilledAtGrace|TestExecProcessIsDrained|TestSupervisorIsNotFooledUnderAuto
+COMPAT_TESTS := ^($(COMPAT_NAMES))$$
 COMPAT_VERSIONS ?= v2.4.2 v2.3.7 v2.2.9 v2.1.9 v2.0.14 v1.7.35 debian
 
 # The load test at full size: 50 containers stopped concurrently (make test runs 10).
@@ -61,7 +62,20 @@ test-critest: stack
 	bash integration/stack/install-critest.sh
 	GRACEFUL_CRITEST=1 $(GO) test -count=1 -v -timeout 30m -run '^(TestComparePassSets|TestCritestPassSetMatchesRunc)$$' ./integration/
 
-test: stack vet test-unit test-integration test-oldest
+# The core stop tests, the isolation tests and the CRI shared-PID and hostPID pods in cgroup v2
+# unified mode, on this cgroup v1 (hybrid) host: a private mount namespace with a cgroup2 hierarchy
+# mounted over /sys/fs/cgroup, where containerd and runc see unified mode (GRACEFUL_CGROUP2=1 makes
+# the stack refuse anything else and check every container's cgroups), and the process package's
+# cgroup membership tests in the same hierarchy.
+CGROUP2_TESTS := ^($(COMPAT_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestCRI)$$/.*/^(shared-pid|host-pid)$$
+test-cgroup2: stack
+	GRACEFUL_RUN='$(CGROUP2_TESTS)' GRACEFUL_CGROUP2=1 unshare -m sh -ec ' \
+		mount --make-rprivate /; \
+		mount -t cgroup2 none /sys/fs/cgroup; \
+		$(GO) test -count=1 -v -run "Cgroup" ./process/; \
+		$(GO) test -count=1 -v -timeout 15m -run "$$GRACEFUL_RUN" ./integration/'
+
+test: stack vet test-unit test-integration test-oldest test-cgroup2
 
 # A short fuzz pass over the annotation and options-file parsers (FUZZTIME each).
 FUZZTIME ?= 10s
