@@ -95,9 +95,56 @@ func (s *Scope) member(pid int) (nsIno uint64, ok bool) {
 		return s.inNamespace(pid)
 	case ByCgroup:
 		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-		return 0, err == nil && withinAll(parseCgroups(data), s.cgroups)
+		if err != nil {
+			return 0, false
+		}
+		entries := parseCgroups(data)
+		return 0, withinAll(entries, s.cgroups) || s.threadWithin(pid, entries)
 	}
 	return 0, false
+}
+
+// threadWithin reports whether one of pid's threads other than its main one is in the container's
+// cgroups, for a process whose main thread has exited while the others run on: cgroup v1 reports
+// an exiting task in the root ("/") of every v1 hierarchy, where the unified hierarchy keeps its
+// cgroup. Only such a process is looked at — its unified cgroup within the container's, every
+// other hierarchy that does not match at "/" — so that the host's processes cost nothing more.
+func (s *Scope) threadWithin(pid int, entries []cgroupEntry) bool {
+	unified := false
+	for _, c := range s.cgroups {
+		p, ok := lookupCgroup(entries, c.hierarchy)
+		switch {
+		case !ok:
+			return false
+		case c.hierarchy == "0:":
+			if !within(p, c.path) {
+				return false
+			}
+			unified = true
+		case p != "/" && !within(p, c.path):
+			return false
+		}
+	}
+	if !unified {
+		return false
+	}
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	tids, _ := f.Readdirnames(-1)
+	f.Close()
+	for _, tid := range tids {
+		if tid == strconv.Itoa(pid) {
+			continue
+		}
+		data, err := os.ReadFile(dir + tid + "/cgroup")
+		if err == nil && withinAll(parseCgroups(data), s.cgroups) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Scope) inNamespace(pid int) (uint64, bool) {

@@ -1,6 +1,7 @@
 package process
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,5 +143,88 @@ func TestDistinguishingCgroups(t *testing.T) {
 		if got := distinguishing(parseCgroups([]byte(data)), host, own); len(got) != want {
 			t.Errorf("%q: kept %v, want %d entries", data, got, want)
 		}
+	}
+}
+
+// containerCgroupRoots returns the hierarchies runc puts a container in: the unified one alone
+// when /sys/fs/cgroup is cgroup v2; else the v1 pids controller and, on a hybrid host, the
+// unified hierarchy beside it (runc joins both there).
+func containerCgroupRoots(t *testing.T) []string {
+	t.Helper()
+	root, _ := cgroupRoot(t)
+	roots := []string{root}
+	if root != "/sys/fs/cgroup" {
+		if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil {
+			roots = append(roots, "/sys/fs/cgroup/unified")
+		}
+	}
+	return roots
+}
+
+// leaderExitedScript runs a thread that sleeps on, then exits the main thread alone (exit(2), not
+// exit_group): the process lives on with its leader a zombie.
+const leaderExitedScript = `
+import ctypes, threading, time
+threading.Thread(target=lambda: time.sleep(1000)).start()
+print("started", flush=True)
+ctypes.CDLL(None).syscall(60, 0)
+`
+
+// A process of the container whose main thread has exited while another thread runs on is still
+// a member. cgroup v1 reports such a process in the root ("/") of every v1 hierarchy of
+// /proc/PID/cgroup (the kernel shows an exiting task there), cgroup v2 keeps its cgroup: on a v1
+// or hybrid host the scope missed it, so the drain never signalled it.
+func TestCgroupScopeKeepsAProcessWhoseMainThreadExited(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is needed (make stack installs it): %v", err)
+	}
+	var ctrs []string
+	for _, root := range containerCgroupRoots(t) {
+		ctrs = append(ctrs, filepath.Join(testCgroups(t, root, "ctr"), "ctr"))
+	}
+	init := sleeper(t)
+	cmd := exec.Command(python, "-c", leaderExitedScript)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	leaderless := cmd.Process.Pid
+	for _, ctr := range ctrs {
+		moveTo(t, ctr, init)
+		moveTo(t, ctr, leaderless)
+	}
+	buf := make([]byte, 8)
+	if _, err := out.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := ReadStatus(leaderless)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == 'Z' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the main thread of %d did not exit (state %c)", leaderless, st.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cgroups, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", leaderless))
+	scope, err := ScopeOf(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !scope.Contains(leaderless) {
+		t.Fatalf("a process whose main thread exited is not a member; its /proc/PID/cgroup:\n%s", cgroups)
+	}
+	if scope.Contains(os.Getpid()) || scope.Contains(1) {
+		t.Fatal("the caller or PID 1 is a member")
 	}
 }
