@@ -67,7 +67,7 @@ test-critest: stack
 # mounted over /sys/fs/cgroup, where containerd and runc see unified mode (GRACEFUL_CGROUP2=1 makes
 # the stack refuse anything else and check every container's cgroups), and the process package's
 # cgroup membership tests in the same hierarchy.
-CGROUP2_TESTS := ^($(COMPAT_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestCRI)$$/.*/^(shared-pid|host-pid)$$
+CGROUP2_TESTS := ^($(COMPAT_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestSharedPIDProcessWithExitedMainThreadIsDrained|TestCRI)$$/.*/^(shared-pid|host-pid)$$
 test-cgroup2: stack
 	GRACEFUL_RUN='$(CGROUP2_TESTS)' GRACEFUL_CGROUP2=1 unshare -m sh -ec ' \
 		mount --make-rprivate /; \
