@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,7 +15,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/graceful-shim/graceful/integration/stack"
-	"github.com/graceful-shim/graceful/process"
 )
 
 func orderAnnotation(order string) map[string]string {
@@ -212,20 +212,79 @@ echo ready
 	}
 }
 
-// waitHeld waits until init is stopped by its tracer (held in its exit).
+// waitHeld waits until init is held in its exit: a thread of init sits in the PTRACE_EVENT_EXIT
+// stop of its hold-init tracer. State t alone does not tell, a signal-delivery-stop shows t too;
+// nor does PF_EXITING, which do_exit sets only after that stop (exit_signals comes after
+// ptrace_event(PTRACE_EVENT_EXIT)). The kernel stack does: the exit stop is ptrace_stop called
+// from do_exit, a signal-delivery-stop is ptrace_stop called from get_signal.
 func waitHeld(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		st, err := process.ReadStatus(pid)
-		if err == nil && st.State == 't' {
+		why := notHeld(pid)
+		if why == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("init %d not held: state %c (%v)", pid, st.State, err)
+			t.Fatalf("init %d not held in its exit stop: %s", pid, why)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// notHeld returns "" when a thread of process pid is stopped in do_exit by the process's hold-init
+// tracer, or else why not.
+func notHeld(pid int) string {
+	tracers := findTracers(pid)
+	if len(tracers) != 1 {
+		return fmt.Sprintf("hold-init tracers %v, want one", tracers)
+	}
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var seen []string
+	for _, e := range tids {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, e.Name())
+		state, tracer := statusField(dir, "State"), statusField(dir, "TracerPid")
+		stack, err := os.ReadFile(dir + "/stack")
+		if err != nil {
+			return fmt.Sprintf("thread %s: %v", e.Name(), err)
+		}
+		frames := stackFunctions(string(stack))
+		if strings.HasPrefix(state, "t") && tracer == fmt.Sprint(tracers[0]) &&
+			slices.Contains(frames, "ptrace_stop") && slices.Contains(frames, "do_exit") {
+			return ""
+		}
+		seen = append(seen, fmt.Sprintf("thread %s: state %q tracer %s stack %v", e.Name(), state, tracer, frames))
+	}
+	return fmt.Sprintf("no thread in the exit stop of tracer %d: %s", tracers[0], strings.Join(seen, "; "))
+}
+
+// statusField returns the value of key in dir/status (dir a /proc/PID or /proc/PID/task/TID).
+func statusField(dir, key string) string {
+	data, _ := os.ReadFile(dir + "/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// stackFunctions lists the functions of a kernel stack as /proc/PID/stack shows it, innermost
+// first: "[<0>] ptrace_stop+0x132/0x340" is ptrace_stop.
+func stackFunctions(stack string) []string {
+	var fns []string
+	for _, line := range strings.Split(stack, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		fn, _, _ := strings.Cut(f[1], "+")
+		fns = append(fns, fn)
+	}
+	return fns
 }
 
 // findTracers lists the tracer processes holding pid.
