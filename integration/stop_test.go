@@ -301,9 +301,12 @@ func TestBadConfigurationFailsCreate(t *testing.T) {
 	}
 }
 
-// The shim is a child subreaper: a process orphaned in a host-PID container is reaped by it.
+// The shim is a child subreaper: a process orphaned in a host-PID container is reparented to it,
+// and reaped by it when it exits. The orphan waits on a fifo until the test writes to it, so that
+// the test sees it alive under the shim first, then lets it exit and sees it reaped.
 func TestOrphansAreReaped(t *testing.T) {
-	script := `sh -c 'sleep 0.5 & echo orphan $!'
+	script := `mkfifo /out/gate
+sh -c 'sh -c "read line < /out/gate; exit 3" & echo orphan $!'
 echo ready
 ` + loop
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, HostPID: true})
@@ -314,34 +317,86 @@ echo ready
 	if orphan == 0 {
 		t.Fatalf("no orphan pid in %q", c.Output.String())
 	}
+	// The orphan's parent exited before "ready", and the orphan waits at the gate: alive.
+	h, err := process.Open(orphan)
+	if err != nil {
+		t.Fatalf("orphan %d: %v, want it alive until the gate opens", orphan, err)
+	}
+	defer h.Close()
 	initStatus, err := process.ReadStatus(int(c.Task.Pid()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	shimPid := initStatus.PPid
-	if st, err := process.ReadStatus(orphan); err == nil && st.PPid != shimPid {
-		t.Fatalf("orphan %d has parent %d, want the shim %d", orphan, st.PPid, shimPid)
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", shimPid)); !strings.Contains(string(cmdline), "containerd-shim-graceful-v2") {
+		t.Fatalf("init's parent %d is %q, want the graceful shim", shimPid, cmdline)
 	}
-	// Wait for the orphan to exit, then for it to be reaped (no event exists for the reap).
-	if h, err := process.Open(orphan); err == nil {
-		fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
-		unix.Poll(fds, 5000)
-		h.Close()
+	st, err := process.ReadStatus(orphan)
+	if err != nil || st.PPid != shimPid || st.State == 'Z' || h.Exited() {
+		t.Fatalf("orphan %d: state %c parent %d (%v), want alive under the shim %d", orphan, st.State, st.PPid, err, shimPid)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", orphan)); os.IsNotExist(err) {
-			break
+
+	openGate(t, filepath.Join(c.OutDir, "gate"))
+	fds := []unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}
+	deadline := time.Now().Add(10 * time.Second)
+	for !h.Exited() {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d did not exit once the gate opened", orphan)
 		}
+		unix.Poll(fds, 100)
+	}
+	// No event reports a reap to anyone but the reaper: poll for it, against a generous deadline.
+	deadline = time.Now().Add(10 * time.Second)
+	for !reaped(t, h) {
 		if time.Now().After(deadline) {
 			st, _ := process.ReadStatus(orphan)
-			t.Fatalf("orphan %d not reaped: state %c parent %d", orphan, st.State, st.PPid)
+			t.Fatalf("orphan %d exited but was not reaped in 10s: state %c parent %d", orphan, st.State, st.PPid)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	if zombies := zombieChildren(shimPid); len(zombies) > 0 {
 		t.Fatalf("zombies under the shim: %v", zombies)
 	}
 	// A host-PID init without a trap is not PID 1 of a namespace: TERM's default action ends it.
 	stopExpect(t, c, 15*time.Second, exitSIGTERM)
+}
+
+// openGate writes a line to the fifo at path, which a process of the container reads: it waits up
+// to 10s for that reader to open the fifo.
+func openGate(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			_, err = f.WriteString("open\n")
+			f.Close()
+			if err != nil {
+				t.Fatalf("write the gate: %v", err)
+			}
+			return
+		}
+		if !errors.Is(err, syscall.ENXIO) || time.Now().After(deadline) {
+			t.Fatalf("open the gate: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // no reader yet
+	}
+}
+
+// reaped reports whether the process of the pidfd has been reaped, not just exited: its pidfd's
+// fdinfo then shows Pid -1 (a zombie still shows its PID). Unlike /proc/PID, this cannot be
+// fooled by the PID's reuse.
+func reaped(t *testing.T, h *process.Handle) bool {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", h.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			return strings.TrimSpace(v) == "-1"
+		}
+	}
+	t.Fatalf("no Pid in the fdinfo of pidfd %d: %q", h.Fd(), data)
+	return false
 }
