@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 func orderAnnotation(order string) map[string]string {
@@ -117,9 +119,13 @@ func TestMultithreadedInitIsHeld(t *testing.T) {
 }
 
 // SIGKILL during a drain ends the container at once, whichever the stop order: under init-first
-// (init traps TERM) init is held in its exit when the SIGKILL arrives.
+// (init traps TERM) init is held in its exit when the SIGKILL arrives. The child traps TERM and
+// runs on: its record of the drain's TERM shows the drain under way, and it is still there, before
+// the SIGKILL; init's exit code tells who ended init (0: its own trap, then held; 137: SIGKILL).
 func TestSigkillDuringDrainStopsAtOnce(t *testing.T) {
-	script := ignoringChild + `trap "exit 0" TERM
+	script := `sh -c 'trap "echo got > /out/stubborn" TERM; echo trapped stubborn; ` + loop + `' &
+echo pid $!
+trap "exit 0" TERM
 echo ready
 ` + loop
 	for _, order := range []string{"init-first", "children-first"} {
@@ -127,25 +133,48 @@ echo ready
 			annotations := orderAnnotation(order)
 			annotations["io.containerd.graceful.v2.grace-period"] = "30s"
 			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: annotations})
-			waitTrapped(t, c, "ignoring")
+			waitTrapped(t, c, "stubborn")
+			initPid := int(c.Task.Pid())
+			child := openPid(t, "the stubborn child", sentinelPid(t, c))
+			initH := openPid(t, "init", initPid)
 			ctx := context.Background()
 			if err := c.Task.Kill(namespaces.WithNamespace(ctx, stack.Namespace), syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			if order == "init-first" {
-				waitHeld(t, int(c.Task.Pid()))
+				waitHeld(t, initPid)
 			}
-			if _, _, err := c.WaitExit(time.Now(), 300*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
-				t.Fatalf("container exited during a 30s drain: %v", err)
+			waitMarker(t, c, "stubborn", "got")
+			// The drain has TERMed the child, which runs on for its 30s grace period.
+			select {
+			case st := <-c.Exit:
+				t.Fatalf("container exited (code %d) during a 30s drain", st.ExitCode())
+			default:
 			}
-			took, _, err := c.Stop(ctx, syscall.SIGKILL, 5*time.Second)
+			if child.Exited() {
+				t.Fatal("the stubborn child is gone during a 30s drain")
+			}
+			if order == "children-first" && initH.Exited() {
+				t.Fatal("children-first: init exited during the drain, before its own signal")
+			}
+			took, st, err := c.Stop(ctx, syscall.SIGKILL, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if took > time.Second {
-				t.Fatalf("SIGKILL during the drain took %v to stop the container", took)
+			if took > 3*time.Second {
+				t.Fatalf("SIGKILL during the drain took %v to stop the container (grace period 30s)", took)
 			}
-			if tracers := findTracers(int(c.Task.Pid())); len(tracers) > 0 {
+			want := exitSIGKILL
+			if order == "init-first" {
+				want = exitOK
+			}
+			if st.ExitCode() != want {
+				t.Fatalf("init exited with code %d, want %d", st.ExitCode(), want)
+			}
+			if !child.Exited() {
+				t.Fatal("the stubborn child outlived the container")
+			}
+			if tracers := findTracers(initPid); len(tracers) > 0 {
 				t.Fatalf("tracer processes left: %v", tracers)
 			}
 		})
@@ -183,13 +212,16 @@ echo ready
 }
 
 // A paused container's stop is forwarded as with the stock shim: nothing is signalled while the
-// container is frozen, the signal stays pending, and the container stops when it is resumed.
+// container is frozen, the signal stays pending at init (and at init only), and the container stops
+// when it is resumed.
 func TestPausedContainerStopIsForwarded(t *testing.T) {
-	script := childTraps("child") + `trap "exit 0" TERM
+	script := childTraps("child") + `echo pid $!
+trap "exit 0" TERM
 echo ready
 ` + loop
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
 	waitTrapped(t, c, "child")
+	initPid, childPid := int(c.Task.Pid()), sentinelPid(t, c)
 	ctx := namespaces.WithNamespace(context.Background(), stack.Namespace)
 	if err := c.Task.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -197,8 +229,18 @@ echo ready
 	if err := c.Task.Kill(ctx, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.WaitExit(time.Now(), 500*time.Millisecond); !errors.Is(err, stack.ErrStillRunning) {
-		t.Fatalf("paused container exited: %v", err)
+	// The forwarded Kill has run runc kill when it returns: the TERM is queued at init, which
+	// cannot take it while frozen; a drain would have queued one at the child.
+	if pending := pendingSignals(t, initPid); pending&sigBit(syscall.SIGTERM) == 0 {
+		t.Fatalf("no TERM pending at the frozen init (pending %#x): the stop was not forwarded", pending)
+	}
+	if pending := pendingSignals(t, childPid); pending&sigBit(syscall.SIGTERM) != 0 {
+		t.Fatalf("TERM pending at the frozen child (pending %#x): the paused container was drained", pending)
+	}
+	select {
+	case st := <-c.Exit:
+		t.Fatalf("paused container exited (code %d)", st.ExitCode())
+	default:
 	}
 	if st, err := c.Task.Status(ctx); err != nil || st.Status != "paused" {
 		t.Fatalf("status %v (%v), want paused", st.Status, err)
@@ -207,8 +249,53 @@ echo ready
 	if err := c.Task.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.WaitExit(resumed, 10*time.Second); err != nil {
+	_, st, err := c.WaitExit(resumed, 10*time.Second)
+	if err != nil {
 		t.Fatalf("container did not stop once resumed: %v", err)
+	}
+	if st.ExitCode() != exitOK {
+		t.Fatalf("init exited with code %d, want 0 from its TERM trap", st.ExitCode())
+	}
+}
+
+// pendingSignals returns the signals pending at process pid: its own and its thread group's
+// (SigPnd | ShdPnd, bit N-1 for signal N).
+func pendingSignals(t *testing.T, pid int) uint64 {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d", pid)
+	var pending uint64
+	for _, key := range []string{"SigPnd", "ShdPnd"} {
+		v, err := strconv.ParseUint(statusField(dir, key), 16, 64)
+		if err != nil {
+			t.Fatalf("%s of %d: %v", key, pid, err)
+		}
+		pending |= v
+	}
+	return pending
+}
+
+func sigBit(sig syscall.Signal) uint64 { return 1 << (uint(sig) - 1) }
+
+// openPid opens a pidfd on pid, which must be alive, and closes it at cleanup.
+func openPid(t *testing.T, what string, pid int) *process.Handle {
+	t.Helper()
+	h, err := process.Open(pid)
+	if err != nil {
+		t.Fatalf("pidfd of %s %d: %v", what, pid, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// waitMarker waits up to 10s until the container wrote want to /out/name.
+func waitMarker(t *testing.T, c *stack.Container, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Marker(name) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("/out/%s is %q after 10s, want %q", name, c.Marker(name), want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
