@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -687,10 +688,13 @@ sh -c ': @TAG@; trap "" TERM; touch /out/child-ready; ` + criLoop + `' &
 echo started
 ` + criLoop
 
-// criSentinel records any TERM its init or its child receives.
+// criSentinel records any TERM its init or its child receives. A WINCH makes each write
+// /out/<init|child>-flush: the shell runs pending traps in signal order, so once a WINCH sent
+// after a stray TERM is recorded, that TERM is recorded too.
 const criSentinel = `: @TAG@
 trap "echo got > /out/init-term" TERM
-sh -c ': @TAG@; trap "echo got > /out/child-term" TERM; touch /out/child-ready; ` + criLoop + `' &
+trap "echo flushed > /out/init-flush" WINCH
+sh -c ': @TAG@; trap "echo got > /out/child-term" TERM; trap "echo flushed > /out/child-flush" WINCH; touch /out/child-ready; ` + criLoop + `' &
 echo started
 ` + criLoop
 
@@ -844,10 +848,12 @@ func testCRIPodAnnotationGrace(t *testing.T, env *criEnv, h *criHandler) {
 
 // Containers that share a PID namespace (pidMode POD: shareProcessNamespace; NODE: hostPID): the
 // stop of container A drains A's processes only; container B in the same namespace and, with
-// hostPID, a host process do not get TERM, and B keeps running.
+// hostPID, a host process do not get TERM (each records any TERM, and a WINCH sent after the stop
+// proves by its record that a stray TERM would be recorded by then), and each process of B and the
+// host process is still alive at the end (a pidfd on each: a SIGKILL cannot be trapped).
 func testCRISharedPID(t *testing.T, env *criEnv, h *criHandler, pidMode runtimeapi.NamespaceMode) {
 	hostDir := t.TempDir()
-	host := exec.Command("/bin/sh", "-c", `trap "echo got > `+hostDir+`/term" TERM; touch `+hostDir+`/ready; `+criLoop)
+	host := exec.Command("/bin/sh", "-c", `trap "echo got > `+hostDir+`/term" TERM; trap "echo flushed > `+hostDir+`/flush" WINCH; touch `+hostDir+`/ready; `+criLoop)
 	if err := host.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -868,6 +874,16 @@ func testCRISharedPID(t *testing.T, env *criEnv, h *criHandler, pidMode runtimea
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	bInit, bChild := p.sentinelPids(t, b)
+	sentinels := []struct {
+		what  string
+		h     *process.Handle
+		flush string // the file its WINCH trap writes
+	}{
+		{"b's init", openPid(t, "b's init", bInit), filepath.Join(b.out, "init-flush")},
+		{"b's child", openPid(t, "b's child", bChild), filepath.Join(b.out, "child-flush")},
+		{"the host sentinel", openPid(t, "the host sentinel", host.Process.Pid), filepath.Join(hostDir, "flush")},
+	}
 
 	took := p.stop(t, a, 10)
 	t.Logf("%v PID namespace: StopContainer(a, 10) took %v", pidMode, took.Round(time.Millisecond))
@@ -881,22 +897,76 @@ func testCRISharedPID(t *testing.T, env *criEnv, h *criHandler, pidMode runtimea
 	p.drainLogged(t, a)
 	p.noProcessLeft(t, a)
 
-	time.Sleep(300 * time.Millisecond) // a stray TERM would have been recorded by now
+	// a's drain is over (its report is logged): any stray signal has been sent. A SIGKILL cannot
+	// be trapped, but shows on the pidfd; a TERM shows once a WINCH sent after it is recorded.
+	for _, s := range sentinels {
+		if s.h.Exited() {
+			t.Errorf("%s died (SIGKILLed?) when a was stopped", s.what)
+			continue
+		}
+		if err := s.h.Signal(syscall.SIGWINCH); err != nil {
+			t.Errorf("WINCH to %s: %v", s.what, err)
+			continue
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !fileExists(s.flush) {
+			if s.h.Exited() || time.Now().After(deadline) {
+				t.Errorf("%s did not record its WINCH (exited: %v)", s.what, s.h.Exited())
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	for _, m := range []string{"init-term", "child-term"} {
 		if got := b.marker(m); got != "" {
 			t.Errorf("container b got TERM (/out/%s) when a was stopped", m)
 		}
 	}
-	if st := p.status(t, b); st.GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		t.Errorf("container b is %v after a's stop, want running", st.GetState())
-	}
 	if fileExists(filepath.Join(hostDir, "term")) {
 		t.Errorf("the host sentinel got TERM when a was stopped")
 	}
-	select {
-	case <-hostDone:
-		t.Errorf("the host sentinel exited when a was stopped")
-	default:
+	if st := p.status(t, b); st.GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("container b is %v after a's stop, want running", st.GetState())
 	}
 	p.teardown(t)
+}
+
+// sentinelPids returns the host PIDs of the init and the child of container c (criSentinel),
+// told apart from their loops' short-lived forks (which carry the same command line until they
+// exec sleep) by their parents: init's parent carries no tag, the child's parent is init.
+func (p *criPod) sentinelPids(t *testing.T, c *criContainer) (init, child int) {
+	t.Helper()
+	tag := []byte(p.tag(c.name))
+	cmdline := func(pid int) []byte {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		return data
+	}
+	entries, _ := os.ReadDir("/proc")
+	var inits, children []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := process.ReadStatus(pid)
+		if err != nil {
+			continue
+		}
+		switch cmd := cmdline(pid); {
+		case bytes.Contains(cmd, append(tag, '\n')) && !bytes.Contains(cmdline(st.PPid), tag):
+			inits = append(inits, pid)
+		case bytes.Contains(cmd, append(tag, ';')) && bytes.Contains(cmd, []byte("child-term")):
+			children = append(children, pid)
+		}
+	}
+	if len(inits) != 1 {
+		t.Fatalf("container %s: init candidates %v, want one", c.name, inits)
+	}
+	for _, pid := range children {
+		if st, err := process.ReadStatus(pid); err == nil && st.PPid == inits[0] {
+			return inits[0], pid
+		}
+	}
+	t.Fatalf("container %s: no child of init %d among %v", c.name, inits[0], children)
+	return 0, 0
 }
