@@ -270,11 +270,24 @@ func waitStoppedMember(t *testing.T, initPid int) {
 	t.Fatal("no stopped process in the container")
 }
 
-// sentinel records every catchable signal it receives into a file.
-const sentinel = `for s in HUP INT QUIT USR1 USR2 TERM CONT; do trap "echo $s >> /out/SENTINEL" $s; done; echo trapped SENTINEL; ` + loop
+// sentinelTraps makes a shell record every catchable signal it receives into /out/SENTINEL. A
+// WINCH (numbered above all of those) makes it write /out/SENTINEL.flush: the shell runs pending
+// traps in signal order, so once a WINCH sent after a stray signal is recorded, that signal is
+// recorded too.
+const sentinelTraps = `for s in HUP INT QUIT USR1 USR2 TERM CONT; do trap "echo $s >> /out/SENTINEL" $s; done; trap "echo flushed > /out/SENTINEL.flush" WINCH; `
+
+// sentinel is a shell with sentinelTraps; it prints "trapped SENTINEL" once they are set.
+const sentinel = sentinelTraps + `echo trapped SENTINEL; ` + loop
 
 func sentinelScript(name string) string {
 	return strings.ReplaceAll(sentinel, "SENTINEL", name)
+}
+
+// sentinelContainer is the script of a container whose init records every catchable signal into
+// /out/NAME-init and whose child, a subshell that prints "pid $!" and "trapped NAME", into
+// /out/NAME.
+func sentinelContainer(name string) string {
+	return "(" + sentinelScript(name) + ") & echo pid $!; " + strings.ReplaceAll(sentinelTraps, "SENTINEL", name+"-init") + "echo ready; " + loop
 }
 
 // Isolation: a sentinel on the host, one in another container, and one in the container that owns
@@ -293,12 +306,25 @@ func TestStopNeverSignalsOutsideTheContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	alive := []func(){holdAlive(t, "host sentinel", host.Process.Pid)}
-	other := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("other") + " & echo pid $!; echo ready; " + loop})
+	other := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelContainer("other")})
 	waitTrapped(t, other, "other")
-	alive = append(alive, holdAlive(t, "init of other", int(other.Task.Pid())), holdAlive(t, "sentinel of other", sentinelPid(t, other)))
-	owner := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelScript("owner") + " & echo pid $!; echo ready; " + loop})
+	otherSentinel := sentinelPid(t, other)
+	alive = append(alive, holdAlive(t, "init of other", int(other.Task.Pid())), holdAlive(t, "sentinel of other", otherSentinel))
+	owner := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: sentinelContainer("owner")})
 	waitTrapped(t, owner, "owner")
-	alive = append(alive, holdAlive(t, "init of owner", int(owner.Task.Pid())), holdAlive(t, "sentinel of owner", sentinelPid(t, owner)))
+	ownerSentinel := sentinelPid(t, owner)
+	alive = append(alive, holdAlive(t, "init of owner", int(owner.Task.Pid())), holdAlive(t, "sentinel of owner", ownerSentinel))
+	flushes := []struct {
+		what string
+		pid  int
+		file string
+	}{
+		{"host sentinel", host.Process.Pid, hostFile + ".flush"},
+		{"sentinel of other", otherSentinel, filepath.Join(other.OutDir, "other.flush")},
+		{"init of other", int(other.Task.Pid()), filepath.Join(other.OutDir, "other-init.flush")},
+		{"sentinel of owner", ownerSentinel, filepath.Join(owner.OutDir, "owner.flush")},
+		{"init of owner", int(owner.Task.Pid()), filepath.Join(owner.OutDir, "owner-init.flush")},
+	}
 
 	victim := childTraps("child") + `trap "exit 0" TERM
 echo ready
@@ -328,13 +354,25 @@ echo ready
 	for _, check := range alive {
 		check()
 	}
+	// Every stop is over: a stray signal has been sent by now, and is recorded once a WINCH sent
+	// after it is.
+	for _, f := range flushes {
+		if err := syscall.Kill(f.pid, syscall.SIGWINCH); err != nil {
+			t.Fatalf("WINCH to the %s: %v", f.what, err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, err := os.Stat(f.file); err != nil; _, err = os.Stat(f.file) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the %s did not record its WINCH in 10s", f.what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	if data, err := os.ReadFile(hostFile); err == nil {
 		t.Errorf("host sentinel received %q", data)
 	}
 	for _, c := range []*stack.Container{other, owner} {
-		name := strings.TrimPrefix(strings.SplitN(c.ID, "-", 2)[0], "")
-		_ = name
-		for _, f := range []string{"other", "owner"} {
+		for _, f := range []string{"other", "other-init", "owner", "owner-init"} {
 			if got := c.Marker(f); got != "" {
 				t.Errorf("sentinel %s in %s received %q", f, c.ID, got)
 			}
