@@ -396,3 +396,37 @@ func fileHash(t *testing.T, path string) string {
 	}
 	return fmt.Sprintf("%x", sha256.Sum256(data))
 }
+
+// The seed case, run.sh, the supervisor and the tini-like init, each under graceful-init: every
+// handler runs, and the task exits with the main process's own status.
+func TestInitClassicCases(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		trapped      []string
+		exit         uint32
+		clean        string // the marker that must read "clean"
+	}{
+		{"seed", seedScript, []string{"child"}, exitOK, "child"},
+		// The main process is no longer PID 1: TERM's default action ends it.
+		{"run.sh", runShScript, []string{"child"}, exitSIGTERM, "child"},
+		{"supervisor", supervisorScript, []string{"worker"}, exitOK, ""},
+		{"tini-like", tiniLikeScript, []string{"child", "grandchild"}, exitOK, "grandchild"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := start(t, initSpec(tc.script, true))
+			waitTrapped(t, c, tc.trapped...)
+			took := stopExpect(t, c, 15*time.Second, tc.exit)
+			if took > 5*time.Second {
+				t.Errorf("stop took %v: want about the handlers' own time, far below the 10s grace", took)
+			}
+			if tc.clean != "" && c.Marker(tc.clean) != "clean" {
+				t.Errorf("%s: TERM handler did not complete", tc.clean)
+			}
+			if tc.name == "supervisor" {
+				if r, first := c.Marker("respawns"), strings.SplitN(c.Marker("order"), "\n", 2)[0]; r != "" || first != "init" {
+					t.Errorf("respawns %q, first TERM to %q: want none, and the supervisor told first", r, first)
+				}
+			}
+		})
+	}
+}

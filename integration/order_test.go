@@ -26,14 +26,9 @@ func orderAnnotation(order string) map[string]string {
 	return map[string]string{"io.containerd.graceful.v2.stop-order": order}
 }
 
-// A supervisor init respawns its worker whenever the worker dies, and on TERM stops the worker
-// itself. Under auto (the default: init handles TERM, so init-first) init hears of the stop first,
-// nothing respawns and the stop takes about the supervisor's own time. children-first TERMs the
-// worker behind the supervisor's back, before init hears of the stop: the supervisor then sees its
-// worker die and respawns it if it gets there before its own TERM (a race it usually wins here,
-// logged, not asserted); the order of the TERMs is asserted.
-func TestSupervisorIsNotFooledUnderAuto(t *testing.T) {
-	script := `worker() { sh -c 'trap "echo worker >> /out/order; exit 0" TERM; echo trapped worker; while :; do sleep 0.05; done' & wpid=$!; }
+// supervisorScript is a supervisor init: it respawns its worker whenever the worker dies, and on
+// TERM stops the worker itself (which traps TERM) and exits 0.
+const supervisorScript = `worker() { sh -c 'trap "echo worker >> /out/order; exit 0" TERM; echo trapped worker; while :; do sleep 0.05; done' & wpid=$!; }
 trap 'echo init >> /out/order; stopping=1; kill -TERM $wpid; wait $wpid; exit 0' TERM
 worker
 echo ready
@@ -43,6 +38,25 @@ while :; do
   echo respawn >> /out/respawns
   worker
 done`
+
+// tiniLikeScript is a tini-like init: it forwards TERM to its direct child only and exits 0 when
+// that child exits; the grandchild traps TERM and needs 0.2s.
+const tiniLikeScript = `sh -c 'sh -c "trap \"sleep 0.2; echo clean > /out/grandchild; exit 0\" TERM; echo trapped grandchild; while :; do sleep 0.05; done" & trap "exit 0" TERM; echo trapped child; while :; do sleep 0.05; done' &
+cpid=$!
+trap 'kill -TERM $cpid' TERM
+echo ready
+wait $cpid
+wait $cpid
+exit 0`
+
+// A supervisor init respawns its worker whenever the worker dies, and on TERM stops the worker
+// itself. Under auto (the default: init handles TERM, so init-first) init hears of the stop first,
+// nothing respawns and the stop takes about the supervisor's own time. children-first TERMs the
+// worker behind the supervisor's back, before init hears of the stop: the supervisor then sees its
+// worker die and respawns it if it gets there before its own TERM (a race it usually wins here,
+// logged, not asserted); the order of the TERMs is asserted.
+func TestSupervisorIsNotFooledUnderAuto(t *testing.T) {
+	script := supervisorScript
 	for _, order := range []string{"", "children-first"} {
 		name := order
 		if name == "" {
@@ -88,13 +102,7 @@ done`
 // A tini-like init forwards TERM to its direct child only and exits when that child exits: the
 // grandchild still gets TERM (its handler runs) before anything is SIGKILLed.
 func TestTiniLikeInitGrandchildGetsTerm(t *testing.T) {
-	script := `sh -c 'sh -c "trap \"sleep 0.2; echo clean > /out/grandchild; exit 0\" TERM; echo trapped grandchild; while :; do sleep 0.05; done" & trap "exit 0" TERM; echo trapped child; while :; do sleep 0.05; done' &
-cpid=$!
-trap 'kill -TERM $cpid' TERM
-echo ready
-wait $cpid
-wait $cpid
-exit 0`
+	script := tiniLikeScript
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
 	waitTrapped(t, c, "child", "grandchild")
 	stopExpect(t, c, 15*time.Second, exitOK)

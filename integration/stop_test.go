@@ -46,9 +46,7 @@ func waitTrapped(t *testing.T, c *stack.Container, names ...string) {
 // The seed case: init traps TERM and exits; its child traps TERM. The stock shim's stop zaps the
 // child mid-cleanup; graceful lets its handler finish.
 func TestSeedCaseChildHandlerRuns(t *testing.T) {
-	script := childTraps("child") + `trap "exit 0" TERM
-echo ready
-while :; do sleep 0.05; done`
+	script := seedScript
 	for _, runtime := range runtimes {
 		t.Run(short(runtime), func(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Script: script})
@@ -69,12 +67,20 @@ while :; do sleep 0.05; done`
 // loop keeps a shell busy in a way that lets its traps run promptly.
 const loop = `while :; do sleep 0.05; done`
 
+// The seed case: init traps TERM and exits 0; its child traps TERM and needs 0.3s.
+var seedScript = childTraps("child") + `trap "exit 0" TERM
+echo ready
+` + loop
+
+// run.sh: init has no TERM trap and waits for its child, which traps TERM and needs 0.3s.
+var runShScript = childTraps("child") + `echo ready
+wait`
+
 // run.sh: init has no TERM trap and waits for its child, which does. PID 1 drops the stock shim's
 // TERM, so that stop hangs; graceful drains the child and the container stops in about the child's
 // own shutdown time.
 func TestRunShStopsInChildsShutdownTime(t *testing.T) {
-	script := childTraps("child") + `echo ready
-wait`
+	script := runShScript
 	for _, runtime := range runtimes {
 		t.Run(short(runtime), func(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Script: script})
