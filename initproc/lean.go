@@ -38,6 +38,10 @@ func reexecLean(args []string) {
 	out = append(out, leanEnv[:]...)
 	out = append(out, envReexec+"=1")
 	argv := append([]string{os.Args[0]}, args...)
+	// The binary's own path rather than /proc/self/exe, whose name would become init's comm.
+	if exe, err := os.Readlink("/proc/self/exe"); err == nil {
+		syscall.Exec(exe, argv, out)
+	}
 	syscall.Exec("/proc/self/exe", argv, out)
 }
 
