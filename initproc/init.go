@@ -105,8 +105,9 @@ func forwardable() []os.Signal {
 
 // spawn starts the main process from argv, resolving argv[0] through PATH as execvp does, with
 // init's environment, working directory and standard streams. Like tini, it puts the child in a
-// process group of its own and, when standard input is a terminal, makes that group the terminal's
-// foreground group (the kernel then sends the terminal's ^C and ^Z to the program, not to init).
+// process group of its own (always: tini's -g only changes where signals go, to the whole group)
+// and, when standard input is init's controlling terminal, makes that group the terminal's
+// foreground group, so that the kernel sends the terminal's ^C and ^Z to the program, not init.
 // It returns the child's PID, or 0 and the status to exit with after telling why on stderr.
 func spawn(argv []string) (pid, status int) {
 	path, err := lookPath(argv[0])
@@ -116,7 +117,7 @@ func spawn(argv []string) (pid, status int) {
 			Files: []uintptr{0, 1, 2},
 			// With Foreground, the child sets itself as the terminal's foreground group between
 			// fork and exec, with its signals still blocked (so without a SIGTTOU), as tini does.
-			Sys: &syscall.SysProcAttr{Setpgid: true, Foreground: isTerminal(0), Ctty: 0},
+			Sys: &syscall.SysProcAttr{Setpgid: true, Foreground: isControllingTerminal(0), Ctty: 0},
 		}
 		pid, err = syscall.ForkExec(path, argv, attr)
 		if err == nil {
@@ -171,11 +172,18 @@ func lookPath(name string) (string, error) {
 	return "", notFound
 }
 
-// isTerminal reports whether fd is a terminal.
-func isTerminal(fd int) bool {
-	var t syscall.Termios
-	_, _, errno := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), syscall.TCGETS, uintptr(unsafe.Pointer(&t)))
-	return errno == 0
+// isControllingTerminal reports whether fd is a terminal and init's controlling terminal (the
+// one runc gives a container with a terminal): only then can the child take its foreground. A
+// terminal that is not init's (stdin inherited from elsewhere) is left alone, as tini's tolerated
+// ENOTTY from tcsetpgrp leaves it.
+func isControllingTerminal(fd int) bool {
+	var sid int32
+	_, _, errno := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), syscall.TIOCGSID, uintptr(unsafe.Pointer(&sid)))
+	if errno != 0 {
+		return false
+	}
+	own, _, errno := syscall.RawSyscall(syscall.SYS_GETSID, 0, 0, 0)
+	return errno == 0 && int32(own) == sid
 }
 
 // supervise runs init's loop once the main process (pid) is started: it reaps every child that

@@ -258,6 +258,23 @@ func TestProcessGroup(t *testing.T) {
 		}
 		ns.wait(t)
 	})
+
+	t.Run("terminal that is not init's", func(t *testing.T) {
+		master, slave := openPTY(t)
+		defer master.Close()
+		defer slave.Close()
+		ns := startInitWith(t, func(cmd *exec.Cmd) { cmd.Stdin = slave }, script)
+		pgrp, tpgid := fields(t, ns)
+		if pgrp == ns.pid || pgrp <= 0 {
+			t.Fatalf("main process in group %d, want its own (init is %d)", pgrp, ns.pid)
+		}
+		if tpgid == pgrp {
+			t.Fatalf("main process's group %d took the foreground of a terminal init does not control", pgrp)
+		}
+		if got := ns.wait(t); got != 0 {
+			t.Fatalf("init exited %d", got)
+		}
+	})
 }
 
 // openPTY opens a pseudo-terminal pair.
