@@ -27,8 +27,9 @@ const (
 // init is left; 126 or 127 if the program cannot be started; 2 for a bad command line.
 func Main(args []string) int {
 	argv, version, ok := parseArgs(args)
-	if ok {
-		// Only returns if the re-exec is not possible (no /proc): init then runs as it is.
+	if ok && len(argv) > 0 {
+		// Returns in the re-executed init, or if the re-exec is not possible (no /proc), and
+		// init then runs as it is.
 		reexecLean(args)
 	}
 	runtime.GOMAXPROCS(1)
@@ -47,7 +48,8 @@ func Main(args []string) int {
 	}
 
 	// Catch the signals before the child exists, so that one sent in between is forwarded rather
-	// than lost (or, for SIGTERM as PID 1 with no handler, dropped by the kernel). SIGCHLD gets its
+	// than lost (PID 1 without a handler: the kernel drops it, or, sent from outside the namespace,
+	// it kills init). SIGCHLD gets its
 	// own channel: a full forwarding channel must never delay a reap, and a buffer of one suffices
 	// because each reap collects every exit before it.
 	chld := make(chan os.Signal, 1)

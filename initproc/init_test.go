@@ -140,14 +140,26 @@ func TestManyOrphans(t *testing.T) {
 	}
 }
 
-// TestVersion: -v prints the version set with -ldflags.
+// TestVersion: -v prints the version set with -ldflags, on stdout alone, or on stderr before it
+// runs a program.
 func TestVersion(t *testing.T) {
+	want := "graceful-init " + testVersion + "\n"
 	out, err := exec.Command(initBin, "-v").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := string(out), "graceful-init "+testVersion+"\n"; got != want {
-		t.Fatalf("-v printed %q, want %q", got, want)
+	if string(out) != want {
+		t.Fatalf("-v printed %q, want %q", out, want)
+	}
+	cmd := exec.Command(initBin, "-v", "--", "sh", "-c", "echo ran")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != "ran\n" || stderr.String() != want {
+		t.Fatalf("-v -- sh printed %q and %q on stderr, want %q and %q", out, stderr.String(), "ran\n", want)
 	}
 }
 
@@ -300,16 +312,24 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 }
 
 // TestMemoryBudget: init's private dirty memory stays within 1 MiB while it runs a program and
-// reaps and forwards for it.
+// reaps and forwards for it, also where the Go runtime would size itself for many CPUs (which
+// GOMAXPROCS=64 stands for).
 func TestMemoryBudget(t *testing.T) {
-	ns := startInit(t, `trap 'echo got USR1' USR1; i=0; while [ $i -lt 100 ]; do (: &); i=$((i+1)); done; echo ready; while :; do sleep 0.02; done`)
+	t.Run("default", func(t *testing.T) { testMemoryBudget(t, nil) })
+	t.Run("GOMAXPROCS=64", func(t *testing.T) { testMemoryBudget(t, []string{"GOMAXPROCS=64"}) })
+}
+
+func testMemoryBudget(t *testing.T, env []string) {
+	setup := func(cmd *exec.Cmd) { cmd.Env = append(os.Environ(), env...) }
+	ns := startInitWith(t, setup, `trap 'echo got USR1' USR1; i=0; while [ $i -lt 100 ]; do (: &); i=$((i+1)); done; echo ready; while :; do sleep 0.02; done`)
 	ns.expect(t, "ready")
 	for i := 0; i < 5; i++ {
 		syscall.Kill(ns.pid, syscall.SIGUSR1)
 		ns.expect(t, "got USR1")
 	}
 	m := memory(t, ns.pid)
-	t.Logf("graceful-init: Rss %d kB, Pss %d kB, Private_Dirty %d kB, Private_Clean %d kB", m["Rss"], m["Pss"], m["Private_Dirty"], m["Private_Clean"])
+	threads, _ := os.ReadDir("/proc/" + strconv.Itoa(ns.pid) + "/task")
+	t.Logf("graceful-init: %d threads, Rss %d kB, Pss %d kB, Private_Dirty %d kB, Private_Clean %d kB", len(threads), m["Rss"], m["Pss"], m["Private_Dirty"], m["Private_Clean"])
 	if m["Private_Dirty"] > 1024 {
 		t.Fatalf("Private_Dirty %d kB, budget 1024 kB", m["Private_Dirty"])
 	}
