@@ -2,8 +2,12 @@
 // signals to it, reaps every zombie, and exits with the program's status once no process is left
 // under it. See package initproc.
 //
+// Usage:
+//
 //	graceful-init [-v] [--] PROGRAM [ARGS...]
 //	graceful-init -v
+//
+// -v prints "graceful-init VERSION": alone, on stdout, and exits; before a program, on stderr.
 package main
 
 import (
