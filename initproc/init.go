@@ -61,12 +61,21 @@ func Main(args []string) int {
 	// is reset to the default when the child execs, so the child does not inherit SIG_IGN.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGTTIN, syscall.SIGTTOU)
 
+	// In a PID namespace of its own init is PID 1, and every orphan in it comes to init. In a shared
+	// one (a pod's shareProcessNamespace, hostPID) orphans would go to the namespace's PID 1
+	// instead, init would find itself without children as soon as the main process exits, and exit
+	// under the rest: as a subreaper it still collects every orphan of its own subtree.
+	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+
 	pid, status := spawn(argv)
 	if pid == 0 {
 		return status
 	}
 	return supervise(pid, chld, fwd)
 }
+
+// prSetChildSubreaper is PR_SET_CHILD_SUBREAPER (linux/prctl.h).
+const prSetChildSubreaper = 36
 
 // parseArgs splits init's command line into the program's argv and whether -v was given. ok is
 // false for a command line that names no program (other than a lone -v) or an unknown option.

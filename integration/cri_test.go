@@ -38,6 +38,7 @@ const (
 	criPathGrace     = 1500 * time.Millisecond // handler "graceful": options ConfigPath
 	criInlineGrace   = 1200 * time.Millisecond // handler "graceful-inline": options table as ConfigBody
 	criDefaultsGrace = 800 * time.Millisecond  // the defaults file (GRACEFUL_CONFIG_FILE), for "graceful-runcpath"
+	criInitGrace     = 1100 * time.Millisecond // handler "graceful-init": init = true inline
 )
 
 // criHandler is a CRI runtime handler of the daemon and the grace period its configuration gives.
@@ -46,6 +47,8 @@ type criHandler struct {
 	grace time.Duration
 	// shim is the binary that must serve the handler's pods (set by startCRI).
 	shim string
+	// init: the handler's options run every container under graceful-init.
+	init bool
 }
 
 var criHandlers = []*criHandler{
@@ -57,6 +60,9 @@ var criHandlers = []*criHandler{
 	// runtime_type io.containerd.runc.v2 with runtime_path = the graceful shim and runc options:
 	// the runc options pass through, graceful settings come from the defaults file and annotations.
 	{name: "graceful-runcpath", grace: criDefaultsGrace},
+	// runtime_type io.containerd.graceful.v2 with init = true inline: every container of the
+	// handler's pods (a RuntimeClass graceful-init) runs under graceful-init.
+	{name: "graceful-init", grace: criInitGrace, init: true},
 }
 
 var criSeq atomic.Int64
@@ -81,6 +87,7 @@ func TestCRI(t *testing.T) {
 			t.Run("pod-annotation-grace", func(t *testing.T) { testCRIPodAnnotationGrace(t, env, h) })
 			t.Run("shared-pid", func(t *testing.T) { testCRISharedPID(t, env, h, runtimeapi.NamespaceMode_POD) })
 			t.Run("host-pid", func(t *testing.T) { testCRISharedPID(t, env, h, runtimeapi.NamespaceMode_NODE) })
+			t.Run("init-main-exit", func(t *testing.T) { testCRIInitMainExit(t, env, h) })
 		})
 	}
 }
@@ -116,13 +123,19 @@ func criConfig(dir, shim, runc, configPath, cniBinDir string) string {
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-inline.options]
         grace_period = %[6]q
         BinaryName = %[7]q
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-init]
+      runtime_type = 'io.containerd.graceful.v2'%[4]s
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-init.options]
+        init = true
+        grace_period = %[9]q
+        BinaryName = %[7]q
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-runcpath]
       runtime_type = 'io.containerd.runc.v2'
       runtime_path = %[8]q%[4]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-runcpath.options]
         BinaryName = %[7]q
 `, criPauseImage, cniBinDir, filepath.Join(dir, "cni", "net.d"), annotations,
-		configPath, criInlineGrace.String(), runc, shim)
+		configPath, criInlineGrace.String(), runc, shim, criInitGrace.String())
 }
 
 // startCRI starts the private CRI daemon for host-network pods and imports the images into the
@@ -831,6 +844,40 @@ func (p *criPod) checkSandboxPassthrough(t *testing.T) {
 // The pod annotation io.containerd.graceful.v2.grace-period reaches the shim through CRI's
 // pod_annotations and beats the handler's configuration: a TERM-ignoring child is SIGKILLed after
 // 1s although StopContainer allows 10s.
+// Under graceful-init (the handler's init = true, or the container annotation for the other
+// handlers), the main process exits 3 by itself while a helper traps TERM and needs 0.3s: the
+// helper's handler runs, the container's exit code is the main process's 3, and the drain is
+// logged as a stop.
+func testCRIInitMainExit(t *testing.T, env *criEnv, h *criHandler) {
+	p := runPod(t, env, h, runtimeapi.NamespaceMode_CONTAINER, nil)
+	var annotations map[string]string
+	if !h.init {
+		annotations = map[string]string{"io.containerd.graceful.v2.init": "true"}
+	}
+	c := p.start(t, "main-exit", `: @TAG@
+sh -c ': @TAG@; trap "sleep 0.3; echo clean > /out/child; exit 0" TERM; touch /out/child-ready; `+criLoop+`' &
+while [ ! -e /out/go ]; do sleep 0.05; done
+exit 3`, annotations)
+	c.waitFile(t, "child-ready")
+	if err := os.WriteFile(filepath.Join(c.out, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for p.status(t, c).GetState() != runtimeapi.ContainerState_CONTAINER_EXITED {
+		if time.Now().After(deadline) {
+			t.Fatalf("the container did not exit after its main process did")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.exited(t, c, 3)
+	if got := c.marker("child"); got != "clean" {
+		t.Errorf("the helper's TERM handler did not complete (marker %q): zapped", got)
+	}
+	p.drainLogged(t, c)
+	p.noProcessLeft(t, c)
+	p.teardown(t)
+}
+
 func testCRIPodAnnotationGrace(t *testing.T, env *criEnv, h *criHandler) {
 	p := runPod(t, env, h, runtimeapi.NamespaceMode_CONTAINER, map[string]string{"io.containerd.graceful.v2.grace-period": "1s"})
 	c := p.start(t, "ignoring", criIgnoringChild, nil)
@@ -952,8 +999,15 @@ func (p *criPod) sentinelPids(t *testing.T, c *criContainer) (init, child int) {
 		if err != nil {
 			continue
 		}
+		// Under graceful-init the script's shell is init's child (and init's command line
+		// carries the script too): that shell is the sentinel's "init".
+		underInit := false
+		if parent, err := process.ReadStatus(st.PPid); err == nil && parent.Name == "graceful-init" {
+			underInit = true
+		}
 		switch cmd := cmdline(pid); {
-		case bytes.Contains(cmd, append(tag, '\n')) && !bytes.Contains(cmdline(st.PPid), tag):
+		case st.Name == "graceful-init":
+		case bytes.Contains(cmd, append(tag, '\n')) && (underInit || !bytes.Contains(cmdline(st.PPid), tag)):
 			inits = append(inits, pid)
 		case bytes.Contains(cmd, append(tag, ';')) && bytes.Contains(cmd, []byte("child-term")):
 			children = append(children, pid)

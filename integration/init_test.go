@@ -211,6 +211,9 @@ func mainOf(t *testing.T, c *stack.Container) int {
 // The main process killed by SIGKILL: the task exits 137, as the main process's own status.
 func TestInitExitsWithTheMainProcessSignal(t *testing.T) {
 	c := start(t, initSpec("echo ready\nexec sleep 100000", true))
+	if st, err := process.ReadStatus(int(c.Task.Pid())); err != nil || st.Name != "graceful-init" {
+		t.Fatalf("the container's PID 1 is %q (%v), want graceful-init", st.Name, err)
+	}
 	main := mainOf(t, c)
 	start := time.Now()
 	if err := syscall.Kill(main, syscall.SIGKILL); err != nil {
@@ -361,18 +364,18 @@ func TestInitRunsAStaticBinaryReadOnlyAsNobody(t *testing.T) {
 func TestInitCannotBeWrittenFromTheContainer(t *testing.T) {
 	host := filepath.Join(theStack.Dir, "bin", "graceful-init")
 	before := fileHash(t, host)
-	script := `for p in /dev/.graceful-init /proc/1/exe; do
+	script := `for p in /dev/.graceful/graceful-init /proc/1/exe; do
   if (echo x >> $p) 2>/dev/null; then echo "wrote $p"; else echo "refused $p"; fi
   if (: > $p) 2>/dev/null; then echo "truncated $p"; fi
 done
-mount -o remount,rw,bind /dev/.graceful-init 2>/dev/null && echo remounted
-grep -q ' /dev/.graceful-init ro,' /proc/self/mountinfo && echo mounted-ro
+mount -o remount,rw,bind /dev/.graceful/graceful-init 2>/dev/null && echo remounted
+grep -q ' /dev/.graceful/graceful-init ro,' /proc/self/mountinfo && echo mounted-ro
 trap 'exit 0' TERM
 echo ready
 ` + loop
 	c := start(t, initSpec(script, true))
 	out := c.Output.String()
-	for _, want := range []string{"refused /dev/.graceful-init", "refused /proc/1/exe", "mounted-ro"} {
+	for _, want := range []string{"refused /dev/.graceful/graceful-init", "refused /proc/1/exe", "mounted-ro"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output %q: want %q", out, want)
 		}

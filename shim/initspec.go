@@ -15,8 +15,9 @@ const InitBinary = "graceful-init"
 
 // InitMountPoint is where graceful-init appears inside a container. /dev is the tmpfs that the
 // runtime creates for every container, so the path never clashes with image content and needs no
-// writable rootfs, no shell and no /sbin in the image.
-const InitMountPoint = "/dev/.graceful-init"
+// writable rootfs, no shell and no /sbin in the image; the file keeps its name, so that ps shows
+// init as graceful-init.
+const InitMountPoint = "/dev/.graceful/graceful-init"
 
 // initCopyName is the per-bundle copy of graceful-init that is mounted into the container. The
 // container runs this copy, read-only, and never the host binary: even a write that got through

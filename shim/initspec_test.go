@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/typeurl/v2"
 )
 
 func TestWrapSpecPutsInitFirstAndKeepsTheRest(t *testing.T) {
@@ -100,5 +103,22 @@ func TestInitKeys(t *testing.T) {
 		if _, err := ParseConfigFile([]byte(bad), "f.toml"); err == nil || !strings.Contains(err.Error(), strings.Fields(bad)[0]) {
 			t.Errorf("%s: error %v", bad, err)
 		}
+	}
+}
+
+// An init handler (init = true in its options) never wraps the pod's sandbox (pause) container.
+func TestResolveNeverGivesASandboxTheInit(t *testing.T) {
+	t.Setenv(ConfigFileEnv, filepath.Join(t.TempDir(), "missing.toml"))
+	opts, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("init = true\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandbox, err := Resolve(opts, bundleWith(t, `"io.kubernetes.cri.container-type":"sandbox"`))
+	if err != nil || sandbox.Policy.Init || !sandbox.Policy.Passthrough {
+		t.Fatalf("sandbox: init %v passthrough %v (%v): want no init", sandbox.Policy.Init, sandbox.Policy.Passthrough, err)
+	}
+	app, err := Resolve(opts, bundleWith(t, `"io.kubernetes.cri.container-type":"container"`))
+	if err != nil || !app.Policy.Init {
+		t.Fatalf("container: init %v (%v): want the init", app.Policy.Init, err)
 	}
 }

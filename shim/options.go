@@ -47,6 +47,11 @@ func Resolve(opts *anypb.Any, bundle string) (*Settings, error) {
 	if s.Policy, err = ApplyAnnotations(s.Policy, annotations); err != nil {
 		return nil, err
 	}
+	if s.Policy.Passthrough {
+		// A sandbox (pause) container is left as it is: it is the PID 1 that a pod's shared PID
+		// namespace needs, and an init handler's options apply to the pod's containers only.
+		s.Policy.Init = false
+	}
 	if v, ok := annotations[KubernetesGraceAnnotation]; ok {
 		s.Policy.StopBudget = KubernetesBudget(v)
 	}

@@ -22,6 +22,10 @@ func BuildShim(dir string) (string, error) {
 	if err := buildGo(out, "./cmd/containerd-shim-graceful-v2", true); err != nil {
 		return "", err
 	}
+	// graceful-init next to the shim, where the shim looks for it.
+	if err := buildGo(filepath.Join(dir, "graceful-init"), "./cmd/graceful-init", false); err != nil {
+		return "", err
+	}
 	return out, nil
 }
 
