@@ -189,10 +189,10 @@ func TestContribDefaultsFileParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 4 + len(runcKeys); keys != want {
+	if want := 6 + len(runcKeys); keys != want {
 		t.Fatalf("contrib/graceful.toml shows %d keys, want all %d", keys, want)
 	}
-	if cfg.Policy.GracePeriod != 10*time.Second || cfg.Policy.StopOrder != Auto {
+	if cfg.Policy.GracePeriod != 10*time.Second || cfg.Policy.StopOrder != Auto || cfg.Policy.Init {
 		t.Fatalf("documented defaults differ from the built-in ones: %s", cfg.Policy)
 	}
 }
