@@ -79,7 +79,7 @@ type criEnv struct {
 
 func TestCRI(t *testing.T) {
 	start := time.Now()
-	env := startCRI(t)
+	env := startCRIWith(t, criSetup{images: []criImage{{name: criStopQuitImage, stopSignal: "SIGQUIT"}}})
 	t.Logf("CRI daemon ready after %v", time.Since(start).Round(time.Millisecond))
 	for _, h := range criHandlers {
 		t.Run(h.name, func(t *testing.T) {
@@ -88,6 +88,7 @@ func TestCRI(t *testing.T) {
 			t.Run("shared-pid", func(t *testing.T) { testCRISharedPID(t, env, h, runtimeapi.NamespaceMode_POD) })
 			t.Run("host-pid", func(t *testing.T) { testCRISharedPID(t, env, h, runtimeapi.NamespaceMode_NODE) })
 			t.Run("init-main-exit", func(t *testing.T) { testCRIInitMainExit(t, env, h) })
+			t.Run("stop-signal", func(t *testing.T) { testCRIStopSignal(t, env, h) })
 		})
 	}
 }
@@ -164,6 +165,7 @@ type criImage struct {
 	entrypoint, cmd []string
 	extra           []stack.ImageFile
 	hardLinks       bool
+	stopSignal      string
 }
 
 // startCRIWith starts a private CRI daemon as startCRI does, with setup's additions.
@@ -256,7 +258,7 @@ func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 			env.imageNames = append(env.imageNames, img.name)
 		}
 		var archive bytes.Buffer
-		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint, Cmd: img.cmd, Extra: img.extra, HardLinks: img.hardLinks}); err != nil {
+		if err := stack.BuildImage(&archive, "/bin/busybox", stack.ImageOptions{Name: img.name, Entrypoint: img.entrypoint, Cmd: img.cmd, Extra: img.extra, HardLinks: img.hardLinks, StopSignal: img.stopSignal}); err != nil {
 			t.Fatalf("build image %s: %v", img.name, err)
 		}
 		if _, err := env.s.ImportInto(ctx, stack.CRINamespace, &archive); err != nil {
@@ -455,6 +457,12 @@ func (p *criPod) ids() []string {
 // host directory, and the annotations.
 func (p *criPod) start(t *testing.T, name, script string, annotations map[string]string) *criContainer {
 	t.Helper()
+	return p.startWith(t, name, script, annotations, nil)
+}
+
+// startWith is start with the container config changed by edit, when not nil.
+func (p *criPod) startWith(t *testing.T, name, script string, annotations map[string]string, edit func(*runtimeapi.ContainerConfig)) *criContainer {
+	t.Helper()
 	out := filepath.Join(p.env.dir, "out", p.config.Metadata.Name, name)
 	if err := os.MkdirAll(out, 0o777); err != nil {
 		t.Fatal(err)
@@ -475,6 +483,9 @@ func (p *criPod) start(t *testing.T, name, script string, annotations map[string
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE, Pid: p.pidMode, Ipc: runtimeapi.NamespaceMode_POD},
 			},
 		},
+	}
+	if edit != nil {
+		edit(config)
 	}
 	ctx, cancel := criCtx()
 	defer cancel()
@@ -844,6 +855,42 @@ func (p *criPod) checkSandboxPassthrough(t *testing.T) {
 // The pod annotation io.containerd.graceful.v2.grace-period reaches the shim through CRI's
 // pod_annotations and beats the handler's configuration: a TERM-ignoring child is SIGKILLed after
 // 1s although StopContainer allows 10s.
+// criStopQuitImage is the test image with StopSignal SIGQUIT in its config, as nginx's.
+const criStopQuitImage = "docker.io/graceful/busybox-stopquit:latest"
+
+// A container's own stop signal drains with no annotation: the pod's lifecycle.stopSignal
+// (ContainerConfig.stop_signal, SIGINT here) and the image's StopSignal (SIGQUIT), which
+// containerd's StopContainer sends instead of SIGTERM, and which the shim reads from CRI's
+// container record. Init traps the signal and exits 0; the child's TERM handler runs.
+func testCRIStopSignal(t *testing.T, env *criEnv, h *criHandler) {
+	p := runPod(t, env, h, runtimeapi.NamespaceMode_CONTAINER, nil)
+	for _, tc := range []struct {
+		name, signal string
+		edit         func(*runtimeapi.ContainerConfig)
+	}{
+		{"lifecycle-stop-signal", "INT", func(c *runtimeapi.ContainerConfig) { c.StopSignal = runtimeapi.Signal_SIGNAL_SIGINT }},
+		{"image-stop-signal", "QUIT", func(c *runtimeapi.ContainerConfig) { c.Image = &runtimeapi.ImageSpec{Image: criStopQuitImage} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := p.startWith(t, tc.name, `: @TAG@
+trap "exit 0" `+tc.signal+`
+sh -c ': @TAG@; trap "sleep 0.3; echo clean > /out/child; exit 0" TERM; touch /out/child-ready; `+criLoop+`' &
+echo started
+`+criLoop, nil, tc.edit)
+			c.waitFile(t, "child-ready")
+			took := p.stop(t, c, 10)
+			t.Logf("stop signal SIG%s: StopContainer(10) took %v", tc.signal, took.Round(time.Millisecond))
+			if got := c.marker("child"); got != "clean" {
+				t.Errorf("SIG%s did not drain: the child's TERM handler did not complete (marker %q)", tc.signal, got)
+			}
+			p.exited(t, c, 0)
+			p.drainLogged(t, c)
+			p.noProcessLeft(t, c)
+		})
+	}
+	p.teardown(t)
+}
+
 // Under graceful-init (the handler's init = true, or the container annotation for the other
 // handlers), the main process exits 3 by itself while a helper traps TERM and needs 0.3s: the
 // helper's handler runs, the container's exit code is the main process's 3, and the drain is

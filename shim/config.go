@@ -66,6 +66,9 @@ type Policy struct {
 	GracePeriod time.Duration
 	// StopSignals are the signals that, sent to init, start a graceful stop.
 	StopSignals []unix.Signal
+	// StopSignalsSet: StopSignals comes from an options file or an annotation, and wins over the
+	// stop signal a client recorded for the container (see WithRecordedStopSignal).
+	StopSignalsSet bool
 	// DrainSignal is sent to every process of the container other than init.
 	DrainSignal unix.Signal
 	// StopOrder says whether init or the other processes get the stop first.
@@ -90,6 +93,17 @@ func DefaultPolicy() Policy {
 		DrainSignal: unix.SIGTERM,
 		StopOrder:   Auto,
 	}
+}
+
+// WithRecordedStopSignal adds sig, the stop signal that a client recorded for the container (an
+// image's STOPSIGNAL, a pod's lifecycle.stopSignal), to the stop signals, unless they were set
+// explicitly. changed says whether it was added.
+func (p Policy) WithRecordedStopSignal(sig unix.Signal) (_ Policy, changed bool) {
+	if p.StopSignalsSet || sig == 0 || sig == unix.SIGKILL || sig == unix.SIGSTOP || p.IsStopSignal(sig) {
+		return p, false
+	}
+	p.StopSignals = append(slices.Clone(p.StopSignals), sig)
+	return p, true
 }
 
 // IsStopSignal reports whether sig starts a graceful stop.
@@ -171,6 +185,7 @@ func ParseConfigFile(data []byte, source string) (*FileConfig, error) {
 			cfg.Policy.GracePeriod, err = parseGracePeriod(s)
 		case "stop_signals":
 			cfg.Policy.StopSignals, err = parseSignalList(value)
+			cfg.Policy.StopSignalsSet = true
 		case "drain_signal":
 			s, ok := value.(string)
 			if !ok {
@@ -261,6 +276,7 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 			p.GracePeriod, err = parseGracePeriod(value)
 		case AnnotationStopSignals:
 			p.StopSignals, err = parseSignalList(value)
+			p.StopSignalsSet = true
 		case AnnotationDrainSignal:
 			p.DrainSignal, err = parseDrainSignal(value)
 		case AnnotationStopOrder:

@@ -37,7 +37,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return newService(ic.Context, runc, pp.(shim.Publisher)), nil
+			return newService(ic.Context, runc, pp.(shim.Publisher), ic.Properties[plugins.PropertyGRPCAddress]), nil
 		},
 	})
 }

@@ -9,6 +9,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -16,6 +17,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/graceful-shim/graceful/process"
 )
 
 // service decorates containerd's runc task service: Create resolves each container's stop policy
@@ -27,6 +30,9 @@ type service struct {
 	// ctx carries the shim's namespace, for publishing events; publisher sends them to containerd.
 	ctx       context.Context
 	publisher events.Publisher
+	// containerdAddress (gRPC) and namespace are where the container records are, for the stop
+	// signal that a client recorded.
+	containerdAddress, namespace string
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -43,8 +49,10 @@ type container struct {
 }
 
 // newService wraps the runc task service; stop reports are published through publisher.
-func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher) *service {
-	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, containers: map[string]*container{}}
+func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher, containerdAddress string) *service {
+	ns, _ := namespaces.Namespace(ctx)
+	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, containers: map[string]*container{},
+		containerdAddress: containerdAddress, namespace: ns}
 }
 
 // RegisterTTRPC registers the decorator, not the runc service, as the task service, in both task
@@ -74,6 +82,16 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
 	r.Options = settings.RuncOptions
+	if !settings.Policy.Passthrough && !settings.Policy.StopSignalsSet {
+		sig, where, err := recordedStopSignal(ctx, s.containerdAddress, s.namespace, r.ID)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot read the container's recorded stop signal")
+		}
+		var added bool
+		if settings.Policy, added = settings.Policy.WithRecordedStopSignal(sig); added {
+			log.G(ctx).WithField("id", r.ID).Infof("graceful: %s (from %s) drains too", process.SignalName(sig), where)
+		}
+	}
 	if settings.Policy.Init {
 		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath); err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))

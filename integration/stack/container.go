@@ -35,6 +35,8 @@ type Spec struct {
 	PIDNamespace string
 	// Mounts are added to the /out bind mount.
 	Mounts []specs.Mount
+	// Labels are set on the container record (e.g. the stop-signal label that ctr run sets).
+	Labels map[string]string
 	// Terminal gives the process a terminal (its output then comes through the pty).
 	Terminal bool
 	// ReadonlyRootfs mounts the rootfs read-only; User ("uid" or "uid:gid") runs the process as
@@ -98,6 +100,7 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 		containerd.WithNewSnapshot(spec.ID, s.Image),
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithRuntime(spec.Runtime, spec.RuntimeOptions),
+		containerd.WithContainerLabels(spec.Labels),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", spec.ID, err)

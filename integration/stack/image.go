@@ -30,6 +30,8 @@ type ImageOptions struct {
 	Entrypoint []string
 	// Cmd is the image config's command (none by default; Docker Hub's busybox has sh).
 	Cmd []string
+	// StopSignal is the image config's StopSignal (none by default).
+	StopSignal string
 	// HardLinks makes the applets hard links to bin/busybox, as in Docker Hub's busybox, instead
 	// of symbolic links (masking an applet's path then masks that applet only).
 	HardLinks bool
@@ -94,7 +96,7 @@ func BuildImage(out io.Writer, busybox string, opts ImageOptions) error {
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint, "Cmd": opts.Cmd},
+		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint, "Cmd": opts.Cmd, "StopSignal": opts.StopSignal},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := add(config)

@@ -1,0 +1,61 @@
+package shim
+
+import (
+	"testing"
+
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func TestStopSignalOfTheContainerRecord(t *testing.T) {
+	cri := func(json string) map[string]*anypb.Any {
+		return map[string]*anypb.Any{criMetadataExtension: {TypeUrl: "io.containerd.cri.v1/ContainerMetadata", Value: []byte(json)}}
+	}
+	for _, tc := range []struct {
+		name string
+		c    *containersapi.Container
+		want unix.Signal
+	}{
+		{"none", &containersapi.Container{}, 0},
+		{"ctr / nerdctl label", &containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGQUIT"}}, unix.SIGQUIT},
+		{"CRI image StopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"ID":"x","StopSignal":"SIGINT"}}`)}, unix.SIGINT},
+		// lifecycle.stopSignal (runtime.v1.Signal SIGNAL_SIGUSR1 = 29) wins over the image's.
+		{"CRI lifecycle.stopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":29},"StopSignal":"SIGINT"}}`)}, unix.SIGUSR1},
+		{"CRI without a stop signal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{}}}`)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, where, err := stopSignalOf(tc.c)
+			if err != nil || got != tc.want || (got != 0) != (where != "") {
+				t.Fatalf("stopSignalOf = %v from %q (%v), want %v", got, where, err, tc.want)
+			}
+		})
+	}
+	if _, _, err := stopSignalOf(&containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGNOPE"}}); err == nil {
+		t.Fatal("a bad label was accepted")
+	}
+}
+
+func TestRecordedStopSignalNeverOverridesAnExplicitList(t *testing.T) {
+	p, added := DefaultPolicy().WithRecordedStopSignal(unix.SIGQUIT)
+	if !added || !p.IsStopSignal(unix.SIGQUIT) || !p.IsStopSignal(unix.SIGTERM) {
+		t.Fatalf("default policy: %v (added %v): want TERM and QUIT", p.StopSignals, added)
+	}
+	explicit, err := ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationStopSignals: "SIGTERM"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, added := explicit.WithRecordedStopSignal(unix.SIGQUIT); added || p.IsStopSignal(unix.SIGQUIT) {
+		t.Fatalf("an explicit stop-signals annotation lost to the recorded signal: %v", p.StopSignals)
+	}
+	cfg, err := ParseConfigFile([]byte(`stop_signals = ["SIGTERM"]`), "f.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, added := cfg.Policy.WithRecordedStopSignal(unix.SIGQUIT); added || p.IsStopSignal(unix.SIGQUIT) {
+		t.Fatalf("an explicit stop_signals key lost to the recorded signal: %v", p.StopSignals)
+	}
+	if _, added := DefaultPolicy().WithRecordedStopSignal(unix.SIGKILL); added {
+		t.Fatal("SIGKILL became a stop signal")
+	}
+}
