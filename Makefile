@@ -83,8 +83,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfigFile$$' -fuzztime $(FUZZTIME) ./shim/
 	$(GO) test -run '^$$' -fuzz '^FuzzApplyAnnotations$$' -fuzztime $(FUZZTIME) ./shim/
 
-# Benchmarks against the stock runc shim in the same run (not a CI gate): writes docs/benchmarks.md
-# and docs/stop-latency.svg. bench-smoke is the short version CI runs so they keep working.
+# Benchmarks against the stock runc shim in the same run, and of graceful-init against tini (not a
+# CI gate): writes docs/benchmarks.md, docs/stop-latency.svg, docs/init-start-latency.svg and
+# docs/init-memory.svg. bench-smoke is the short version CI runs so they keep working.
 bench: stack
 	$(GO) run ./integration/bench -reps 5 -out docs
 

@@ -6,14 +6,17 @@
 //  3. stop latency with N extra processes that exit on SIGTERM, and how many graceful TERMed;
 //  4. the membership scan (process.BenchmarkMembers, run through go test);
 //  5. grace accuracy: when a TERM-ignoring process is SIGKILLed, against the grace period;
-//  6. idle cost: context switches and CPU time of an idle container's shim.
+//  6. idle cost: context switches and CPU time of an idle container's shim;
+//  7. graceful-init against tini-static: PID 1's memory (smaps_rollup) and the start latency of
+//     the main process under either, against no init.
 //
-// It prints a table and writes OUT/benchmarks.md and OUT/stop-latency.svg. Run it as root:
+// It prints a table and writes OUT/benchmarks.md, OUT/stop-latency.svg, OUT/init-start-latency.svg
+// and OUT/init-memory.svg. Run it as root:
 //
 //	go run ./integration/bench -reps 5 -out docs   # the full run (make bench)
 //	go run ./integration/bench -smoke              # tiny sizes, one repetition (CI)
 //
-// -only runs some sections (start,rss,stop,scan,grace,idle); -cpuprofile-dir DIR asks the graceful
+// -only runs some sections (start,rss,stop,scan,grace,idle,init); -cpuprofile-dir DIR asks the graceful
 // shims for a CPU profile of each stop (GRACEFUL_CPUPROFILE_DIR).
 //
 // Missed targets are reported, not fatal; the exit status is non-zero when a measurement failed or
@@ -41,6 +44,7 @@ type config struct {
 	reps         int           // repetitions per runtime for most measurements
 	startSamples int           // start latency samples per runtime
 	graceReps    int           // grace accuracy samples
+	initSamples  int           // samples per variant of section 7 (no init, graceful-init, tini)
 	stopNs       []int         // extra processes for the stop latency
 	manyN        int           // idle containers for the summed RSS
 	idle         time.Duration // idle window
@@ -65,17 +69,18 @@ func mainCode() int {
 		out          = flag.String("out", "docs", "directory for benchmarks.md and stop-latency.svg")
 		startSamples = flag.Int("start-samples", 0, "start latency samples per runtime (default 4×reps)")
 		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
+		initSamples  = flag.Int("init-samples", 0, "samples per variant (no init, graceful-init, tini) of the init comparison (default 4×reps)")
 		stopNs       = flag.String("stop-n", "100,1000,5000", "comma list of extra process counts for the stop latency")
 		manyN        = flag.Int("containers", 50, "idle containers for the summed shim RSS")
 		idle         = flag.Duration("idle", 30*time.Second, "idle window for the idle cost")
 		scanN        = flag.Int("scan-n", 5000, "processes per namespace for the membership scan (GRACEFUL_BENCH_SCAN_N)")
 		profileDir   = flag.String("cpuprofile-dir", "", "passed to the shims as GRACEFUL_CPUPROFILE_DIR: a shim that supports it writes a CPU profile of each stop there")
-		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,scan,grace,idle); default all")
+		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,scan,grace,idle,init); default all")
 	)
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, manyN: *manyN, idle: *idle,
+	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, initSamples: *initSamples, manyN: *manyN, idle: *idle,
 		scanN: *scanN, out: *out, profileDir: *profileDir, smoke: *smoke, only: map[string]bool{}}
 	for _, n := range strings.Split(*stopNs, ",") {
 		v, err := strconv.Atoi(strings.TrimSpace(n))
@@ -99,6 +104,7 @@ func mainCode() int {
 		pick("reps", &cfg.reps, 1)
 		pick("start-samples", &cfg.startSamples, 1)
 		pick("grace-reps", &cfg.graceReps, 1)
+		pick("init-samples", &cfg.initSamples, 2)
 		pick("containers", &cfg.manyN, 3)
 		pick("scan-n", &cfg.scanN, 100)
 		if !set["stop-n"] {
@@ -116,6 +122,9 @@ func mainCode() int {
 	}
 	if cfg.startSamples <= 0 {
 		cfg.startSamples = 4 * cfg.reps
+	}
+	if cfg.initSamples <= 0 {
+		cfg.initSamples = 4 * cfg.reps
 	}
 	if cfg.graceReps <= 0 {
 		cfg.graceReps = 2 * cfg.reps
@@ -154,7 +163,7 @@ func run(ctx context.Context, cfg *config) (*bench, error) {
 		// process table as it is.
 		b.section("scan", func() error { return b.runScan(ctx) })
 	}
-	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("grace") || cfg.runs("idle")) {
+	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("grace") || cfg.runs("idle") || cfg.runs("init")) {
 		if err := b.withStack(ctx); err != nil {
 			return b, err
 		}
@@ -168,10 +177,13 @@ func run(ctx context.Context, cfg *config) (*bench, error) {
 	table := markdownTable(rows)
 	fmt.Println()
 	fmt.Println(table)
+	if b.init != nil {
+		fmt.Println(initTable(b.init.rows()))
+	}
 	if err := b.write(rows); err != nil {
 		return b, err
 	}
-	logf("done in %v; wrote %s and %s", b.elapsed.Round(time.Second),
+	logf("done in %v; wrote %s, %s and the init plots", b.elapsed.Round(time.Second),
 		filepath.Join(cfg.out, "benchmarks.md"), filepath.Join(cfg.out, "stop-latency.svg"))
 	return b, nil
 }
@@ -230,6 +242,9 @@ func (b *bench) withStack(ctx context.Context) (retErr error) {
 	}
 	if b.cfg.runs("idle") {
 		b.section("idle", func() error { return b.idleCost(ctx) })
+	}
+	if b.cfg.runs("init") {
+		b.section("init", func() error { return b.initSection(ctx) })
 	}
 	return nil
 }

@@ -83,6 +83,7 @@ type bench struct {
 	idleCPU              samples // ns from schedstat
 	idleThreads          samples
 	idleActive           samples // seconds of the window in which the shim was switched in at all
+	init                 *initResults
 
 	failures []string
 	elapsed  time.Duration

@@ -125,6 +125,11 @@ func (b *bench) write(rows []row) error {
 	if err := os.WriteFile(filepath.Join(b.cfg.out, "stop-latency.svg"), []byte(b.svg()), 0o644); err != nil {
 		return err
 	}
+	if b.init != nil {
+		if err := b.init.write(b.cfg.out); err != nil {
+			return err
+		}
+	}
 	return os.WriteFile(filepath.Join(b.cfg.out, "benchmarks.md"), []byte(b.markdown(rows)), 0o644)
 }
 
@@ -167,6 +172,9 @@ func (b *bench) markdown(rows []row) string {
 		}
 	}
 
+	if b.init != nil {
+		sb.WriteString(b.init.markdown())
+	}
 	w("\n## How each figure is measured\n\n")
 	w("- **Start latency** (%d samples per runtime): `sh -c 'echo ready; exec sleep 100000'`; from before `NewContainer` (snapshot, spec, `NewTask`, which starts the shim) until `Task.Start` returns, and until the container's `ready` reached the client.\n", b.cfg.startSamples)
 	w("- **Shim RSS**: `VmRSS` of the shim, found as the parent (`PPid`) of the container's init, 0.5 s after the start (1 container, same samples as the start latency) or 1 s after %d containers started, summed over their distinct shims (%d repetitions per runtime).\n", b.cfg.manyN, b.cfg.reps)
