@@ -27,22 +27,32 @@ func reexecLean(args []string) {
 	if _, done := syscall.Getenv(envReexec); done {
 		return
 	}
-	env := syscall.Environ()
-	out := make([]string, 0, len(env)+len(leanEnv)+1)
-	for _, kv := range env {
-		if isLean(kv) {
-			kv = envSaved + kv
-		}
-		out = append(out, kv)
-	}
-	out = append(out, leanEnv[:]...)
-	out = append(out, envReexec+"=1")
+	out := LeanEnv(syscall.Environ())
 	argv := append([]string{os.Args[0]}, args...)
 	// The binary's own path rather than /proc/self/exe, whose name would become init's comm.
 	if exe, err := os.Readlink("/proc/self/exe"); err == nil {
 		syscall.Exec(exe, argv, out)
 	}
 	syscall.Exec("/proc/self/exe", argv, out)
+}
+
+// LeanEnv is the environment init starts lean with, from env, the container's: what it sets of
+// leanEnv is kept under saved names (and restored for the main process), leanEnv is added, and so is
+// the mark that spares init its re-exec. The shim puts it into the spec, so that init starts lean
+// at once; without it init re-executes itself with it.
+func LeanEnv(env []string) []string {
+	out := make([]string, 0, len(env)+len(leanEnv)+1)
+	for _, kv := range env {
+		if strings.HasPrefix(kv, envReexec+"=") {
+			continue
+		}
+		if isLean(kv) {
+			kv = envSaved + kv
+		}
+		out = append(out, kv)
+	}
+	out = append(out, leanEnv[:]...)
+	return append(out, envReexec+"=1")
 }
 
 // isLean reports whether kv sets one of the variables of leanEnv.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
+	"github.com/graceful-shim/graceful/shim"
 )
 
 // Tests of graceful-init, the opt-in PID 1 (annotation io.containerd.graceful.v2.init).
@@ -229,9 +230,14 @@ func TestInitForwardsSignalsToMain(t *testing.T) {
 	script := `trap 'echo got HUP' HUP
 trap 'echo got USR1' USR1
 trap 'exit 0' TERM
+echo "env:[$GOMAXPROCS$GODEBUG$GRACEFUL_INIT_REEXEC]"
 echo ready
 ` + loop
 	c := start(t, initSpec(script, true))
+	// graceful-init's own lean environment (set in the spec) does not reach the main process.
+	if err := c.Output.WaitLine("env:[]", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGUSR1} {
 		kill(t, c, sig)
 		name := strings.TrimPrefix(process.SignalName(sig), "SIG")
@@ -388,6 +394,10 @@ echo ready
 	stopExpect(t, c, 15*time.Second, exitOK)
 	if after := fileHash(t, host); after != before {
 		t.Fatalf("the host's graceful-init changed: %s → %s", before, after)
+	}
+	// The container ran the shim's copy, which is unchanged too.
+	if copyHash := fileHash(t, filepath.Join(shim.InitCopyDir, "graceful-init-"+before)); copyHash != before {
+		t.Fatalf("the copy of graceful-init changed: %s", copyHash)
 	}
 }
 

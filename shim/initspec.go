@@ -2,12 +2,15 @@ package shim
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/graceful-shim/graceful/initproc"
 )
 
 // InitBinary is the name of graceful-init, looked up next to the shim's own binary.
@@ -19,11 +22,14 @@ const InitBinary = "graceful-init"
 // init as graceful-init.
 const InitMountPoint = "/dev/.graceful/graceful-init"
 
-// initCopyName is the per-bundle copy of graceful-init that is mounted into the container. The
-// container runs this copy, read-only, and never the host binary: even a write that got through
-// would change only the copy (the class of CVE-2019-5736, where runc's own binary was overwritten
-// through /proc/self/exe).
-const initCopyName = ".graceful-init"
+// InitCopyDir holds the copies of graceful-init that containers run, one per binary content
+// (named by its SHA-256), on the host's disk and reachable by root only. A container runs such a
+// copy through a read-only bind mount, never the host binary: even a write that got through (a
+// privileged container can remount) would change the copy only, which the next Create checks and
+// replaces (the class of CVE-2019-5736, where runc's own binary was overwritten through
+// /proc/self/exe). One copy serves every container, so its pages are clean and shared (a copy per
+// bundle, in the tmpfs /run, would cost each container its 1.5 MiB of text as dirty memory).
+const InitCopyDir = "/var/lib/graceful-shim"
 
 // defaultInitPath is graceful-init next to the running shim binary.
 func defaultInitPath() (string, error) {
@@ -34,19 +40,19 @@ func defaultInitPath() (string, error) {
 	return filepath.Join(filepath.Dir(exe), InitBinary), nil
 }
 
-// wrapWithInit makes graceful-init the PID 1 of the container whose bundle is bundle: a private
-// copy of initPath is bind-mounted read-only at InitMountPoint, and process.args becomes
-// [InitMountPoint, "--", original args...]. Everything else in the spec (env, cwd, user, rlimits,
-// terminal, unknown fields) is kept as it is.
-func wrapWithInit(bundle, initPath string) error {
+// wrapWithInit makes graceful-init the PID 1 of the container whose bundle is bundle: the copy of
+// initPath in copyDir (see InitCopyDir) is bind-mounted read-only at InitMountPoint, and
+// process.args becomes [InitMountPoint, "--", original args...]. Everything else in the spec (env,
+// cwd, user, rlimits, terminal, unknown fields) is kept as it is.
+func wrapWithInit(bundle, initPath, copyDir string) error {
 	if initPath == "" {
 		var err error
 		if initPath, err = defaultInitPath(); err != nil {
 			return err
 		}
 	}
-	copyPath := filepath.Join(bundle, initCopyName)
-	if err := copyInit(initPath, copyPath); err != nil {
+	copyPath, err := initCopy(initPath, copyDir)
+	if err != nil {
 		return err
 	}
 	specPath := filepath.Join(bundle, "config.json")
@@ -81,6 +87,22 @@ func wrapSpec(data []byte, source string) ([]byte, error) {
 		return data, nil // already wrapped
 	}
 	proc["args"] = append([]any{InitMountPoint, "--"}, args...)
+	// graceful-init starts lean with this environment at once (else it re-executes itself to get
+	// it), and gives the main process the container's own.
+	var env []string
+	if list, ok := proc["env"].([]any); ok {
+		for _, e := range list {
+			if s, ok := e.(string); ok {
+				env = append(env, s)
+			}
+		}
+	}
+	lean := initproc.LeanEnv(env)
+	leanAny := make([]any, len(lean))
+	for i, e := range lean {
+		leanAny[i] = e
+	}
+	proc["env"] = leanAny
 	mounts, _ := spec["mounts"].([]any)
 	spec["mounts"] = append(mounts, map[string]any{
 		"destination": InitMountPoint,
@@ -91,34 +113,44 @@ func wrapSpec(data []byte, source string) ([]byte, error) {
 	return json.Marshal(spec)
 }
 
-// copyInit copies the graceful-init binary at src to dst, read-only and executable for every
-// user (the container may run as any uid).
-func copyInit(src, dst string) error {
-	in, err := os.Open(src)
+// initCopy returns the copy of the graceful-init binary src in dir, making it (or replacing one
+// that changed) when needed: read-only and executable for every user (the container may run as
+// any uid), written to disk before it is used, so that its pages are clean.
+func initCopy(src, dir string) (string, error) {
+	data, err := os.ReadFile(src)
 	if err != nil {
-		return fmt.Errorf("init: graceful-init binary: %w (install it next to the shim, or set init_path)", err)
+		return "", fmt.Errorf("init: graceful-init binary: %w (install it next to the shim, or set init_path)", err)
 	}
-	defer in.Close()
-	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return fmt.Errorf("init: graceful-init binary %s is not a regular file", src)
+	sum := sha256.Sum256(data)
+	dst := filepath.Join(dir, "graceful-init-"+hex.EncodeToString(sum[:]))
+	if have, err := os.ReadFile(dst); err == nil && sha256.Sum256(have) == sum {
+		return dst, nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".graceful-init-*")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("init: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".graceful-init-*")
 	if err != nil {
-		return fmt.Errorf("init: copy graceful-init into the bundle: %w", err)
+		return "", fmt.Errorf("init: copy graceful-init: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, in); err != nil {
-		tmp.Close()
-		return fmt.Errorf("init: copy graceful-init into the bundle: %w", err)
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(0o555)
 	}
-	if err := tmp.Chmod(0o555); err != nil {
-		tmp.Close()
-		return err
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	return os.Rename(tmp.Name(), dst)
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		return "", fmt.Errorf("init: copy graceful-init to %s: %w", dir, err)
+	}
+	return dst, nil
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {

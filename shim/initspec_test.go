@@ -74,14 +74,32 @@ func TestWrapWithInitCopiesTheBinaryReadOnly(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("binary"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := wrapWithInit(bundle, bin); err != nil {
+	copies := filepath.Join(t.TempDir(), "copies")
+	if err := wrapWithInit(bundle, bin, copies); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(filepath.Join(bundle, initCopyName))
+	found, _ := filepath.Glob(filepath.Join(copies, "graceful-init-*"))
+	if len(found) != 1 {
+		t.Fatalf("copies %v: want one", found)
+	}
+	fi, err := os.Stat(found[0])
 	if err != nil || fi.Mode().Perm() != 0o555 {
 		t.Fatalf("copy %v (%v): want mode 0555", fi, err)
 	}
-	if err := wrapWithInit(t.TempDir(), filepath.Join(t.TempDir(), "missing")); err == nil || !strings.Contains(err.Error(), "init_path") {
+	spec, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if !strings.Contains(string(spec), found[0]) {
+		t.Fatalf("spec %s does not mount the copy %s", spec, found[0])
+	}
+	// A copy that changed (a privileged container remounted and wrote it) is replaced.
+	os.Chmod(found[0], 0o755)
+	os.WriteFile(found[0], []byte("tampered"), 0o755)
+	if err := wrapWithInit(bundle, bin, copies); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(found[0]); string(data) != "binary" {
+		t.Fatalf("the tampered copy was used: %q", data)
+	}
+	if err := wrapWithInit(t.TempDir(), filepath.Join(t.TempDir(), "missing"), copies); err == nil || !strings.Contains(err.Error(), "init_path") {
 		t.Fatalf("missing binary: %v", err)
 	}
 }

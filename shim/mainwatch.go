@@ -58,17 +58,21 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if c == nil || !c.policy.Init {
 		return resp, nil
 	}
-	w, h, err := watchMain(int(resp.Pid))
-	if err != nil {
-		// The stop still works (as for any init); only the drain on the main process's own exit
-		// is lost.
-		log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
-		return resp, nil
-	}
-	s.mu.Lock()
-	c.main = w
-	s.mu.Unlock()
-	go s.followMain(r.ID, c, w, h, int(resp.Pid))
+	// Found in the background, so that Start does not wait for graceful-init to start the main
+	// process. A stop that comes before the watch is set up holds graceful-init's exit with the
+	// tracer instead, as for any init that handles the signal.
+	go func() {
+		w, h, err := watchMain(int(resp.Pid))
+		if err != nil {
+			// The stop still works; only the drain on the main process's own exit is lost.
+			log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
+			return
+		}
+		s.mu.Lock()
+		c.main = w
+		s.mu.Unlock()
+		s.followMain(r.ID, c, w, h, int(resp.Pid))
+	}()
 	return resp, nil
 }
 

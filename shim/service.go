@@ -93,7 +93,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		}
 	}
 	if settings.Policy.Init {
-		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath); err != nil {
+		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath, InitCopyDir); err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
 		}
 	}

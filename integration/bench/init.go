@@ -14,6 +14,7 @@ import (
 
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
+	"github.com/graceful-shim/graceful/shim"
 )
 
 // 7. graceful-init against tini: the memory of the init as PID 1 and the start latency of the
@@ -25,8 +26,8 @@ import (
 const (
 	tiniHost       = "/usr/bin/tini-static"
 	tiniMountPoint = "/dev/.tini-static"
-	initAnnotation = "io.containerd.graceful.v2.init"
-	gracefulInitAt = "/dev/.graceful-init" // shim.InitMountPoint
+	initAnnotation = shim.AnnotationInit
+	gracefulInitAt = shim.InitMountPoint
 )
 
 // initMain is the main process of every variant: it prints "ready" once it runs, then becomes
@@ -108,8 +109,8 @@ func readSmapsRollup(pid int) (initMemory, error) {
 type initResults struct {
 	samples int
 	// start: Task.Start called → the client read "ready"; startCall: Task.Start called → it
-	// returned; createReady: NewContainer called → "ready" (includes graceful-init's copy into
-	// the bundle at Create). All in ns.
+	// returned; createReady: NewContainer called → "ready" (includes the check of graceful-init's copy at
+	// Create). All in ns.
 	start, startCall, createReady samples
 	rss, pss, privateDirty        samples // bytes, of PID 1
 	fileDirty, anonDirty          samples // bytes: privateDirty in PID 1's file mappings, and the rest
@@ -281,7 +282,7 @@ func (r *initResults) rows() []initRow {
 	}
 	latency("start latency: Task.Start called → main process's `ready` read by the client", r.start, true)
 	latency("… Task.Start called → Task.Start returned", r.startCall, false)
-	latency("… NewContainer called → `ready` (includes Create, where the shim copies graceful-init into the bundle)", r.createReady, false)
+	latency("… NewContainer called → `ready` (includes Create, where the shim checks its copy of graceful-init)", r.createReady, false)
 	kib := unit{name: "KiB", scale: 1024, digits: 0}
 	memory := func(metric string, s samples, budget int64) {
 		g, t := summarise(s["graceful-init"]), summarise(s["tini"])
@@ -384,22 +385,12 @@ func (r *initResults) markdown() string {
 		initAnnotation, gracefulInitAt, gracefulInitAt, tiniHost, tiniMountPoint, tiniMountPoint, r.samples)
 	sb.WriteString(initTable(r.rows()))
 	w("\n![Start latency: no init, graceful-init, tini](%s)\n\n![Memory of the init as PID 1: graceful-init, tini](%s)\n\n", initStartSVG, initMemorySVG)
-	w("- **Start latency**: the container and its task are created first (`NewContainer`, `NewTask`); the figure is from the `Task.Start` call until the client has read the main process's `ready` from the task's stdout: that line is written only once the main process runs, under the init when there is one, so it includes the init's own start and its fork+exec of the main process. The stdout path (FIFO, shim, client) is the same in every variant. Also shown: until `Task.Start` returns, and from before `NewContainer` (which includes the shim's copy of graceful-init into the bundle at Create). Speed goals are reported, not gated.\n")
-	w("- **Memory**: `Rss`, `Pss` and `Private_Dirty` of `/proc/PID1/smaps_rollup`, read 300 ms after `ready`, where PID1 is the task's process; before and after the read the benchmark checks that it is PID 1 of its namespace (`NSpid` ends in 1), that its command is the init's, and that the main process (`sleep`) is its child; a failed check fails the run (and `make bench-smoke`). Pss splits the pages shared with other processes (e.g. the other containers' inits mapping the same file) among them; Private_Dirty is what each extra container costs for sure. It is split, from `/proc/PID1/smaps`, into anonymous memory (heap, stacks, the binary's written data and bss) and the dirty pages of file mappings: graceful-init runs from the per-bundle copy that the shim writes at Create, so its text pages are page-cache pages written a moment before (dirty until writeback, %ds on this machine; for ever on a tmpfs `/run`, where containerd keeps its bundles on most hosts) and mapped by this one process only, whereas tini runs from `%s`, clean and shared with every other container.\n", dirtyExpire(), tiniHost)
+	w("- **Start latency**: the container and its task are created first (`NewContainer`, `NewTask`); the figure is from the `Task.Start` call until the client has read the main process's `ready` from the task's stdout: that line is written only once the main process runs, under the init when there is one, so it includes the init's own start and its fork+exec of the main process. The stdout path (FIFO, shim, client) is the same in every variant. Also shown: until `Task.Start` returns, and from before `NewContainer` (which includes the shim's check of its copy of graceful-init at Create). Speed goals are reported, not gated.\n")
+	w("- **Memory**: `Rss`, `Pss` and `Private_Dirty` of `/proc/PID1/smaps_rollup`, read 300 ms after `ready`, where PID1 is the task's process; before and after the read the benchmark checks that it is PID 1 of its namespace (`NSpid` ends in 1), that its command is the init's, and that the main process (`sleep`) is its child; a failed check fails the run (and `make bench-smoke`). Pss splits the pages shared with other processes (e.g. the other containers' inits mapping the same file) among them; Private_Dirty is what each extra container costs for sure. It is split, from `/proc/PID1/smaps`, into anonymous memory (heap, stacks, the binary's written data and bss) and the dirty pages of file mappings: graceful-init runs from the shim's one copy per binary content in `/var/lib/graceful-shim` (written to disk once, so its text pages are clean and shared by every container, as tini's from `%s` are)\n", tiniHost)
 	w("\n### Samples\n\n| variant | Task.Start → ready (ms) | PID 1 Private_Dirty (KiB) | … in file mappings (KiB) | PID 1 Pss (KiB) | PID 1 Rss (KiB) |\n| --- | --- | --- | --- | --- | --- |\n")
 	for _, v := range initVariants {
 		w("| %s | %s | %s | %s | %s | %s |\n", v.name, msList(r.start[v.name]), numList(r.privateDirty[v.name], 1024), numList(r.fileDirty[v.name], 1024),
 			numList(r.pss[v.name], 1024), numList(r.rss[v.name], 1024))
 	}
 	return sb.String()
-}
-
-// dirtyExpire is vm.dirty_expire_centisecs in seconds (0 when unknown).
-func dirtyExpire() int {
-	data, err := os.ReadFile("/proc/sys/vm/dirty_expire_centisecs")
-	if err != nil {
-		return 0
-	}
-	v, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	return v / 100
 }
