@@ -2,10 +2,13 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
 )
 
@@ -51,4 +54,25 @@ func holdAlive(t *testing.T, what string, pid int) func() {
 			t.Errorf("%s %d died (SIGKILLed?) during the test", what, pid)
 		}
 	}
+}
+
+// execTrapping starts `ctr task exec` in c: a shell that on TERM takes 0.2s, writes "clean" to
+// /out/<name> and exits 0. It returns once the trap is set; the exec's output is returned.
+func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
+		"task", "exec", "--exec-id", name, c.ID, "sh", "-c",
+		`trap "echo `+name+`-usr1" USR1; trap "sleep 0.2; echo clean > /out/`+name+`; exit 0" TERM; echo `+name+`-ready; `+loop)
+	out := stack.NewOutput()
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	if err := out.WaitLine(name+"-ready", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

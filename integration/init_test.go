@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -148,9 +147,7 @@ while [ ! -e /out/go ]; do sleep 0.05; done
 exit 3`
 	for _, init := range []bool{false, true} {
 		t.Run(initName(init), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
-			defer cancel()
-			events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+			reports := subscribeReports(t)
 			c := start(t, initSpec(script, init))
 			waitTrapped(t, c, "helper")
 			start := time.Now()
@@ -171,25 +168,8 @@ exit 3`
 			if got != "clean" {
 				t.Fatalf("the helper's TERM handler did not complete: marker %q", got)
 			}
-			for {
-				select {
-				case env := <-events:
-					r, err := stack.DecodeStopReport(env.Event)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if r.ContainerID != c.ID {
-						continue
-					}
-					if r.Order != "main-exit" || r.Drain == nil || r.Drain.Totals["exited"] < 1 {
-						t.Fatalf("report %+v: want order main-exit with the helper exited", r)
-					}
-					return
-				case err := <-errs:
-					t.Fatalf("event stream: %v", err)
-				case <-ctx.Done():
-					t.Fatal("no report for the drain after the main process's exit")
-				}
+			if r := reports.next(t, c.ID); r.Order != "main-exit" || r.Drain == nil || r.Drain.Totals["exited"] < 1 {
+				t.Fatalf("report %+v: want order main-exit with the helper exited", r)
 			}
 		})
 	}
@@ -288,27 +268,6 @@ func TestInitBadValueRefusedAtCreate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "io.containerd.graceful.v2.init") || !strings.Contains(err.Error(), "true or false") {
 		t.Fatalf("create with init=yes: %v", err)
 	}
-}
-
-// execTrapping starts `ctr task exec` in c: a shell that on TERM takes 0.2s, writes "clean" to
-// /out/<name> and exits 0. It returns once the trap is set; the exec's output is returned.
-func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
-		"task", "exec", "--exec-id", name, c.ID, "sh", "-c",
-		`trap "echo `+name+`-usr1" USR1; trap "sleep 0.2; echo clean > /out/`+name+`; exit 0" TERM; echo `+name+`-ready; `+loop)
-	out := stack.NewOutput()
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	if err := out.WaitLine(name+"-ready", 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // A terminal container under graceful-init: the main process has the terminal and its process

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,32 +108,13 @@ func TestSigkillAmongConcurrentStopSignalsWins(t *testing.T) {
 // A stop that falls back to forwarding (the tracer cannot attach: init is already traced) still
 // publishes its report, saying why.
 func TestForwardedStopPublishesItsReport(t *testing.T) {
-	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
-	defer cancel()
-	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+	reports := subscribeReports(t)
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: "trap 'exit 0' TERM\necho ready\n" + loop})
 	releaseAtExit := traceFromOutside(t, int(c.Task.Pid()))
 	start := time.Now()
 	kill(t, c, syscall.SIGTERM)
-	for done := false; !done; {
-		select {
-		case env := <-events:
-			r, err := stack.DecodeStopReport(env.Event)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.ContainerID != c.ID {
-				continue
-			}
-			if r.Order != "" || !strings.Contains(strings.Join(r.Notes, "; "), "cannot hold init's exit") {
-				t.Fatalf("report %+v: want a forwarded stop saying the tracer could not attach", r)
-			}
-			done = true
-		case err := <-errs:
-			t.Fatalf("event stream: %v", err)
-		case <-ctx.Done():
-			t.Fatal("the forwarded stop published no report")
-		}
+	if r := reports.next(t, c.ID); r.Order != "" || !strings.Contains(strings.Join(r.Notes, "; "), "cannot hold init's exit") {
+		t.Fatalf("report %+v: want a forwarded stop saying the tracer could not attach", r)
 	}
 	releaseAtExit()
 	if _, st, err := c.WaitExit(start, 15*time.Second); err != nil || st.ExitCode() != exitOK {

@@ -5,15 +5,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/events"
+
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
 // Every stop is published on containerd's event stream (topic /graceful/stop, as `ctr events`
 // shows it): the order used, and per process the signals sent and how it ended.
 func TestStopReportIsPublished(t *testing.T) {
-	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
-	defer cancel()
-	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+	reports := subscribeReports(t)
 
 	script := childTraps("child") + ignoringChild + `echo ready
 ` + loop
@@ -22,37 +22,21 @@ func TestStopReportIsPublished(t *testing.T) {
 	waitTrapped(t, c, "child", "ignoring")
 	stopExpect(t, c, 15*time.Second, exitSIGKILL)
 
-	for {
-		select {
-		case env := <-events:
-			r, err := stack.DecodeStopReport(env.Event)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.ContainerID != c.ID {
-				continue
-			}
-			t.Logf("report: %+v", r)
-			if r.Order != "children-first" || r.InitSignal != "SIGKILL" || !r.Drain.GraceExpired {
-				t.Fatalf("order %q, init signal %q, grace expired %v: want children-first, SIGKILL (PID 1 without a TERM trap), true",
-					r.Order, r.InitSignal, r.Drain.GraceExpired)
-			}
-			outcomes := map[string]int{}
-			for _, p := range r.Drain.Processes {
-				outcomes[p.Outcome]++
-				if p.Pid == 0 || p.Command == "" {
-					t.Errorf("process without pid or command: %+v", p)
-				}
-			}
-			if outcomes["exited"] < 1 || outcomes["killed"] < 1 {
-				t.Fatalf("outcomes %v: want the trapping child exited and the ignoring one killed", outcomes)
-			}
-			return
-		case err := <-errs:
-			t.Fatalf("event stream: %v", err)
-		case <-ctx.Done():
-			t.Fatal("no stop report published")
+	r := reports.next(t, c.ID)
+	t.Logf("report: %+v", r)
+	if r.Order != "children-first" || r.InitSignal != "SIGKILL" || !r.Drain.GraceExpired {
+		t.Fatalf("order %q, init signal %q, grace expired %v: want children-first, SIGKILL (PID 1 without a TERM trap), true",
+			r.Order, r.InitSignal, r.Drain.GraceExpired)
+	}
+	outcomes := map[string]int{}
+	for _, p := range r.Drain.Processes {
+		outcomes[p.Outcome]++
+		if p.Pid == 0 || p.Command == "" {
+			t.Errorf("process without pid or command: %+v", p)
 		}
+	}
+	if outcomes["exited"] < 1 || outcomes["killed"] < 1 {
+		t.Fatalf("outcomes %v: want the trapping child exited and the ignoring one killed", outcomes)
 	}
 }
 
@@ -72,5 +56,42 @@ echo ready
 	t.Logf("stop took %v", took)
 	if took < 2*time.Second || took >= 3*time.Second {
 		t.Fatalf("stop took %v: want the drain cut to 2s, ending before kubelet's SIGKILL at 3s", took)
+	}
+}
+
+// reportStream is containerd's stream of stop reports (topic /graceful/stop).
+type reportStream struct {
+	ctx    context.Context
+	events <-chan *events.Envelope
+	errs   <-chan error
+}
+
+// subscribeReports subscribes to the stop reports, for 30s at most.
+func subscribeReports(t *testing.T) *reportStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
+	t.Cleanup(cancel)
+	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
+	return &reportStream{ctx: ctx, events: events, errs: errs}
+}
+
+// next returns the next stop report for container id, and fails the test if none comes.
+func (s *reportStream) next(t *testing.T, id string) *stack.StopReport {
+	t.Helper()
+	for {
+		select {
+		case env := <-s.events:
+			r, err := stack.DecodeStopReport(env.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.ContainerID == id {
+				return r
+			}
+		case err := <-s.errs:
+			t.Fatalf("event stream: %v", err)
+		case <-s.ctx.Done():
+			t.Fatalf("no stop report published for %s", id)
+		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -203,28 +202,15 @@ trap "exit 0" TERM
 echo ready
 ` + loop
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
-	execCmd := exec.Command(filepath.Join(theStack.ContainerdBin, "ctr"), "--address", theStack.Address, "--namespace", stack.Namespace,
-		"task", "exec", "--exec-id", "worker", c.ID, "sh", "-c",
-		`trap "echo exec-usr1" USR1; trap "sleep 0.2; echo clean > /out/exec; exit 0" TERM; echo exec-ready; `+loop)
-	execOut := stack.NewOutput()
-	execCmd.Stdout, execCmd.Stderr = execOut, execOut
-	if err := execCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	execDone := make(chan error, 1)
-	go func() { execDone <- execCmd.Wait() }()
-	t.Cleanup(func() { execCmd.Process.Kill(); <-execDone })
-	if err := execOut.WaitLine("exec-ready", 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	execOut := execTrapping(t, c, "worker")
 	if _, err := theStack.Ctr("task", "kill", "--exec-id", "worker", "--signal", "SIGUSR1", c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := execOut.WaitLine("exec-usr1", 10*time.Second); err != nil {
+	if err := execOut.WaitLine("worker-usr1", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	stopExpect(t, c, 15*time.Second, exitOK)
-	if got := c.Marker("exec"); got != "clean" {
+	if got := c.Marker("worker"); got != "clean" {
 		t.Fatalf("exec process was not drained: marker %q", got)
 	}
 	if strings.Contains(c.Output.String(), "init-usr1") {
