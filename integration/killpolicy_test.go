@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,4 +232,52 @@ func fdList(pid int) string {
 		b.WriteString(e.Name() + " -> " + target + "\n")
 	}
 	return b.String()
+}
+
+// The stop signal a client recorded for the container (ctr run and nerdctl set the label
+// io.containerd.image.config.stop-signal from the image's STOPSIGNAL) drains with no annotation.
+// Without the label, or with an explicit stop-signals annotation, that signal is not a stop
+// signal: it reaches init only (a JVM's QUIT thread dump must not start a drain).
+func TestRecordedStopSignalDrains(t *testing.T) {
+	label := map[string]string{"io.containerd.image.config.stop-signal": "SIGQUIT"}
+	quitChild := `sh -c 'trap "echo quit > /out/child-quit" QUIT; trap "sleep 0.3; echo clean > /out/child; exit 0" TERM; echo trapped child; ` + loop + `' &
+`
+	t.Run("label", func(t *testing.T) {
+		c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Labels: label,
+			Script: quitChild + "trap 'exit 0' QUIT\necho ready\n" + loop})
+		waitTrapped(t, c, "child")
+		_, st, err := c.Stop(context.Background(), syscall.SIGQUIT, 15*time.Second)
+		if err != nil || st.ExitCode() != exitOK {
+			t.Fatalf("exit %d (%v), want 0", st.ExitCode(), err)
+		}
+		if got := c.Marker("child"); got != "clean" {
+			t.Fatalf("QUIT did not drain: child marker %q", got)
+		}
+		if got := c.Marker("child-quit"); got != "" {
+			t.Fatalf("the child got QUIT: the drain signal is TERM")
+		}
+	})
+	for name, spec := range map[string]stack.Spec{
+		"no-label":             {},
+		"annotation-overrides": {Labels: label, Annotations: map[string]string{"io.containerd.graceful.v2.stop-signals": "SIGTERM"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			spec.Runtime = stack.GracefulRuntime
+			spec.Script = quitChild + "trap 'echo init-quit' QUIT\ntrap 'exit 0' TERM\necho ready\n" + loop
+			c := start(t, spec)
+			waitTrapped(t, c, "child")
+			kill(t, c, syscall.SIGQUIT)
+			if err := c.Output.WaitLine("init-quit", 10*time.Second); err != nil {
+				t.Fatalf("QUIT did not reach init: %v", err)
+			}
+			// A QUIT at the child would run its trap before the TERM's (lower number).
+			stopExpect(t, c, 15*time.Second, exitOK)
+			if got := c.Marker("child-quit"); got != "" {
+				t.Fatalf("QUIT reached the child: it started a drain")
+			}
+			if got := c.Marker("child"); got != "clean" {
+				t.Fatalf("the TERM stop did not drain: child marker %q", got)
+			}
+		})
+	}
 }
