@@ -95,11 +95,11 @@ func TestCRI(t *testing.T) {
 
 // criConfig is the daemon's CRI configuration (appended to the stack's config.toml, version 3);
 // cniBinDir is where the CNI plugins are (a missing directory for host-network pods only).
-func criConfig(dir, shim, runc, configPath, cniBinDir string) string {
+func criConfig(dir, shim, runc, configPath, cniBinDir string, noHandlers bool) string {
 	annotations := `
       pod_annotations = ['io.containerd.graceful.v2.*']
       container_annotations = ['io.containerd.graceful.v2.*', 'io.kubernetes.pod.terminationGracePeriod']`
-	return fmt.Sprintf(`
+	config := fmt.Sprintf(`
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = 'overlayfs'
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -114,29 +114,32 @@ func criConfig(dir, shim, runc, configPath, cniBinDir string) string {
     # Host-network pods only unless a test writes a conflist (critest); keep the conf dir private.
     bin_dirs = [%[2]q]
     conf_dir = %[3]q
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+`, criPauseImage, cniBinDir, filepath.Join(dir, "cni", "net.d"))
+	if noHandlers {
+		return config
+	}
+	return config + fmt.Sprintf(`  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful]
-      runtime_type = 'io.containerd.graceful.v2'%[4]s
+      runtime_type = 'io.containerd.graceful.v2'%[1]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful.options]
-        ConfigPath = %[5]q
+        ConfigPath = %[2]q
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-inline]
-      runtime_type = 'io.containerd.graceful.v2'%[4]s
+      runtime_type = 'io.containerd.graceful.v2'%[1]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-inline.options]
-        grace_period = %[6]q
-        BinaryName = %[7]q
+        grace_period = %[3]q
+        BinaryName = %[4]q
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-init]
-      runtime_type = 'io.containerd.graceful.v2'%[4]s
+      runtime_type = 'io.containerd.graceful.v2'%[1]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-init.options]
         init = true
-        grace_period = %[9]q
-        BinaryName = %[7]q
+        grace_period = %[6]q
+        BinaryName = %[4]q
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-runcpath]
       runtime_type = 'io.containerd.runc.v2'
-      runtime_path = %[8]q%[4]s
+      runtime_path = %[5]q%[1]s
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.graceful-runcpath.options]
-        BinaryName = %[7]q
-`, criPauseImage, cniBinDir, filepath.Join(dir, "cni", "net.d"), annotations,
-		configPath, criInlineGrace.String(), runc, shim, criInitGrace.String())
+        BinaryName = %[4]q
+`, annotations, configPath, criInlineGrace.String(), runc, shim, criInitGrace.String())
 }
 
 // startCRI starts the private CRI daemon for host-network pods and imports the images into the
@@ -157,6 +160,10 @@ type criSetup struct {
 	extraConfig string
 	// images are imported into the CRI namespace besides the test and the pause image.
 	images []criImage
+	// noHandlers leaves the graceful handlers out of the config (the stock runc one remains).
+	noHandlers bool
+	// imports is the main config's imports list (drop-in files or globs).
+	imports []string
 }
 
 // criImage is a busybox image for CRI.
@@ -238,10 +245,10 @@ func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 			t.Fatal(err)
 		}
 	}
-	config := criConfig(dir, shim, runc, configPath, cniBinDir) + strings.ReplaceAll(setup.extraConfig, "@RUNC@", runc)
+	config := criConfig(dir, shim, runc, configPath, cniBinDir, setup.noHandlers) + strings.ReplaceAll(setup.extraConfig, "@RUNC@", runc)
 	t.Logf("CRI config appended to the stack's config.toml:%s", config)
 
-	env.s, err = stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaults}, ExtraConfig: config})
+	env.s, err = stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaults}, ExtraConfig: config, Imports: setup.imports})
 	if err != nil {
 		t.Fatalf("start the CRI stack: %v", err)
 	}

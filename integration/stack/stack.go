@@ -36,6 +36,8 @@ type Options struct {
 	Env []string
 	// ExtraConfig is appended to the daemon's config.toml (version 3).
 	ExtraConfig string
+	// Imports is the config's top-level imports list (drop-in files or globs).
+	Imports []string
 }
 
 // Stack is a running private containerd.
@@ -177,8 +179,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	if err := buildGo(filepath.Join(shimBin, "graceful-init"), "./cmd/graceful-init", false); err != nil {
 		return nil, err
 	}
+	imports := ""
+	if len(opts.Imports) > 0 {
+		quoted := make([]string, len(opts.Imports))
+		for i, p := range opts.Imports {
+			quoted[i] = fmt.Sprintf("%q", p)
+		}
+		imports = "imports = [" + strings.Join(quoted, ", ") + "]\n"
+	}
 	config := fmt.Sprintf(`version = %[5]d
-root = %[1]q
+%[6]sroot = %[1]q
 state = %[2]q
 [grpc]
   address = %[3]q
@@ -188,7 +198,7 @@ state = %[2]q
   level = "info"
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.Address, s.Address+".ttrpc", ConfigVersion()) + opts.ExtraConfig
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), s.Address, s.Address+".ttrpc", ConfigVersion(), imports) + opts.ExtraConfig
 	configPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return nil, err
