@@ -30,11 +30,12 @@ type ImageOptions struct {
 	Entrypoint []string
 	// Cmd is the image config's command (none by default; Docker Hub's busybox has sh).
 	Cmd []string
-	// StopSignal is the image config's StopSignal (none by default).
-	StopSignal string
 	// HardLinks makes the applets hard links to bin/busybox, as in Docker Hub's busybox, instead
 	// of symbolic links (masking an applet's path then masks that applet only).
 	HardLinks bool
+	// StopSignal is the image config's stop signal (none by default: SIGTERM), as a Dockerfile's
+	// STOPSIGNAL sets it.
+	StopSignal string
 	// Extra files to put in the image.
 	Extra []ImageFile
 }
@@ -93,10 +94,14 @@ func BuildImage(out io.Writer, busybox string, opts ImageOptions) error {
 		return d, len(data)
 	}
 	layerDigest, layerSize := add(layer.Bytes())
+	imageConfig := map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint, "Cmd": opts.Cmd}
+	if opts.StopSignal != "" {
+		imageConfig["StopSignal"] = opts.StopSignal
+	}
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
-		"config":       map[string]any{"Env": []string{"PATH=/bin"}, "Entrypoint": opts.Entrypoint, "Cmd": opts.Cmd, "StopSignal": opts.StopSignal},
+		"config":       imageConfig,
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := add(config)

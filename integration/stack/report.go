@@ -14,6 +14,7 @@ import (
 // are float64 nanoseconds.
 type StopReport struct {
 	ContainerID string   `json:"container_id"`
+	Requested   string   `json:"requested_signal"`
 	Order       string   `json:"order"`
 	InitSignal  string   `json:"init_signal"`
 	Notes       []string `json:"notes"`
