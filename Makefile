@@ -8,7 +8,7 @@ BIN := bin/containerd-shim-graceful-v2
 INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 
-.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -61,6 +61,14 @@ test-compat:
 test-critest: stack
 	bash integration/stack/install-critest.sh
 	GRACEFUL_CRITEST=1 $(GO) test -count=1 -v -timeout 30m -run '^(TestComparePassSets|TestCritestPassSetMatchesRunc)$$' ./integration/
+
+# The Docker engine: dockerd (moby) on a private containerd with contrib/docker-daemon.json (paths
+# rewritten), driven through the Docker Go SDK: stop, kill, exec, the grace period from an annotation
+# and from the options file, an image's STOPSIGNAL. install-docker.sh builds dockerd into the stack
+# cache (no docker CLI needed).
+test-docker: stack
+	bash integration/stack/install-docker.sh
+	GRACEFUL_DOCKER=1 $(GO) test -count=1 -v -timeout 15m -run '^TestDocker$$' ./integration/
 
 # The core stop tests, the isolation tests and the CRI shared-PID and hostPID pods in cgroup v2
 # unified mode, on this cgroup v1 (hybrid) host: a private mount namespace with a cgroup2 hierarchy
