@@ -370,10 +370,10 @@ func (r *initResults) memoryChart() barChart {
 
 // write writes the plots of section 7 into dir.
 func (r *initResults) write(dir string) error {
-	if err := os.WriteFile(filepath.Join(dir, initStartSVG), []byte(r.startChart().svg()), 0o644); err != nil {
+	if err := r.startChart().save(filepath.Join(dir, initStartSVG)); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, initMemorySVG), []byte(r.memoryChart().svg()), 0o644)
+	return r.memoryChart().save(filepath.Join(dir, initMemorySVG))
 }
 
 // markdown is section 7 of benchmarks.md.

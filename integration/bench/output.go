@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -122,7 +121,7 @@ func (b *bench) write(rows []row) error {
 	if err := os.MkdirAll(b.cfg.out, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(b.cfg.out, "stop-latency.svg"), []byte(b.svg()), 0o644); err != nil {
+	if err := b.saveStopPlot(filepath.Join(b.cfg.out, "stop-latency.svg")); err != nil {
 		return err
 	}
 	if b.init != nil {
@@ -253,147 +252,6 @@ func numListF(v []float64, scale float64, digits int) string {
 		parts[i] = fmt.Sprintf("%.*f", digits, x/scale)
 	}
 	return strings.Join(parts, ", ")
-}
-
-// svg plots the stop latency's median (with min–max bars) against N for both shims.
-func (b *bench) svg() string {
-	const (
-		width, height          = 720, 440
-		left, right, top, bott = 80, 30, 50, 70
-	)
-	plotW, plotH := float64(width-left-right), float64(height-top-bott)
-	var ns []int
-	maxY := 0.0
-	for _, p := range b.stops {
-		ns = append(ns, p.n)
-		for _, rt := range order {
-			if st := summarise(p.latency[rt]); st.n > 0 {
-				maxY = max(maxY, st.max/1e6)
-			}
-		}
-	}
-	logX := len(ns) > 1 && float64(ns[len(ns)-1])/float64(ns[0]) >= 10
-	minN, maxN := 0.0, 1.0
-	if len(ns) > 0 {
-		minN, maxN = float64(ns[0]), float64(ns[len(ns)-1])
-		for _, n := range ns {
-			minN, maxN = math.Min(minN, float64(n)), math.Max(maxN, float64(n))
-		}
-	}
-	xOf := func(n float64) float64 {
-		if minN == maxN {
-			return float64(left) + plotW/2
-		}
-		if logX {
-			return float64(left) + plotW*0.05 + plotW*0.9*(math.Log10(n)-math.Log10(minN))/(math.Log10(maxN)-math.Log10(minN))
-		}
-		return float64(left) + plotW*0.05 + plotW*0.9*(n-minN)/(maxN-minN)
-	}
-	step := niceStep(maxY / 5)
-	if step == 0 {
-		step = 1
-	}
-	topY := math.Ceil(maxY/step) * step
-	if topY == 0 {
-		topY = step
-	}
-	yOf := func(ms float64) float64 { return float64(top) + plotH*(1-ms/topY) }
-	colors := map[string]string{stack.GracefulRuntime: "#1f77b4", stack.StockRuntime: "#d62728"}
-
-	var sb strings.Builder
-	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
-	w(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
-	w(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	w(`<text x="%d" y="24" text-anchor="middle" font-size="15">Stop latency (SIGTERM) with N extra processes: median, min–max bars</text>`+"\n", width/2)
-	// Grid and Y axis.
-	for y := 0.0; y <= topY+step/2; y += step {
-		py := yOf(y)
-		w(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", left, py, width-right, py)
-		w(`<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, py+4, trimFloat(y))
-	}
-	w(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, top, left, height-bott)
-	w(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, height-bott, width-right, height-bott)
-	for _, n := range ns {
-		px := xOf(float64(n))
-		w(`<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>`+"\n", px, height-bott, px, height-bott+5)
-		w(`<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", px, height-bott+19, n)
-	}
-	xLabel := "N, extra processes in the container"
-	if logX {
-		xLabel += " (log scale)"
-	}
-	w(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", float64(left)+plotW/2, height-bott+45, xLabel)
-	w(`<text transform="translate(22 %.1f) rotate(-90)" text-anchor="middle">stop latency (ms)</text>`+"\n", float64(top)+plotH/2)
-	// Series.
-	for i, rt := range order {
-		color := colors[rt]
-		var pts []string
-		for _, p := range b.stops {
-			st := summarise(p.latency[rt])
-			if st.n == 0 {
-				continue
-			}
-			// Shift the two series apart a little so their bars do not overlap.
-			px := xOf(float64(p.n)) + float64(2*i-1)*4
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px, yOf(st.median/1e6)))
-			w(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5"/>`+"\n", px, yOf(st.min/1e6), px, yOf(st.max/1e6), color)
-			for _, v := range []float64{st.min, st.max} {
-				w(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5"/>`+"\n", px-4, yOf(v/1e6), px+4, yOf(v/1e6), color)
-			}
-			w(`<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s, N=%d: median %.1f ms [%.1f–%.1f]</title></circle>`+"\n",
-				px, yOf(st.median/1e6), color, short(rt), p.n, st.median/1e6, st.min/1e6, st.max/1e6)
-		}
-		if len(pts) > 1 {
-			w(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(pts, " "), color)
-		}
-	}
-	// The ratio at each N, above both points.
-	for _, p := range b.stops {
-		g, st := summarise(p.latency[stack.GracefulRuntime]), summarise(p.latency[stack.StockRuntime])
-		if g.n == 0 || st.n == 0 || st.median == 0 {
-			continue
-		}
-		y := math.Min(yOf(g.max/1e6), yOf(st.max/1e6)) - 8
-		w(`<text x="%.1f" y="%.1f" text-anchor="middle" font-size="11" fill="#444">×%.2f</text>`+"\n", xOf(float64(p.n)), y, g.median/st.median)
-	}
-	// Legend.
-	lx, ly := left+15, top+10
-	w(`<rect x="%d" y="%d" width="250" height="66" fill="white" stroke="#999"/>`+"\n", lx-8, ly-6)
-	for i, rt := range order {
-		y := ly + 8 + i*20
-		w(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>`+"\n", lx, y, lx+24, y, colors[rt])
-		w(`<circle cx="%d" cy="%d" r="4" fill="%s"/>`+"\n", lx+12, y, colors[rt])
-		w(`<text x="%d" y="%d">%s (%s)</text>`+"\n", lx+32, y+4, short(rt), rt)
-	}
-	w(`<text x="%d" y="%d" font-size="11" fill="#444">×r: graceful median / stock median</text>`+"\n", lx, ly+52)
-	if len(b.stops) == 0 {
-		w(`<text x="%d" y="%d" text-anchor="middle">no stop latency measured</text>`+"\n", width/2, height/2)
-	}
-	w("</svg>\n")
-	return sb.String()
-}
-
-// niceStep rounds a raw axis step up to 1, 2 or 5 times a power of ten.
-func niceStep(raw float64) float64 {
-	if raw <= 0 {
-		return 0
-	}
-	p := math.Pow(10, math.Floor(math.Log10(raw)))
-	for _, m := range []float64{1, 2, 5, 10} {
-		if raw <= m*p {
-			return m * p
-		}
-	}
-	return 10 * p
-}
-
-func trimFloat(v float64) string {
-	s := fmt.Sprintf("%.2f", v)
-	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-	if s == "" || s == "-" {
-		return "0"
-	}
-	return s
 }
 
 // counts formats a count per key as "k: n, ...", sorted by key.

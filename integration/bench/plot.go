@@ -2,9 +2,152 @@ package main
 
 import (
 	"fmt"
+	"image/color"
 	"math"
+	"strconv"
 	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgsvg"
+
+	"github.com/graceful-shim/graceful/integration/stack"
 )
+
+// The plots are drawn with gonum.org/v1/plot and saved as SVG (vgsvg, chosen by plot.Save from the
+// file's extension), all of one size: 540×330 pt, 720×440 px at 96 px to the inch. Lengths below are
+// in points; a px of the page is 0.75 pt.
+const (
+	plotWidth, plotHeight vg.Length = 540, 330
+	px                    vg.Length = 0.75
+)
+
+var (
+	// The library's default, Liberation Serif: an SVG names its fonts with no fallback, and a viewer
+	// without it draws the text in its default font, usually Times, whose metrics are the same.
+	plotFont = plot.DefaultFont
+	black    = color.Gray{}
+	darkGrey = rgb(0x444444)
+	gridGrey = rgb(0xdddddd)
+	budget   = rgb(0xd62728)
+
+	seriesColors  = []color.Color{rgb(0x7f7f7f), rgb(0x1f77b4), rgb(0xff7f0e), rgb(0x2ca02c)}
+	runtimeColors = map[string]color.Color{stack.GracefulRuntime: rgb(0x1f77b4), stack.StockRuntime: rgb(0xd62728)}
+)
+
+func rgb(v uint32) color.RGBA {
+	return color.RGBA{R: uint8(v >> 16), G: uint8(v >> 8), B: uint8(v), A: 0xff}
+}
+
+// textStyle is the style of a label drawn in the data area, anchored at (x, y) by xAlign and yAlign.
+func textStyle(size vg.Length, c color.Color, xAlign text.XAlignment, yAlign text.YAlignment) text.Style {
+	return text.Style{Color: c, Font: font.From(plotFont, size), XAlign: xAlign, YAlign: yAlign, Handler: plot.DefaultTextHandler}
+}
+
+// newPlot is a plot with the title, axis labels, font sizes and horizontal grid lines every plot has.
+func newPlot(title, xLabel, yLabel string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.Title.TextStyle.Font = font.From(plotFont, 15*px)
+	p.Title.Padding = 10 * px
+	p.X.Label.Text, p.Y.Label.Text = xLabel, yLabel
+	for _, a := range []*plot.Axis{&p.X, &p.Y} {
+		a.Label.TextStyle.Font = font.From(plotFont, 12*px)
+		a.Tick.Label.Font = font.From(plotFont, 12*px)
+	}
+	p.Legend.TextStyle.Font = font.From(plotFont, 12*px)
+	p.Legend.ThumbnailWidth = 24 * px
+	p.Legend.Padding = 6 * px
+	p.Legend.Top = true
+	p.Legend.XOffs, p.Legend.YOffs = -8*px, -8*px // off the right edge and the top
+	g := plotter.NewGrid()
+	g.Vertical.Color = nil
+	g.Horizontal.Color = gridGrey
+	g.Horizontal.Width = px
+	g.Horizontal.Dashes = nil
+	p.Add(g)
+	return p
+}
+
+// yAxis makes the Y axis start at 0 and end at the first multiple of a round step (1, 2 or 5 times
+// a power of ten, about a fifth of maxY) at or above maxY, with a tick and a grid line at each
+// multiple. It returns the axis's end.
+func yAxis(p *plot.Plot, maxY float64) float64 {
+	step := niceStep(maxY / 5)
+	if step == 0 {
+		step = 1
+	}
+	top := math.Ceil(maxY/step) * step
+	if top == 0 {
+		top = step
+	}
+	p.Y.Min, p.Y.Max = 0, top
+	p.Y.Tick.Marker = plot.TickerFunc(func(lo, hi float64) []plot.Tick {
+		var ticks []plot.Tick
+		for i := math.Ceil(lo / step); i*step <= hi+step/1e6; i++ {
+			ticks = append(ticks, plot.Tick{Value: i * step, Label: trimFloat(i * step)})
+		}
+		return ticks
+	})
+	return top
+}
+
+// niceStep rounds a raw axis step up to 1, 2 or 5 times a power of ten.
+func niceStep(raw float64) float64 {
+	if raw <= 0 {
+		return 0
+	}
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if raw <= m*p {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func trimFloat(v float64) string {
+	s := fmt.Sprintf("%.2f", v)
+	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	if s == "" || s == "-" {
+		return "0"
+	}
+	return s
+}
+
+// labels are texts at points of the data area, in one style, moved by offset (points).
+func labels(xys plotter.XYs, texts []string, style text.Style, offset vg.Point) (*plotter.Labels, error) {
+	l, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
+	if err != nil {
+		return nil, err
+	}
+	for i := range l.TextStyle {
+		l.TextStyle[i] = style
+	}
+	l.Offset = offset
+	return l, nil
+}
+
+// errorBars are vertical min–max bars with caps, at the points (x, median).
+type errorBars struct {
+	plotter.XYs
+	plotter.YErrors
+}
+
+func newErrorBars(e errorBars, c color.Color, width vg.Length) (*plotter.YErrorBars, error) {
+	bars, err := plotter.NewYErrorBars(e)
+	if err != nil {
+		return nil, err
+	}
+	bars.LineStyle.Color = c
+	bars.LineStyle.Width = width
+	bars.CapWidth = 8 * px
+	return bars, nil
+}
 
 // barGroup is one category of a bar chart: one bar per series (median, min–max whisker).
 type barGroup struct {
@@ -21,21 +164,20 @@ type barChart struct {
 	title, yLabel string
 	u             unit // formats the values (and scales them for the axis)
 	series        []string
-	colors        []string
+	colors        []color.Color
 	groups        []barGroup
-	note          string // one line under the legend
+	note          string // one line under the axis
 }
 
-var seriesColors = []string{"#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c"}
-
-func (c barChart) svg() string {
-	const (
-		width, height          = 720, 440
-		left, right, top, bott = 80, 30, 50, 70
-	)
-	plotW, plotH := float64(width-left-right), float64(height-top-bott)
+// save draws the chart into path (SVG).
+func (c barChart) save(path string) error {
+	p := newPlot(c.title, c.note, c.yLabel)
+	p.X.Label.TextStyle.Font = font.From(plotFont, 11*px)
+	p.X.Label.TextStyle.Color = darkGrey
+	names := make([]string, len(c.groups))
 	maxY := 0.0
-	for _, g := range c.groups {
+	for i, g := range c.groups {
+		names[i] = g.label
 		for _, st := range g.bars {
 			if st.n > 0 {
 				maxY = max(maxY, st.max/c.u.scale)
@@ -43,69 +185,207 @@ func (c barChart) svg() string {
 		}
 		maxY = max(maxY, g.ref/c.u.scale)
 	}
-	maxY *= 1.12 // room for the value labels
-	step := niceStep(maxY / 5)
-	if step == 0 {
-		step = 1
+	if maxY == 0 {
+		maxY = 1
 	}
-	topY := math.Ceil(maxY/step) * step
-	yOf := func(v float64) float64 { return float64(top) + plotH*(1-v/topY) }
+	p.NominalX(names...)
+	xMin, xMax := -0.5, float64(len(c.groups))-0.5
 
-	var sb strings.Builder
-	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
-	w(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
-	w(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	w(`<text x="%d" y="24" text-anchor="middle" font-size="15">%s</text>`+"\n", width/2, c.title)
-	for y := 0.0; y <= topY+step/2; y += step {
-		py := yOf(y)
-		w(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", left, py, width-right, py)
-		w(`<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, py+4, trimFloat(y))
+	// One bar chart per series; their width and offset are set once the data area is known.
+	k := len(c.series)
+	bars := make([]*plotter.BarChart, k)
+	for si := range c.series {
+		vals := make(plotter.Values, len(c.groups))
+		for gi, g := range c.groups {
+			if si < len(g.bars) && g.bars[si].n > 0 {
+				vals[gi] = g.bars[si].median / c.u.scale
+			}
+		}
+		b, err := plotter.NewBarChart(vals, 1)
+		if err != nil {
+			return err
+		}
+		col := color.NRGBAModel.Convert(c.colors[si%len(c.colors)]).(color.NRGBA)
+		col.A = 0xd9 // 85% opaque
+		b.Color = col
+		b.LineStyle.Width = 0
+		bars[si] = b
+		p.Legend.Add(c.series[si], b)
 	}
-	w(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, top, left, height-bott)
-	w(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>`+"\n", left, height-bott, width-right, height-bott)
-	w(`<text transform="translate(22 %.1f) rotate(-90)" text-anchor="middle">%s</text>`+"\n", float64(top)+plotH/2, c.yLabel)
 
-	groupW := plotW / float64(max(1, len(c.groups)))
-	barW := math.Min(60, groupW*0.8/float64(max(1, len(c.series))))
+	// Room at the top of the data area for the legend, above the bars and their value labels.
+	p.X.Min, p.X.Max, p.Y.Min, p.Y.Max = xMin, xMax, 0, maxY
+	area := p.DataCanvas(draw.New(vgsvg.New(plotWidth, plotHeight)))
+	h := area.Size().Y
+	free := h - p.Legend.Rectangle(area).Size().Y - 8*px - 20*px
+	top := maxY * 1.12
+	if free > h/3 {
+		top = max(top, maxY*float64(h/free))
+	}
+	top = yAxis(p, top)
+
+	area = p.DataCanvas(draw.New(vgsvg.New(plotWidth, plotHeight)))
+	perGroup := area.Size().X / vg.Length(xMax-xMin) // points per category
+	barW := min(60*px, perGroup*0.8/vg.Length(max(1, k)))
+	for si, b := range bars {
+		off := barW * vg.Length(float64(si)-float64(k-1)/2)
+		b.Width, b.Offset = barW-2*px, off
+		p.Add(b)
+
+		var whiskers errorBars
+		var tops plotter.XYs
+		var texts []string
+		for gi, g := range c.groups {
+			if si >= len(g.bars) || g.bars[si].n == 0 {
+				continue
+			}
+			st := g.bars[si]
+			x := float64(gi) + float64(off/perGroup)
+			if st.n > 1 {
+				whiskers.XYs = append(whiskers.XYs, plotter.XY{X: x, Y: st.median / c.u.scale})
+				whiskers.YErrors = append(whiskers.YErrors, struct{ Low, High float64 }{(st.median - st.min) / c.u.scale, (st.max - st.median) / c.u.scale})
+			}
+			tops = append(tops, plotter.XY{X: x, Y: st.max / c.u.scale})
+			texts = append(texts, strings.TrimSuffix(c.u.format(st.median), " "+c.u.name))
+		}
+		if len(whiskers.XYs) > 0 {
+			e, err := newErrorBars(whiskers, black, px)
+			if err != nil {
+				return err
+			}
+			p.Add(e)
+		}
+		l, err := labels(tops, texts, textStyle(10*px, rgb(0x222222), text.XCenter, text.YBottom), vg.Point{Y: 5 * px})
+		if err != nil {
+			return err
+		}
+		p.Add(l)
+	}
+	inset := float64(6 * px / perGroup)
 	for gi, g := range c.groups {
-		x0 := float64(left) + groupW*float64(gi) + (groupW-barW*float64(len(c.series)))/2
-		w(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", float64(left)+groupW*(float64(gi)+0.5), height-bott+19, g.label)
-		for si, st := range g.bars {
+		if g.ref <= 0 {
+			continue
+		}
+		y := g.ref / c.u.scale
+		left, right := float64(gi)-0.5+inset, float64(gi)+0.5-inset
+		line, err := plotter.NewLine(plotter.XYs{{X: left, Y: y}, {X: right, Y: y}})
+		if err != nil {
+			return err
+		}
+		line.LineStyle = draw.LineStyle{Color: budget, Width: 1.5 * px, Dashes: []vg.Length{5 * px, 3 * px}}
+		l, err := labels(plotter.XYs{{X: right, Y: y}}, []string{g.refLabel}, textStyle(10*px, budget, text.XRight, text.YBottom), vg.Point{Y: 4 * px})
+		if err != nil {
+			return err
+		}
+		p.Add(line, l)
+	}
+	p.X.Min, p.X.Max, p.Y.Min, p.Y.Max = xMin, xMax, 0, top
+	return p.Save(plotWidth, plotHeight, path)
+}
+
+// saveStopPlot draws the stop latency's median (with min–max bars) against N for both shims into
+// path (SVG).
+func (b *bench) saveStopPlot(path string) error {
+	p := newPlot("Stop latency (SIGTERM) with N extra processes: median, min–max bars", "N, extra processes in the container", "stop latency (ms)")
+	p.Legend.Left, p.Legend.XOffs = true, 8*px
+	var ns []int
+	for _, pt := range b.stops {
+		ns = append(ns, pt.n)
+	}
+	if len(ns) == 0 {
+		l, err := labels(plotter.XYs{{X: 0.5, Y: 0.5}}, []string{"no stop latency measured"}, textStyle(12*px, black, text.XCenter, text.YCenter), vg.Point{})
+		if err != nil {
+			return err
+		}
+		p.Add(l)
+		p.X.Min, p.X.Max = 0, 1
+		p.X.Tick.Marker = plot.ConstantTicks(nil)
+		yAxis(p, 0)
+		return p.Save(plotWidth, plotHeight, path)
+	}
+	minN, maxN := float64(ns[0]), float64(ns[0])
+	var ticks []plot.Tick
+	for _, n := range ns {
+		minN, maxN = math.Min(minN, float64(n)), math.Max(maxN, float64(n))
+		ticks = append(ticks, plot.Tick{Value: float64(n), Label: strconv.Itoa(n)})
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	logX := len(ns) > 1 && maxN/minN >= 10
+	// The axis, in its scale (log10 N or N), spans the Ns with 5% of its length free at each end.
+	to, from := func(v float64) float64 { return v }, func(v float64) float64 { return v }
+	if logX {
+		p.X.Scale = plot.LogScale{}
+		p.X.Label.Text += " (log scale)"
+		to, from = math.Log10, func(v float64) float64 { return math.Pow(10, v) }
+	}
+	lo, hi := to(minN), to(maxN)
+	if lo == hi {
+		lo, hi = lo-0.9, hi+0.9
+	}
+	margin := (hi - lo) * 0.05 / 0.9
+	lo, hi = lo-margin, hi+margin
+	xMin, xMax := from(lo), from(hi)
+	// Shift the two series apart a little (4 px of the axis) so their bars do not overlap.
+	shift := func(n float64, i int) float64 { return from(to(n) + float64(2*i-1)*(hi-lo)*4/610) }
+
+	for i, rt := range order {
+		col := runtimeColors[rt]
+		var pts plotter.XYs
+		var whiskers errorBars
+		for _, pt := range b.stops {
+			st := summarise(pt.latency[rt])
 			if st.n == 0 {
 				continue
 			}
-			color := c.colors[si%len(c.colors)]
-			x := x0 + barW*float64(si)
-			cx := x + barW/2
-			w(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" fill-opacity="0.85"><title>%s, %s: median %s [%s–%s], %d samples</title></rect>`+"\n",
-				x+1, yOf(st.median/c.u.scale), barW-2, yOf(0)-yOf(st.median/c.u.scale), color,
-				c.series[si], g.label, c.u.format(st.median), c.u.format(st.min), c.u.format(st.max), st.n)
-			if st.n > 1 {
-				w(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx, yOf(st.min/c.u.scale), cx, yOf(st.max/c.u.scale))
-				for _, v := range []float64{st.min, st.max} {
-					w(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx-4, yOf(v/c.u.scale), cx+4, yOf(v/c.u.scale))
-				}
+			x := shift(float64(pt.n), i)
+			pts = append(pts, plotter.XY{X: x, Y: st.median / 1e6})
+			whiskers.XYs = append(whiskers.XYs, plotter.XY{X: x, Y: st.median / 1e6})
+			whiskers.YErrors = append(whiskers.YErrors, struct{ Low, High float64 }{(st.median - st.min) / 1e6, (st.max - st.median) / 1e6})
+		}
+		line := &plotter.Line{LineStyle: draw.LineStyle{Color: col, Width: 2 * px}}
+		points := &plotter.Scatter{GlyphStyle: draw.GlyphStyle{Color: col, Radius: 4 * px, Shape: draw.CircleGlyph{}}}
+		if len(pts) > 0 {
+			e, err := newErrorBars(whiskers, col, 1.5*px)
+			if err != nil {
+				return err
 			}
-			w(`<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10" fill="#222">%s</text>`+"\n", cx, yOf(st.max/c.u.scale)-5,
-				strings.TrimSuffix(c.u.format(st.median), " "+c.u.name))
+			if len(pts) > 1 {
+				line.XYs = pts
+				p.Add(line)
+			}
+			points.XYs = pts
+			p.Add(e, points)
 		}
-		if g.ref > 0 {
-			py := yOf(g.ref / c.u.scale)
-			gx := float64(left) + groupW*float64(gi)
-			w(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#d62728" stroke-dasharray="5,3" stroke-width="1.5"/>`+"\n", gx+6, py, gx+groupW-6, py)
-			w(`<text x="%.1f" y="%.1f" text-anchor="end" font-size="10" fill="#d62728">%s</text>`+"\n", gx+groupW-6, py-4, g.refLabel)
+		p.Legend.Add(fmt.Sprintf("%s (%s)", short(rt), rt), line, points)
+	}
+	// The ratio at each N, above both points.
+	var at plotter.XYs
+	var ratios []string
+	for _, pt := range b.stops {
+		g, st := summarise(pt.latency[stack.GracefulRuntime]), summarise(pt.latency[stack.StockRuntime])
+		if g.n == 0 || st.n == 0 || st.median == 0 {
+			continue
+		}
+		at = append(at, plotter.XY{X: float64(pt.n), Y: math.Max(g.max, st.max) / 1e6})
+		ratios = append(ratios, fmt.Sprintf("×%.2f", g.median/st.median))
+	}
+	if len(at) > 0 {
+		l, err := labels(at, ratios, textStyle(11*px, darkGrey, text.XCenter, text.YBottom), vg.Point{Y: 8 * px})
+		if err != nil {
+			return err
+		}
+		p.Add(l)
+	}
+	p.Legend.Add("×r: graceful median / stock median")
+	maxY := 0.0
+	for _, pt := range b.stops {
+		for _, rt := range order {
+			if st := summarise(pt.latency[rt]); st.n > 0 {
+				maxY = max(maxY, st.max/1e6)
+			}
 		}
 	}
-	// Legend, in one row under the axis; the note under it.
-	lx, ly := float64(left), height-bott+40
-	for i, s := range c.series {
-		w(`<rect x="%.1f" y="%d" width="16" height="10" fill="%s"/>`+"\n", lx, ly-9, c.colors[i%len(c.colors)])
-		w(`<text x="%.1f" y="%d">%s</text>`+"\n", lx+22, ly, s)
-		lx += 22 + 8*float64(len([]rune(s))) + 24
-	}
-	if c.note != "" {
-		w(`<text x="%d" y="%d" font-size="11" fill="#444">%s</text>`+"\n", left, ly+20, c.note)
-	}
-	w("</svg>\n")
-	return sb.String()
+	yAxis(p, maxY)
+	p.X.Min, p.X.Max = xMin, xMax
+	return p.Save(plotWidth, plotHeight, path)
 }
