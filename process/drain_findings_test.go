@@ -47,9 +47,11 @@ sleep 0.2; echo ready; wait`, forks)
 	for _, n := range report.Totals {
 		total += n
 	}
-	// A process reaped before the drain could open it is never seen: most are.
-	if total < forks*9/10 {
-		t.Fatalf("totals %v count %d processes, want nearly %d", report.Totals, total, forks)
+	// A process reaped before the drain could open it is never seen (under -race on a loaded
+	// machine 15-20% of them): the bound below means something only if the drain saw well over
+	// pruneMin exits, more than an unpruned set could hold within it.
+	if total < pruneMin+MaxDetailed {
+		t.Fatalf("totals %v count %d of %d processes: too few to exercise the bound of %d", report.Totals, total, forks, pruneMin)
 	}
 	if len(report.Processes) > MaxDetailed {
 		t.Fatalf("the report details %d processes, want at most %d", len(report.Processes), MaxDetailed)
