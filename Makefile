@@ -56,8 +56,9 @@ test-compat:
 	done
 
 # critest, the kubernetes-sigs CRI validation suite, against one private CRI daemon with the stock
-# runc handler and the graceful handler (form A): fails unless the same specs pass under both.
-# install-critest.sh adds the CNI plugins and builds critest into the stack cache.
+# runc handler and each graceful handler (form A, form B, form A with graceful-init): fails unless
+# each passes the same specs as runc. install-critest.sh adds the CNI plugins and builds critest
+# into the stack cache.
 test-critest: stack
 	bash integration/stack/install-critest.sh
 	GRACEFUL_CRITEST=1 $(GO) test -count=1 -v -timeout 30m -run '^(TestComparePassSets|TestCritestPassSetMatchesRunc)$$' ./integration/

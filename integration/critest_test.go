@@ -85,7 +85,7 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 	}
 
 	results := map[string]critestStates{}
-	for _, handler := range []string{"runc", "graceful"} {
+	for _, handler := range append([]string{"runc"}, critestGracefulHandlers...) {
 		report := filepath.Join(os.TempDir(), "graceful-critest-"+handler+".json")
 		logPath := filepath.Join(os.TempDir(), "graceful-critest-"+handler+".log")
 		log, err := os.Create(logPath)
@@ -128,16 +128,23 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 		}
 	}
 
-	runc, graceful := results["runc"], results["graceful"]
+	runc := results["runc"]
 	if _, passed, _, _ := runc.counts(); passed < critestMinPassed {
 		t.Errorf("only %d specs passed with runc, want at least %d: the environment, not the shim, is broken", passed, critestMinPassed)
 	}
-	if diff := comparePassSets(runc, graceful); diff != "" {
-		t.Errorf("the pass sets differ (graceful vs runc):\n%s", diff)
-	} else {
-		t.Logf("the pass sets are equal")
+	for _, handler := range critestGracefulHandlers {
+		if diff := comparePassSets(runc, results[handler]); diff != "" {
+			t.Errorf("the pass sets differ (%s vs runc):\n%s", handler, diff)
+		} else {
+			t.Logf("the pass sets of %s and runc are equal", handler)
+		}
 	}
 }
+
+// critestGracefulHandlers are the daemon's graceful handlers that critest runs, each compared with
+// runc: form A (runtime_type io.containerd.graceful.v2 with ConfigPath), form B (runtime_type
+// runc.v2 with runtime_path), and form A with graceful-init in every container.
+var critestGracefulHandlers = []string{"graceful", "graceful-runcpath", "graceful-init"}
 
 const (
 	critestCNIBinDir  = "/usr/lib/cni"
