@@ -2,7 +2,6 @@ package process
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -220,16 +219,8 @@ const pfExiting = 0x4
 // threadLive reports whether thread tid of process pid runs on: it exists, is not a zombie, has
 // not begun to exit and has no SIGKILL pending.
 func threadLive(pid, tid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
-	if err != nil {
-		return false
-	}
-	end := bytes.LastIndexByte(stat, ')')
-	if end < 0 {
-		return false
-	}
-	fields := strings.Fields(string(stat[end+1:]))
-	if len(fields) < 7 || fields[0] == "Z" || fields[0] == "X" {
+	fields, ok := statFields(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	if !ok || len(fields) < 7 || fields[0] == "Z" || fields[0] == "X" {
 		return false
 	}
 	if flags, err := strconv.ParseUint(fields[6], 10, 64); err != nil || flags&pfExiting != 0 {

@@ -2,11 +2,7 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -84,9 +80,9 @@ const mainStartTimeout = 10 * time.Second
 func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
 	for {
-		pid, err := firstChild(initPid)
+		pid, err := process.OldestChild(initPid)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("find graceful-init's main process: %w", err)
 		}
 		if pid > 0 {
 			h, err := process.Open(pid)
@@ -111,55 +107,12 @@ func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
 	}
 }
 
-// firstChild returns the oldest child of pid (0 for none yet). A child is listed under the thread
-// that forked it, so every thread's children file is read.
-func firstChild(pid int) (int, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, fmt.Errorf("read the threads of graceful-init %d: %w", pid, err)
-	}
-	first, firstStart := 0, uint64(0)
-	for _, task := range tasks {
-		data, err := os.ReadFile(dir + "/" + task.Name() + "/children")
-		if err != nil {
-			continue // the thread exited
-		}
-		for _, f := range strings.Fields(string(data)) {
-			n, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
-			if start, ok := startTime(n); ok && (first == 0 || start < firstStart) {
-				first, firstStart = n, start
-			}
-		}
-	}
-	return first, nil
-}
-
-// startTime is when pid started, in clock ticks after boot (field 22 of /proc/PID/stat).
-func startTime(pid int) (uint64, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, false
-	}
-	// The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	fields := strings.Fields(string(data[i+1:]))
-	if i < 0 || len(fields) < 20 {
-		return 0, false
-	}
-	start, err := strconv.ParseUint(fields[19], 10, 64) // field 22 is the 20th after the name
-	return start, err == nil
-}
-
 // followMain waits for the main process to exit. A stop in progress then drains the rest itself;
 // otherwise the main process exited by itself, and a stop of order main-exit drains the rest, with
 // the same policy and report as any stop. graceful-init exits once the rest is gone.
 func (s *service) followMain(id string, c *container, w *mainWatch, h *process.Handle, initPid int) {
 	defer w.close()
-	exited, err := waitReadable(h.Fd(), w.wake)
+	exited, err := h.WaitExited(w.wake)
 	h.Close()
 	if err != nil {
 		log.L.WithError(err).WithField("id", id).Warn("graceful: watch the main process")
@@ -183,20 +136,4 @@ func (s *service) followMain(id string, c *container, w *mainWatch, h *process.H
 	}
 	s.publish(st.finish())
 	s.unclaim(c, st)
-}
-
-// waitReadable waits until fd (a pidfd: the process exited) or wake is readable, and reports
-// whether fd was.
-func waitReadable(fd, wake int) (bool, error) {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(wake), Events: unix.POLLIN}}
-	for {
-		_, err := unix.Poll(fds, -1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return false, fmt.Errorf("poll: %w", err)
-		}
-		return fds[0].Revents != 0, nil
-	}
 }

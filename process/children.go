@@ -1,0 +1,79 @@
+package process
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// statFields returns the fields of a /proc stat file after the command name (which may hold
+// spaces and parentheses), so that fields[0] is field 3, the state.
+func statFields(path string) ([]string, bool) {
+	stat, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return nil, false
+	}
+	return strings.Fields(string(stat[end+1:])), true
+}
+
+// startTime is when pid started, in clock ticks after boot (stat field 22).
+func startTime(pid int) (uint64, bool) {
+	fields, ok := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+	if !ok || len(fields) < 20 {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(fields[19], 10, 64)
+	return start, err == nil
+}
+
+// OldestChild returns the child of pid that started first, or 0 when it has none. A child is
+// listed under the thread that forked it, so every thread's children file is read.
+func OldestChild(pid int) (int, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	oldest, oldestStart := 0, uint64(0)
+	for _, task := range tasks {
+		data, err := os.ReadFile(dir + "/" + task.Name() + "/children")
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, f := range strings.Fields(string(data)) {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if start, ok := startTime(n); ok && (oldest == 0 || start < oldestStart) {
+				oldest, oldestStart = n, start
+			}
+		}
+	}
+	return oldest, nil
+}
+
+// WaitExited blocks until the process exits (true) or the descriptor cancel becomes readable
+// (false).
+func (h *Handle) WaitExited(cancel int) (bool, error) {
+	fds := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}, {Fd: int32(cancel), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("poll the pidfd of %d: %w", h.Pid, err)
+		}
+		return fds[0].Revents != 0, nil
+	}
+}
