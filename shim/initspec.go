@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/continuity"
+
 	"github.com/graceful-shim/graceful/initproc"
 )
 
@@ -64,7 +66,7 @@ func wrapWithInit(bundle, initPath, copyDir string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(specPath, out, 0o644)
+	return continuity.AtomicWriteFile(specPath, out, 0o644)
 }
 
 // wrapSpec returns the OCI spec data with graceful-init (mounted from source) as PID 1.
@@ -129,46 +131,10 @@ func initCopy(src, dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("init: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".graceful-init-*")
-	if err != nil {
-		return "", fmt.Errorf("init: copy graceful-init: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(0o555)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
-	}
-	if err != nil {
+	// Written (and synced) to a temporary file, then renamed: a running container keeps the old
+	// copy, and no container ever sees a partial one.
+	if err := continuity.AtomicWriteFile(dst, data, 0o555); err != nil {
 		return "", fmt.Errorf("init: copy graceful-init to %s: %w", dir, err)
 	}
 	return dst, nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".config-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
