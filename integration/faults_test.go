@@ -185,11 +185,7 @@ echo ready
 				t.Fatal(err)
 			}
 			initPid := int(c.Task.Pid())
-			st, err := process.ReadStatus(initPid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			shim := st.PPid
+			shim := shimOf(t, c)
 			if err := c.Task.Kill(stackContext(), syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}

@@ -301,16 +301,9 @@ func TestInitRunsAStaticBinaryReadOnlyAsNobody(t *testing.T) {
 		{Destination: "/bin", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "ro"}},
 		{Destination: "/app/gohandler", Type: "bind", Source: filepath.Join(theStack.Dir, "bin", "gohandler"), Options: []string{"rbind", "ro"}},
 	}
-	spec.ID = "noshell-" + strconv.FormatInt(seq.Add(1), 10)
-	c, err := theStack.Run(context.Background(), spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Delete() })
+	c := startUntil(t, spec, "ready app")
+	// The handler writes its marker as 65534 on TERM.
 	if err := os.Chmod(c.OutDir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Output.WaitLine("ready app", 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	main := mainOf(t, c)

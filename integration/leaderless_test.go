@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -55,18 +54,7 @@ func TestSharedPIDProcessWithExitedMainThreadIsDrained(t *testing.T) {
 				spec.Script = script
 				spec.Annotations = orderAnnotation(order)
 				spec.Mounts = []specs.Mount{{Destination: "/leaderless", Type: "bind", Source: bin, Options: []string{"rbind", "ro"}}}
-				c, err := theStack.Run(context.Background(), spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() {
-					if err := c.Delete(); err != nil {
-						t.Errorf("delete %s: %v", c.ID, err)
-					}
-				})
-				if err := c.Output.WaitLine("leaderless ready", 20*time.Second); err != nil {
-					t.Fatal(err)
-				}
+				c := startUntil(t, spec, "leaderless ready")
 				stopExpect(t, c, 15*time.Second, exitOK)
 				if got := c.Marker("leaderless"); got != "term" {
 					t.Errorf("%s: the process whose main thread exited was not drained (marker %q)", order, got)

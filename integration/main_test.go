@@ -90,6 +90,12 @@ func short(runtime string) string {
 // start runs a container and waits for its script to print "ready"; it is deleted at cleanup.
 func start(t *testing.T, spec stack.Spec) *stack.Container {
 	t.Helper()
+	return startUntil(t, spec, "ready")
+}
+
+// startUntil is start, waiting for the line ready instead.
+func startUntil(t *testing.T, spec stack.Spec, ready string) *stack.Container {
+	t.Helper()
 	if spec.ID == "" {
 		spec.ID = fmt.Sprintf("%s-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), short(spec.Runtime), seq.Add(1))
 		if len(spec.ID) > 60 {
@@ -106,7 +112,7 @@ func start(t *testing.T, spec stack.Spec) *stack.Container {
 			t.Errorf("delete %s: %v", c.ID, err)
 		}
 	})
-	if err := c.Output.WaitLine("ready", 20*time.Second); err != nil {
+	if err := c.Output.WaitLine(ready, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return c
