@@ -2,7 +2,6 @@ package shim
 
 import (
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -74,10 +73,6 @@ type InitStatus struct {
 	// NamespaceInit: init is PID 1 of its PID namespace, so the kernel drops a signal it does not
 	// handle (no zap follows unless it exits).
 	NamespaceInit bool
-	// Threads is init's thread count (every thread is traced under init-first).
-	Threads int
-	// Scope is how the container's processes are found (own PID namespace, or cgroup).
-	Scope process.ScopeKind
 	// TracerFailed, when set, is why the tracer could not attach to init: the plan is asked again
 	// with it.
 	TracerFailed error
@@ -182,7 +177,7 @@ func initSignal(sig unix.Signal, init InitStatus) (unix.Signal, string) {
 }
 
 // observeInit reads init's status for the plan.
-func observeInit(pid int, sig unix.Signal, scope process.ScopeKind) (InitStatus, error) {
+func observeInit(pid int, sig unix.Signal) (InitStatus, error) {
 	st, err := process.ReadStatus(pid)
 	if err != nil {
 		return InitStatus{}, err
@@ -191,7 +186,5 @@ func observeInit(pid int, sig unix.Signal, scope process.ScopeKind) (InitStatus,
 	if err != nil {
 		return InitStatus{}, err
 	}
-	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	return InitStatus{Handles: handles, Ignores: st.Ignores(sig), NamespaceInit: st.NamespaceInit(),
-		Threads: len(threads), Scope: scope}, nil
+	return InitStatus{Handles: handles, Ignores: st.Ignores(sig), NamespaceInit: st.NamespaceInit()}, nil
 }

@@ -58,7 +58,7 @@ func TestDecideStop(t *testing.T) {
 		{"auto: PID 1 without a trap → children-first", order(Auto), InitStatus{NamespaceInit: true}, DrainThenInit, ChildrenFirst, ""},
 		{"auto: init ignores the signal → children-first", order(Auto), InitStatus{Ignores: true}, DrainThenInit, ChildrenFirst, ""},
 		{"auto: tracer refused, init handles it → forwarded", order(Auto), InitStatus{Handles: true, TracerFailed: refused}, ForwardOnly, "", "cannot hold init's exit"},
-		{"init-first: init traps the signal → init-first", order(InitFirst), InitStatus{Handles: true, Threads: 8}, HoldInitThenDrain, InitFirst, ""},
+		{"init-first: init traps the signal → init-first", order(InitFirst), InitStatus{Handles: true}, HoldInitThenDrain, InitFirst, ""},
 		{"init-first: init does not handle it → children-first, not a zap", order(InitFirst), InitStatus{NamespaceInit: true}, DrainThenInit, ChildrenFirst, "children-first instead"},
 		{"init-first: tracer refused, init handles it → forwarded", order(InitFirst), InitStatus{Handles: true, TracerFailed: refused}, ForwardOnly, "", "operation not permitted"},
 		{"init-first: tracer refused, no handler → children-first", order(InitFirst), InitStatus{TracerFailed: refused}, DrainThenInit, ChildrenFirst, "children-first instead"},

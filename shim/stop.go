@@ -74,7 +74,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.note("cannot drain, the signal was forwarded: %v", err)
 		return false, s.closeForwarded()
 	}
-	status, err := observeInit(pid, s.signal, s.scope.Kind)
+	status, err := observeInit(pid, s.signal)
 	if err != nil {
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
 		return false, s.closeForwarded()
@@ -158,7 +158,7 @@ type drainThenInit struct {
 func (d *drainThenInit) finish(s *stop) *process.Report {
 	drain := d.drainer.Finish(s.ctx)
 	if d.thenInit && s.ctx.Err() == nil {
-		if status, err := observeInit(s.init.Pid, s.signal, s.scope.Kind); err == nil {
+		if status, err := observeInit(s.init.Pid, s.signal); err == nil {
 			s.signalInit(status)
 		} else {
 			s.signalInit(InitStatus{Handles: true}) // init is gone or unreadable: the signal as is
