@@ -7,6 +7,7 @@ LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
 INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
+HOLD_BIN := bin/graceful-hold
 
 .PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-cgroup2 demo vet fuzz clean
 
@@ -15,10 +16,12 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-shim-graceful-v2
 	CGO_ENABLED=0 $(GO) build -ldflags "$(INIT_LDFLAGS)" -o $(INIT_BIN) ./cmd/graceful-init
+	CGO_ENABLED=0 $(GO) build -o $(HOLD_BIN) ./cmd/graceful-hold
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-graceful-v2
 	install -D -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-init
+	install -D -m 0755 $(HOLD_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-hold
 
 # Installs apt packages, runc and containerd into the stack cache (reused when present).
 stack:

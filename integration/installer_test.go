@@ -100,7 +100,7 @@ func TestNodeInstaller(t *testing.T) {
 		t.Fatalf("install ran the restart command %d times, want 1", n)
 	}
 	shim := filepath.Join(binDir, "containerd-shim-graceful-v2")
-	for _, b := range []string{"containerd-shim-graceful-v2", "graceful-init"} {
+	for _, b := range []string{"containerd-shim-graceful-v2", "graceful-init", "graceful-hold"} {
 		if got, want := fileHash(t, filepath.Join(binDir, b)), fileHash(t, filepath.Join(srcDir, b)); got != want {
 			t.Errorf("installed %s differs from the source", b)
 		}

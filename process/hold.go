@@ -24,6 +24,28 @@ const (
 	HoldError = "error"
 )
 
+// HolderPidfd is the descriptor on which a holder process receives init's pidfd.
+const HolderPidfd = 3
+
+// HolderMain is a holder process's main (graceful-hold, or the shim's fallback mode): args is the
+// PID to hold, whose pidfd is on HolderPidfd; stdin and stdout are as RunHolder's in and out. It
+// returns the process's exit status.
+func HolderMain(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: graceful-hold PID (with a pidfd of PID on descriptor 3)")
+		return 2
+	}
+	pid, err := strconv.Atoi(args[0])
+	if err != nil || pid <= 0 {
+		fmt.Fprintf(os.Stdout, "%s want a PID, got %q\n", HoldError, args[0])
+		return 2
+	}
+	if err := RunHolder(pid, HolderPidfd, os.Stdin, os.Stdout); err != nil {
+		return 1
+	}
+	return 0
+}
+
 // RunHolder traces every thread of process pid (PTRACE_SEIZE with PTRACE_O_TRACEEXIT and
 // PTRACE_O_TRACECLONE) and holds the process when it starts to exit, inside the kernel's exit path
 // and before exit_notify, so that while it is held the rest of its PID namespace is still alive and

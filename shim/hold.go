@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,21 +19,26 @@ import (
 )
 
 // HoldCommand is the argument with which the shim binary re-executes itself as the tracer that
-// holds a container's init at exit (see process.RunHolder). It runs in its own process because
-// the shim's reaper waits for every child and would steal the tracer's ptrace stops.
+// holds a container's init at exit, when graceful-hold is not installed next to it. The tracer runs
+// in its own process because the shim's reaper waits for every child and would steal the
+// tracer's ptrace stops.
 const HoldCommand = "hold-init"
 
-// holdPidfd is the descriptor on which the tracer receives init's pidfd.
-const holdPidfd = 3
+// HoldBinary is the tracer's own small binary (cmd/graceful-hold), looked up next to the shim's
+// binary. It starts in about a millisecond; re-executing the 40 MB shim instead runs every
+// containerd, gRPC and otel package's initialisation again (tens of milliseconds).
+const HoldBinary = "graceful-hold"
 
-// RunHold is the tracer process's main: it holds process pid, which the pidfd on descriptor 3
-// refers to, until stdin says release or closes.
-func RunHold(pid string) error {
-	n, err := strconv.Atoi(pid)
-	if err != nil || n <= 0 {
-		return fmt.Errorf("%s: want a PID, got %q", HoldCommand, pid)
+// tracerCommand returns the command that runs the tracer for init pid: graceful-hold next to the
+// shim when it is there, else the shim binary itself in HoldCommand mode.
+func tracerCommand(pid int) *exec.Cmd {
+	if exe, err := os.Executable(); err == nil {
+		helper := filepath.Join(filepath.Dir(exe), HoldBinary)
+		if unix.Access(helper, unix.X_OK) == nil {
+			return exec.Command(helper, strconv.Itoa(pid))
+		}
 	}
-	return process.RunHolder(n, holdPidfd, os.Stdin, os.Stdout)
+	return exec.Command("/proc/self/exe", HoldCommand, strconv.Itoa(pid))
 }
 
 // hold is a running tracer holding one container's init.
@@ -41,6 +47,8 @@ type hold struct {
 	release io.WriteCloser
 	// exiting is closed when init starts to exit (and is held); done when the tracer has exited.
 	exiting, done chan struct{}
+	// startup is how long the tracer took from its start until it traced every thread of init.
+	startup time.Duration
 }
 
 // holdAttachTimeout bounds how long the tracer may take to attach to init.
@@ -55,7 +63,8 @@ func startHold(init *process.Handle) (*hold, error) {
 	}
 	pidfdFile := os.NewFile(uintptr(pidfd), "init-pidfd")
 	defer pidfdFile.Close()
-	cmd := exec.Command("/proc/self/exe", HoldCommand, strconv.Itoa(init.Pid))
+	started := time.Now()
+	cmd := tracerCommand(init.Pid)
 	cmd.ExtraFiles = []*os.File{pidfdFile}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -82,6 +91,7 @@ func startHold(init *process.Handle) (*hold, error) {
 			h.kill()
 			return nil, err
 		}
+		h.startup = time.Since(started)
 		return h, nil
 	case <-time.After(holdAttachTimeout):
 		h.kill()

@@ -14,6 +14,8 @@ import (
 	containerdshim "github.com/containerd/containerd/v2/pkg/shim"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/graceful-shim/graceful/process"
 )
 
 // Main is the shim binary's main: the version, the tracer mode, the start bootstrap for daemons
@@ -25,10 +27,7 @@ func Main() {
 		printVersion()
 		return
 	case len(args) == 2 && args[0] == HoldCommand:
-		if err := RunHold(args[1]); err != nil {
-			os.Exit(1)
-		}
-		return
+		os.Exit(process.HolderMain(args[1:]))
 	case len(args) > 0 && args[len(args)-1] == "start":
 		handled, err := legacyStart(args)
 		if err != nil {

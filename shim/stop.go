@@ -29,10 +29,12 @@ type stop struct {
 	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
-	profile    func() // stops the CPU profile, if any
-	ctx        context.Context
-	cancel     context.CancelFunc
-	aborted    atomic.Bool
+	// tracerStart is how long the tracer took to start, for an init-first stop.
+	tracerStart time.Duration
+	profile     func() // stops the CPU profile, if any
+	ctx         context.Context
+	cancel      context.CancelFunc
+	aborted     atomic.Bool
 }
 
 // strategy carries out a started stop.
@@ -46,12 +48,14 @@ type strategy interface {
 
 // StopReport is what one stop did, written to the shim's log and published on StopEventTopic.
 type StopReport struct {
-	ContainerID string          `json:"container_id"`
-	Requested   string          `json:"requested_signal,omitempty"` // none after the main process's own exit
-	GracePeriod string          `json:"grace_period"`
-	Order       StopOrder       `json:"order"`
-	InitSignal  string          `json:"init_signal,omitempty"`
-	Notes       []string        `json:"notes,omitempty"`
+	ContainerID string    `json:"container_id"`
+	Requested   string    `json:"requested_signal,omitempty"` // none after the main process's own exit
+	GracePeriod string    `json:"grace_period"`
+	Order       StopOrder `json:"order"`
+	InitSignal  string    `json:"init_signal,omitempty"`
+	Notes       []string  `json:"notes,omitempty"`
+	// TracerStart is how long the init-first tracer took to start and trace init.
+	TracerStart time.Duration   `json:"tracer_start_ns,omitempty"`
 	Drain       *process.Report `json:"drain,omitempty"`
 }
 
@@ -92,6 +96,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	s.notes = append(s.notes, plan.Notes...)
 	s.profile = startProfile(s.id)
 	if h != nil {
+		s.tracerStart = h.startup
 		s.strategy = &holdInitThenDrain{hold: h}
 		// A SIGKILL (abort) ends the tracer, which lets a held init finish exiting.
 		context.AfterFunc(s.ctx, h.abort)
@@ -282,7 +287,7 @@ func (s *stop) log(drain *process.Report) *StopReport {
 		requested = process.SignalName(s.signal)
 	}
 	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
-		InitSignal: s.initSignal, Notes: s.notes, Drain: drain}
+		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart, Drain: drain}
 	data, _ := json.Marshal(r)
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}
 	if drain != nil {

@@ -1,5 +1,5 @@
 #!/bin/sh
-# install.sh: install containerd-shim-graceful-v2 and graceful-init on a node and register the CRI
+# install.sh: install containerd-shim-graceful-v2, graceful-init and graceful-hold on a node and register the CRI
 # runtime handlers "graceful" and "graceful-init" with containerd 2.x, or remove exactly that again.
 # Run by contrib/node-installer/daemonset.yaml (host filesystem at /host), or directly on a node.
 #
@@ -9,7 +9,7 @@
 # Options (each also as an environment variable, shown in brackets; flags win):
 #   --host-root DIR          the host's / as seen by this script [GRACEFUL_HOST_ROOT]
 #                            (default /host in a Kubernetes pod with /host mounted, else /)
-#   --src-dir DIR            where containerd-shim-graceful-v2 and graceful-init are [GRACEFUL_SRC_DIR]
+#   --src-dir DIR            where containerd-shim-graceful-v2, graceful-init, graceful-hold are [GRACEFUL_SRC_DIR]
 #                            (default /opt/graceful/bin, the installer image's copy)
 #   --bin-dir DIR            host path to install them to [GRACEFUL_BIN_DIR] (default /usr/local/bin)
 #   --conf-dir DIR           host path of containerd's drop-in dir [GRACEFUL_CONF_DIR]
@@ -125,6 +125,7 @@ h() { printf '%s%s' "$host_root" "$1"; }
 
 shim=containerd-shim-graceful-v2
 init=graceful-init
+hold=graceful-hold
 dropin=$conf_dir/graceful.toml
 state=$state_dir/installed
 marker='# Written by the graceful node installer'
@@ -253,7 +254,7 @@ EOF
 }
 
 do_install() {
-	for b in "$shim" "$init"; do
+	for b in "$shim" "$init" "$hold"; do
 		[ -f "$src_dir/$b" ] && [ -x "$src_dir/$b" ] || die "$src_dir/$b missing or not executable (--src-dir)"
 	done
 	[ -d "$(h "$bin_dir")" ] || die "bin dir $bin_dir does not exist on the host (--bin-dir)"
@@ -309,7 +310,7 @@ do_install() {
 		awk '$1 == "dir" || $1 == "config-created" || $1 == "imports-line"' "$(h "$state")" >>"$new_state"
 	fi
 
-	for b in "$shim" "$init"; do
+	for b in "$shim" "$init" "$hold"; do
 		put_file "$src_dir/$b" "$bin_dir/$b" 0755
 		record file "$(sha "$src_dir/$b")" "$bin_dir/$b"
 	done

@@ -22,11 +22,21 @@ func BuildShim(dir string) (string, error) {
 	if err := buildGo(out, "./cmd/containerd-shim-graceful-v2", true); err != nil {
 		return "", err
 	}
-	// graceful-init next to the shim, where the shim looks for it.
-	if err := buildGo(filepath.Join(dir, "graceful-init"), "./cmd/graceful-init", false); err != nil {
+	if err := buildHelpers(dir); err != nil {
 		return "", err
 	}
 	return out, nil
+}
+
+// buildHelpers builds graceful-init and graceful-hold into dir, next to the shim, where the shim
+// looks for them.
+func buildHelpers(dir string) error {
+	for _, name := range []string{"graceful-init", "graceful-hold"} {
+		if err := buildGo(filepath.Join(dir, name), "./cmd/"+name, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ImportInto imports an image archive into containerd namespace ns and unpacks it for overlayfs.

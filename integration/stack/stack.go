@@ -175,8 +175,8 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	if err := buildGo(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", true); err != nil {
 		return nil, err
 	}
-	// graceful-init next to the shim, where the shim looks for it.
-	if err := buildGo(filepath.Join(shimBin, "graceful-init"), "./cmd/graceful-init", false); err != nil {
+	// graceful-init and graceful-hold next to the shim, where the shim looks for them.
+	if err := buildHelpers(shimBin); err != nil {
 		return nil, err
 	}
 	imports := ""

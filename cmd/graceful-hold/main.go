@@ -1,0 +1,19 @@
+// Command graceful-hold is the shim's tracer: it holds a container's init at exit, inside the
+// kernel's exit path, while the shim drains the rest of the container (see process.RunHolder).
+// It imports nothing but the process package, so it starts in about a millisecond where
+// re-executing the shim binary runs every containerd package's initialisation again.
+//
+// Usage (by the shim only):
+//
+//	graceful-hold PID    (a pidfd of PID on descriptor 3; "release" or EOF on stdin lets it go)
+package main
+
+import (
+	"os"
+
+	"github.com/graceful-shim/graceful/process"
+)
+
+func main() {
+	os.Exit(process.HolderMain(os.Args[1:]))
+}
