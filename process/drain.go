@@ -62,6 +62,10 @@ type Report struct {
 	Totals    map[Outcome]int `json:"totals"`
 	Processes []ProcessReport `json:"processes"`
 	Omitted   int             `json:"omitted,omitempty"`
+	// HostScanDone says whether the full pass over /proc (see Drainer) finished before the drain
+	// ended, and HostScanFound how many members only it found.
+	HostScanDone  bool `json:"host_scan_done"`
+	HostScanFound int  `json:"host_scan_found,omitempty"`
 }
 
 // MaxDetailed bounds the processes a report details (and whose command line it reads, which costs
@@ -143,10 +147,22 @@ type Drainer struct {
 	// initsOwn are processes started by init (or by such processes) after the drain began: init's
 	// own business, as init has not been asked to stop yet. They are not waited for.
 	initsOwn map[int]bool
+	// scan is the full pass over /proc, run aside once the members found from the container
+	// itself have been signalled; nil once its result has been taken.
+	scan *hostScan
+	// startTicks is the drain's start in clock ticks after boot, as /proc/PID/stat's start time.
+	startTicks uint64
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
 // until none remains or cfg.Grace ends, then SIGKILLs the rest. It is StartDrain and Finish in one.
+//
+// The members are found from the container itself first (Scope.candidates), at a cost that grows
+// with the container, not with the host, and signalled at once. A full pass over /proc then runs
+// aside, for a member that only it finds (one that entered the PID namespace by setns from outside
+// the container's cgroup): it is signalled as soon as the pass finds it. The drain does not wait
+// for the pass: when every other member is gone first, the report says the pass did not finish,
+// and what it had not reached is left to the kernel's SIGKILL, as under the stock shim.
 func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
 	return StartDrain(scope, cfg).Finish(ctx)
 }
@@ -185,7 +201,9 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	if d.watch, _ = newForkWatcher(); d.watch != nil {
 		d.watchFd(d.watch.fd)
 	}
+	d.startTicks = bootTicks()
 	d.sweep(cfg.Signal)
+	d.startScan()
 	return d
 }
 
@@ -262,6 +280,9 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 			d.sweep(d.phaseSig)
 			lastScan, dirty = time.Now(), false
 			if len(d.active) == 0 {
+				d.scanned() // a full pass that is ready may still add members
+			}
+			if len(d.active) == 0 {
 				return true
 			}
 			now, since = lastScan, 0
@@ -282,15 +303,25 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 	}
 }
 
-// sweep reads the process table for members not tracked yet, signals them with sig unless it is 0,
-// and returns how many it found. With sig 0 (during the grace period), a process whose parent is
+// sweep finds the members not tracked yet from the container itself (or, when the scope has no
+// cgroup to list, from the whole process table), signals them with sig unless it is 0, and
+// returns how many it found. With sig 0 (during the grace period), a process whose parent is
 // init, or one of init's new processes, is left alone.
 func (d *Drainer) sweep(sig unix.Signal) int {
+	if pids, ok := d.scope.candidates(); ok {
+		return d.sweepPids(pids, sig, false)
+	}
 	pids, err := allPIDs()
 	if err != nil {
 		return 0
 	}
 	d.prune(pids)
+	return d.sweepPids(pids, sig, true)
+}
+
+// sweepPids is sweep over the listed PIDs. filter says that most of them are not members (the
+// whole process table), so that each is checked cheaply before a pidfd is opened for it.
+func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 	found := 0
 	initsOwn := map[int]bool{}
 	for _, pid := range pids {
@@ -304,7 +335,7 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 		}
 		// A cheap membership check first: most of the host is not the container's, and a pidfd
 		// is opened (and membership checked again, see OpenMember) only for members.
-		if !d.scope.Contains(pid) {
+		if filter && !d.scope.Contains(pid) {
 			continue
 		}
 		var st Status
@@ -509,6 +540,10 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 		forks, lost = d.watch.read()
 		d.forked(forks)
 	}
+	// Then the full pass, so that a process it found has had its fork handled first.
+	if d.scan != nil && ready[int32(d.scan.fd)] {
+		d.scanned()
+	}
 	for fd := range ready {
 		pid, ok := d.byFd[fd]
 		if !ok {
@@ -632,6 +667,7 @@ func (d *Drainer) finish(o Outcome) *Report {
 }
 
 func (d *Drainer) closeAll() {
+	d.endScan()
 	for _, t := range d.active {
 		t.h.Close()
 	}
@@ -644,3 +680,134 @@ func (d *Drainer) closeAll() {
 		d.ep = -1
 	}
 }
+
+// hostScan is the drain's full pass over /proc, run in a goroutine of its own: it lists the
+// members that the sweeps from the container itself did not track.
+type hostScan struct {
+	fd     int           // eventfd, readable once found is ready
+	found  chan []int    // the members the pass found beyond skip
+	cancel chan struct{} // closed to end the pass early
+	done   chan struct{} // closed when the goroutine has ended
+}
+
+// startScan starts the full pass, skipping the processes tracked so far. Without an eventfd (or
+// without epoll to wait on it) the pass runs inline instead.
+func (d *Drainer) startScan() {
+	skip := make(map[int]bool, len(d.active)+len(d.finished)+1)
+	for pid := range d.active {
+		skip[pid] = true
+	}
+	for pid := range d.finished {
+		skip[pid] = true
+	}
+	skip[d.scope.Init] = true
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil || d.ep < 0 {
+		if err == nil {
+			unix.Close(fd)
+		}
+		d.scanFound(scanMembers(d.scope, skip, nil))
+		return
+	}
+	scan := &hostScan{fd: fd, found: make(chan []int, 1), cancel: make(chan struct{}), done: make(chan struct{})}
+	d.scan = scan
+	d.watchFd(fd)
+	go func() {
+		defer close(scan.done)
+		found := scanMembers(d.scope, skip, scan.cancel)
+		if found != nil {
+			scan.found <- found
+			unix.Write(scan.fd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	}()
+}
+
+// scanMembers returns the members of scope in the process table that are not in skip, or nil when
+// cancel was closed first.
+func scanMembers(scope *Scope, skip map[int]bool, cancel <-chan struct{}) []int {
+	pids, err := allPIDs()
+	if err != nil {
+		return []int{}
+	}
+	found := []int{}
+	for i, pid := range pids {
+		if i%64 == 0 && cancel != nil {
+			select {
+			case <-cancel:
+				return nil
+			default:
+			}
+		}
+		if !skip[pid] && scope.Contains(pid) {
+			found = append(found, pid)
+		}
+	}
+	return found
+}
+
+// scanned takes the full pass's result, when it is ready.
+func (d *Drainer) scanned() {
+	if d.scan == nil {
+		return
+	}
+	select {
+	case found := <-d.scan.found:
+		d.endScan()
+		d.scanFound(found)
+	default:
+	}
+}
+
+// scanFound tracks the members that only the full pass found. One that started before the drain
+// is a member that the sweeps missed: it gets the drain signal (SIGKILL once the grace is over).
+// One that started since, outside everything the sweeps list (a process started by setns during
+// the stop, say: a member's own new processes are in its cgroup, and the fork watcher reports
+// them), is left alone until the grace is over, and SIGKILLed after.
+func (d *Drainer) scanFound(pids []int) {
+	d.report.HostScanDone = true
+	for _, pid := range pids {
+		if _, ok := d.active[pid]; ok {
+			continue
+		}
+		if _, ok := d.finished[pid]; ok {
+			continue
+		}
+		start, ok := startTime(pid)
+		if !ok {
+			continue
+		}
+		sig := d.cfg.Signal
+		switch {
+		case d.phaseSig != 0:
+			sig = d.phaseSig
+		case start > d.startTicks:
+			continue
+		}
+		if d.track(pid, sig) {
+			d.report.HostScanFound++
+		}
+	}
+}
+
+// endScan stops the full pass (if it still runs) and frees it.
+func (d *Drainer) endScan() {
+	if d.scan == nil {
+		return
+	}
+	close(d.scan.cancel)
+	<-d.scan.done
+	unix.Close(d.scan.fd) // closing it also takes it out of the epoll instance
+	d.scan = nil
+}
+
+// bootTicks is now in clock ticks after boot (USER_HZ, as /proc/PID/stat's start time).
+func bootTicks() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return uint64(ts.Nano()) / uint64(time.Second/userHZ)
+}
+
+// userHZ is the unit of /proc/PID/stat's times: fixed at 100 on Linux.
+const userHZ = 100

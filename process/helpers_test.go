@@ -24,10 +24,21 @@ type namespace struct {
 // the script prints "ready".
 func startNamespace(t *testing.T, script string) *namespace {
 	t.Helper()
+	return startNamespaceIn(t, "", script)
+}
+
+// startNamespaceIn is startNamespace with the namespace in cgroup dir, as a container's is ("": the
+// caller's cgroup).
+func startNamespaceIn(t *testing.T, dir, script string) *namespace {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("these tests need root: they create PID namespaces")
 	}
 	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	if dir != "" {
+		// Join the cgroup first, then become unshare: PID 1 and everything it starts is in it.
+		cmd = exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc --kill-child sh -c "$2"`, "sh", dir, script)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -40,6 +40,9 @@ type Scope struct {
 	nsIno   uint64        // ByPIDNamespace: inode of the container's PID namespace
 	selfNS  uint64        // inode of the caller's own PID namespace, never a container's
 	cgroups []cgroupEntry // ByCgroup: init's cgroups on the hierarchies that tell the container apart
+	// cgroupDir is the container's cgroup directory that candidates are listed from, "" when no
+	// cgroup tells the container apart (the full pass over /proc then finds every member).
+	cgroupDir string
 
 	// notNested caches the PID namespaces (by inode) found not to be nested in the container's:
 	// finding out walks the namespace's parents, four system calls a level. Only this safe answer
@@ -68,12 +71,16 @@ func ScopeOf(init int) (*Scope, error) {
 		if s.nsIno == self {
 			return nil, fmt.Errorf("process %d is PID 1 of the caller's own PID namespace", init)
 		}
+		if kept, err := containerCgroups(init); err == nil {
+			s.cgroupDir = candidateDir(kept)
+		}
 		return s, nil
 	}
 	s.Kind = ByCgroup
 	if s.cgroups, err = containerCgroups(init); err != nil {
 		return nil, err
 	}
+	s.cgroupDir = candidateDir(s.cgroups)
 	return s, nil
 }
 
@@ -201,9 +208,30 @@ func (s *Scope) nestedIn(path string) (nested, ok bool) {
 	}
 }
 
-// Members lists the PIDs that are members of the container now, init excluded. The list is a
-// snapshot: use Open and Contains again (in that order) before signalling any of them.
+// Members lists the members of the container found from the container itself (its cgroup,
+// init's children, the caller's children), init excluded, at a cost that grows with the container
+// and not with the host: what a drain signals first. A process that entered the PID namespace by
+// setns and is in none of these is missed; AllMembers finds it too. The list is a snapshot: use
+// OpenMember before signalling any of them.
 func (s *Scope) Members() ([]int, error) {
+	pids, ok := s.candidates()
+	if !ok {
+		return s.AllMembers()
+	}
+	seen := make(map[int]bool, len(pids))
+	members := pids[:0]
+	for _, pid := range pids {
+		if !seen[pid] && s.Contains(pid) {
+			members = append(members, pid)
+		}
+		seen[pid] = true
+	}
+	return members, nil
+}
+
+// AllMembers lists every member of the container, init excluded, from a full pass over /proc:
+// exact, at a cost that grows with the host.
+func (s *Scope) AllMembers() ([]int, error) {
 	pids, err := allPIDs()
 	if err != nil {
 		return nil, err

@@ -1,0 +1,197 @@
+package process
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// The drain finds a container's processes from the container itself, at a cost that grows with
+// the container and not with the host: the processes in the container's cgroup (cgroup.procs, and
+// that of every cgroup below it), init's children and the caller's (the shim's) children, which
+// are the exec'd processes. Each candidate is still confirmed (see Scope.member) before it is
+// signalled. What this misses, a process that entered the PID namespace by setns and is in none
+// of these, is found by one full pass over /proc (Scope.scanAll), run once the candidates are
+// signalled.
+
+// candidateDir returns the directory of the container's cgroup to list candidates from ("" when
+// there is none): for a PID-namespace scope, init's cgroup on the first hierarchy that tells the
+// container apart from the host (the unified one preferred); for a cgroup scope, that of the
+// hierarchies it checks membership on.
+func candidateDir(entries []cgroupEntry) string {
+	mounts := cgroupMounts()
+	best := ""
+	for _, e := range entries {
+		root, ok := mounts.dir(e.hierarchy)
+		if !ok {
+			continue
+		}
+		dir := filepath.Join(root, e.path)
+		if e.hierarchy == "0:" {
+			return dir
+		}
+		if best == "" {
+			best = dir
+		}
+	}
+	return best
+}
+
+// candidates returns the PIDs that may be members, read from the container itself (possibly with
+// repeats, and with init). ok is false when the scope has no cgroup to list: the caller must then
+// read the whole process table instead.
+func (s *Scope) candidates() (pids []int, ok bool) {
+	if s.cgroupDir == "" {
+		return nil, false
+	}
+	pids, ok = appendCgroupProcs(nil, s.cgroupDir)
+	if !ok {
+		return nil, false
+	}
+	pids = appendChildren(pids, s.Init)
+	pids = appendChildren(pids, os.Getpid())
+	return pids, true
+}
+
+// appendCgroupProcs appends the processes of cgroup dir and of every cgroup below it. It reports
+// false when dir cannot be read (the cgroup is gone, or is not a cgroup directory).
+func appendCgroupProcs(pids []int, dir string) ([]int, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return pids, false
+	}
+	pids = appendInts(pids, data)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return pids, false
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			// A sub-cgroup removed meanwhile holds no process.
+			pids, _ = appendCgroupProcs(pids, filepath.Join(dir, e.Name()))
+		}
+	}
+	return pids, true
+}
+
+// appendChildren appends the children of every thread of process pid.
+func appendChildren(pids []int, pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	f, err := os.Open(dir)
+	if err != nil {
+		return pids
+	}
+	tids, _ := f.Readdirnames(-1)
+	f.Close()
+	for _, tid := range tids {
+		if data, err := os.ReadFile(dir + tid + "/children"); err == nil {
+			pids = appendInts(pids, data)
+		}
+	}
+	return pids
+}
+
+// appendInts appends the decimal numbers of a whitespace-separated list.
+func appendInts(pids []int, data []byte) []int {
+	for _, f := range bytes.Fields(data) {
+		if n, err := strconv.Atoi(string(f)); err == nil && n > 0 {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}
+
+// mountTable maps cgroup hierarchies, as /proc/PID/cgroup names them ("4:pids", "0:"), to the
+// directories where the caller sees their root.
+type mountTable struct {
+	unified string            // cgroup2 mount point, "" when none
+	v1      map[string]string // controller or "name=..." → mount point
+}
+
+var (
+	mountsOnce sync.Once
+	mounts     mountTable
+)
+
+// cgroupMounts returns the caller's cgroup mounts, read once from /proc/self/mountinfo (the shim's
+// mounts do not change while it runs).
+func cgroupMounts() mountTable {
+	mountsOnce.Do(func() { mounts = readCgroupMounts("/proc/self/mountinfo") })
+	return mounts
+}
+
+// readCgroupMounts parses a mountinfo file for the cgroup mounts whose root is the hierarchy's
+// root (a mount of a sub-cgroup, as in a cgroup namespace, cannot be joined with the paths of
+// /proc/PID/cgroup).
+func readCgroupMounts(path string) mountTable {
+	t := mountTable{v1: map[string]string{}}
+	f, err := os.Open(path)
+	if err != nil {
+		return t
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - FSTYPE SOURCE SUPEROPTS
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, tail := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(tail) < 3 || fields[3] != "/" {
+			continue
+		}
+		point := unescapeMount(fields[4])
+		switch tail[0] {
+		case "cgroup2":
+			if t.unified == "" {
+				t.unified = point
+			}
+		case "cgroup":
+			for _, opt := range strings.Split(tail[2], ",") {
+				if _, seen := t.v1[opt]; !seen {
+					t.v1[opt] = point
+				}
+			}
+		}
+	}
+	return t
+}
+
+// dir returns the mount point of hierarchy ("ID:controllers").
+func (t mountTable) dir(hierarchy string) (string, bool) {
+	_, controllers, ok := strings.Cut(hierarchy, ":")
+	if !ok {
+		return "", false
+	}
+	if controllers == "" {
+		return t.unified, t.unified != ""
+	}
+	// Every controller of a v1 hierarchy is mounted at the same point: the first names it.
+	first, _, _ := strings.Cut(controllers, ",")
+	p, ok := t.v1[first]
+	return p, ok
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

@@ -1,0 +1,101 @@
+package process
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A container in its own cgroup: its members are found from the cgroup (and its sub-cgroups),
+// and a host process put into that cgroup is not one of them.
+func TestMembersAreFoundFromTheContainersCgroup(t *testing.T) {
+	root, _ := cgroupRoot(t)
+	base := testCgroups(t, root, "sub")
+	ns := startNamespaceIn(t, base, `sleep 60 & sleep 60 & sleep 60 & sleep 0.2; echo ready; wait`)
+	scope := ns.scope(t)
+	if scope.cgroupDir != base {
+		t.Fatalf("scope lists candidates from %q, want the container's cgroup %q", scope.cgroupDir, base)
+	}
+	all, err := scope.AllMembers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 3 {
+		t.Fatalf("the full pass found members %v, want 3", all)
+	}
+	moveTo(t, filepath.Join(base, "sub"), all[2]) // a member in a sub-cgroup
+	outsider := sleeper(t)
+	moveTo(t, base, outsider) // a host process in the container's cgroup
+	members, err := scope.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(members)
+	slices.Sort(all)
+	if !slices.Equal(members, all) {
+		t.Fatalf("Members() = %v, want %v (the full pass's), without the outsider %d", members, all, outsider)
+	}
+}
+
+// A process that entered the container's PID namespace by setns (nsenter) from outside its
+// cgroup is in none of the container's own lists: the full pass over /proc finds it, and it is
+// drained like the rest. The process that ran nsenter, outside the namespace, is left alone.
+func TestDrainFindsAProcessThatEnteredByNsenter(t *testing.T) {
+	root, _ := cgroupRoot(t)
+	base := testCgroups(t, root)
+	dir := t.TempDir()
+	// The member waits, in its TERM handler, until the straggler has handled TERM too, so that the
+	// drain cannot end before the full pass has reached the straggler.
+	ns := startNamespaceIn(t, base, fmt.Sprintf(`
+sh -c 'trap "while [ ! -f %[1]s/straggler ]; do sleep 0.01; done; echo m > %[1]s/member; exit 0" TERM; while :; do sleep 0.05; done' &
+sleep 0.2; echo ready; wait`, dir))
+	nsenter := exec.Command("nsenter", "-t", fmt.Sprint(ns.init), "-p", "--", "sh", "-c",
+		fmt.Sprintf(`trap "echo t > %s/straggler; exit 0" TERM; echo in; while :; do sleep 0.05; done`, dir))
+	out, err := nsenter.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nsenter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nsenter.Process.Kill(); nsenter.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "in" {
+		t.Fatalf("nsenter's shell: %q, %v", line, err)
+	}
+	straggler := appendChildren(nil, nsenter.Process.Pid)
+	if len(straggler) != 1 {
+		t.Fatalf("nsenter has children %v, want one", straggler)
+	}
+	scope := ns.scope(t)
+	members, _ := scope.Members()
+	all, _ := scope.AllMembers()
+	if slices.Contains(members, straggler[0]) || !slices.Contains(all, straggler[0]) {
+		t.Fatalf("nsenter's child %d: in the container's own lists %v, in the full pass %v; want only the latter", straggler[0], members, all)
+	}
+
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second})
+	if got := readMarker(t, filepath.Join(dir, "straggler")); got != "t" {
+		t.Errorf("the nsenter'd process did not run its TERM handler (marker %q)", got)
+	}
+	if got := readMarker(t, filepath.Join(dir, "member")); got != "m" {
+		t.Errorf("the member did not finish its TERM handler (marker %q)", got)
+	}
+	if !report.HostScanDone || report.HostScanFound < 1 {
+		t.Errorf("report: host scan done %v, found %d; want done, and the nsenter'd process found", report.HostScanDone, report.HostScanFound)
+	}
+	if report.GraceExpired || report.Count(Killed) > 0 {
+		t.Errorf("report: grace expired %v, killed %d; want every process gone on TERM", report.GraceExpired, report.Count(Killed))
+	}
+	// nsenter itself (outside the namespace) was not signalled: it exits with its child's status.
+	if err := nsenter.Wait(); err != nil {
+		t.Errorf("nsenter: %v, want exit status 0 (its child exited 0 on TERM, and nsenter got no signal)", err)
+	}
+}
