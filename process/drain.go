@@ -324,6 +324,7 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 	found := 0
 	initsOwn := map[int]bool{}
+	var batch []*tracked
 	for _, pid := range pids {
 		if _, ok := d.finished[pid]; ok {
 			continue
@@ -351,15 +352,25 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 				continue
 			}
 		}
-		if d.track(pid, sig) {
-			found++
-			if sig == 0 {
-				d.markDeferredOwn(pid, st.PPid)
-			}
+		t := d.open(pid, sig)
+		if t == nil {
+			continue
+		}
+		found++
+		if sig == 0 {
+			d.markDeferredOwn(pid, st.PPid)
+		} else if !t.deferred {
+			batch = append(batch, t)
 		}
 	}
 	if sig == 0 {
 		d.initsOwn = initsOwn
+	}
+	// Every member found is tracked first, then all are signalled in one tight loop: the members'
+	// exits, which compete for the CPUs, start when there is nothing left to do but signal.
+	d.commands.awaitAll()
+	for _, t := range batch {
+		d.signal(t, sig)
 	}
 	return found
 }
@@ -368,16 +379,30 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 // whether pid is now tracked. A nested namespace's init that would drop sig is tracked unsignalled
 // and deferred (see releaseDeferred).
 func (d *Drainer) track(pid int, sig unix.Signal) bool {
+	t := d.open(pid, sig)
+	if t == nil {
+		return false
+	}
+	if sig != 0 && !t.deferred {
+		d.commands.await(t.detail)
+		d.signal(t, sig)
+	}
+	return true
+}
+
+// open starts tracking pid if it is a member, without signalling it yet: track less the signal.
+// It returns nil when pid is not tracked.
+func (d *Drainer) open(pid int, sig unix.Signal) *tracked {
 	if _, ok := d.finished[pid]; ok {
 		// Seen exit already: a zombie not reaped yet, unless the PID was recycled.
 		if st, err := ReadStatus(pid); err != nil || st.State == 'Z' {
-			return false
+			return nil
 		}
 		delete(d.finished, pid)
 	}
 	h, ns, err := d.scope.openMember(pid)
 	if err != nil {
-		return false
+		return nil
 	}
 	t := &tracked{h: h, detail: -1, killed: sig == unix.SIGKILL}
 	if len(d.report.Processes) < MaxDetailed {
@@ -391,7 +416,7 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	}
 	if h.Exited() {
 		d.end(pid, t, AlreadyExited)
-		return false
+		return nil
 	}
 	d.active[pid] = t
 	d.byFd[int32(h.fd)] = pid
@@ -399,13 +424,8 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	t.nsIno, t.deferred = d.defers(pid, ns, sig)
 	if t.deferred {
 		d.deferred++
-		return true
 	}
-	if sig != 0 {
-		d.commands.await(t.detail)
-		d.signal(t, sig)
-	}
-	return true
+	return t
 }
 
 // defers returns pid's PID namespace (ns, when membership has read it already) and whether pid

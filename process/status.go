@@ -198,6 +198,28 @@ func (c *commandReader) await(detail int) {
 	c.budget -= time.Since(start)
 }
 
+// awaitAll waits briefly (commandWait in all, and no longer than the budget left) for the reads
+// started so far, before a batch of signals.
+func (c *commandReader) awaitAll() {
+	if len(c.pending) == 0 || c.budget <= 0 {
+		return
+	}
+	start := time.Now()
+	timer := time.NewTimer(min(commandWait, c.budget))
+	defer timer.Stop()
+	for detail, ch := range c.pending {
+		select {
+		case s := <-ch:
+			c.got[detail] = s
+			delete(c.pending, detail)
+		case <-timer.C:
+			c.budget -= time.Since(start)
+			return
+		}
+	}
+	c.budget -= time.Since(start)
+}
+
 // collect fills in the command lines read so far, waiting at most commandCollect in all for the
 // rest; an entry whose command line is unknown keeps the name it has.
 func (c *commandReader) collect(procs []ProcessReport) {

@@ -45,10 +45,14 @@ type stopPoint struct {
 	// own exit), and from the drain's end to the exit event at the client (release, the kernel's
 	// zap of what is left, reaping, the exit event), both in ns.
 	beforeDrain, afterDrain []float64
-	termed                  []int // graceful: processes that exited after SIGTERM, per repetition
-	outcomes                []map[string]int
-	orders                  map[string]int
-	pidsMax                 map[string]string // per runtime: the smallest pids.max from the container's cgroup up
+	// cpu is the shim's CPU time (schedstat, summed over its threads) from before the Kill until
+	// the exit event, in ns; tracer is graceful's tracer start (from the report), in ns.
+	cpu      samples
+	tracer   []float64
+	termed   []int // graceful: processes that exited after SIGTERM, per repetition
+	outcomes []map[string]int
+	orders   map[string]int
+	pidsMax  map[string]string // per runtime: the smallest pids.max from the container's cgroup up
 }
 
 // scanResult is the outcome of BenchmarkMembers.
@@ -262,7 +266,7 @@ func stopScript(n int) string {
 func (b *bench) stopLatency(ctx context.Context) error {
 	b.stops = nil
 	for _, n := range b.cfg.stopNs {
-		p := &stopPoint{n: n, latency: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
+		p := &stopPoint{n: n, latency: samples{}, cpu: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
 		b.stops = append(b.stops, p)
 		for rep := 0; rep < b.cfg.reps; rep++ {
 			for _, rt := range order {
@@ -317,12 +321,25 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // let the last ones finish exec'ing
+	shim, err := shimOf(init)
+	if err != nil {
+		return err
+	}
+	before, err := readUsage(shim)
+	if err != nil {
+		return err
+	}
 	kill := time.Now()
 	took, _, err := c.Stop(ctx, syscall.SIGTERM, 2*time.Minute)
 	if err != nil {
 		return err
 	}
+	after, err := readUsage(shim)
+	if err != nil {
+		return fmt.Errorf("shim %d after the stop: %w", shim, err)
+	}
 	p.latency.add(rt, float64(took))
+	p.cpu.add(rt, float64(after.cpuNs-before.cpuNs))
 	if rt != stack.GracefulRuntime {
 		return nil
 	}
@@ -334,6 +351,9 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 	p.termed = append(p.termed, nTermed)
 	p.outcomes = append(p.outcomes, outcomes)
 	p.orders[rep.Order]++
+	if rep.TracerStart > 0 {
+		p.tracer = append(p.tracer, rep.TracerStart)
+	}
 	if rep.Drain != nil {
 		p.drain = append(p.drain, rep.Drain.Duration)
 		before := rep.Drain.Started.Sub(kill)

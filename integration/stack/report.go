@@ -18,6 +18,7 @@ type StopReport struct {
 	Order       string   `json:"order"`
 	InitSignal  string   `json:"init_signal"`
 	Notes       []string `json:"notes"`
+	TracerStart float64  `json:"tracer_start_ns"` // init-first: the tracer's start until it traced init
 	Drain       *struct {
 		Started      time.Time `json:"started"`
 		Grace        float64   `json:"grace_ns"`
@@ -25,9 +26,13 @@ type StopReport struct {
 		GraceExpired bool      `json:"grace_expired"`
 		// Totals counts every process by outcome; Processes details the first ones only (newer
 		// shims), or every process (older ones, without Totals).
-		Totals    map[string]int `json:"totals"`
-		Omitted   int            `json:"omitted"`
-		Processes []struct {
+		Totals  map[string]int `json:"totals"`
+		Omitted int            `json:"omitted"`
+		// HostScanDone: the full pass over /proc finished before the drain ended; HostScanFound:
+		// members only it found.
+		HostScanDone  bool `json:"host_scan_done"`
+		HostScanFound int  `json:"host_scan_found"`
+		Processes     []struct {
 			Pid     int      `json:"pid"`
 			Command string   `json:"command"`
 			Signals []string `json:"signals"`
