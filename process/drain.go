@@ -406,10 +406,10 @@ func (d *Drainer) open(pid int, sig unix.Signal) *tracked {
 	}
 	t := &tracked{h: h, detail: -1, killed: sig == unix.SIGKILL}
 	if len(d.report.Processes) < MaxDetailed {
-		d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid, Command: commName(pid)})
+		d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
 		t.detail = len(d.report.Processes) - 1
-		// The command line is read aside (it can block on the target's memory), but briefly
-		// waited for before the signal: a process that dies of it leaves nothing to read.
+		// The command is read aside (a command line can block on the target's memory), but
+		// briefly waited for before the signal: a process that dies of it leaves nothing to read.
 		d.commands.start(pid, t.detail)
 	} else {
 		d.report.Omitted++

@@ -151,38 +151,47 @@ const (
 	commandWait       = 2 * time.Millisecond
 	commandWaitBudget = 20 * time.Millisecond
 	// commandCollect bounds the wait for the command lines still being read when a report is
-	// completed; a process whose read is stuck keeps its "[comm]".
+	// completed; a process whose read is stuck gets its "[comm]" instead.
 	commandCollect = 150 * time.Millisecond
 )
 
-// commandReader reads command lines off a drain's critical path: a read of /proc/PID/cmdline
-// blocks while the target is stuck in a page fault, so each runs in its own goroutine and is
-// waited for only within bounds. A stuck read leaks its goroutine until the target dies; there is
-// one at most per detailed process (MaxDetailed).
+// commandReader reads the commands of a drain's detailed processes off its critical path: each is
+// read in its own goroutine (a read of /proc/PID/cmdline blocks while the target is stuck in a page
+// fault) and waited for only within bounds. The goroutine reads the name from /proc/PID/comm first,
+// which never blocks, then the command line. A stuck read leaks its goroutine until the target
+// dies; there is one at most per detailed process (MaxDetailed).
 type commandReader struct {
-	pending map[int]chan string // by index in Report.Processes
+	pending map[int]pendingCommand // by index in Report.Processes
 	got     map[int]string
 	budget  time.Duration
 }
 
-func newCommandReader() *commandReader {
-	return &commandReader{pending: map[int]chan string{}, got: map[int]string{}, budget: commandWaitBudget}
+type pendingCommand struct {
+	pid int
+	ch  chan string
 }
 
-// start begins reading pid's command line for the report entry detail.
+func newCommandReader() *commandReader {
+	return &commandReader{pending: map[int]pendingCommand{}, got: map[int]string{}, budget: commandWaitBudget}
+}
+
+// start begins reading pid's command for the report entry detail.
 func (c *commandReader) start(pid, detail int) {
 	ch := make(chan string, 1)
-	c.pending[detail] = ch
+	c.pending[detail] = pendingCommand{pid: pid, ch: ch}
 	go func() {
-		s, _ := readCmdline(pid)
-		ch <- s
+		name := commName(pid)
+		if s, ok := readCmdline(pid); ok {
+			name = s
+		}
+		ch <- name
 	}()
 }
 
 // await waits briefly (commandWait, and no longer than the budget left) for the read of entry
-// detail, so that a process about to die of a signal still has its command line read.
+// detail, so that a process about to die of a signal still has its command read.
 func (c *commandReader) await(detail int) {
-	ch, ok := c.pending[detail]
+	p, ok := c.pending[detail]
 	if !ok || c.budget <= 0 {
 		return
 	}
@@ -190,7 +199,7 @@ func (c *commandReader) await(detail int) {
 	timer := time.NewTimer(min(commandWait, c.budget))
 	defer timer.Stop()
 	select {
-	case s := <-ch:
+	case s := <-p.ch:
 		c.got[detail] = s
 		delete(c.pending, detail)
 	case <-timer.C:
@@ -207,9 +216,9 @@ func (c *commandReader) awaitAll() {
 	start := time.Now()
 	timer := time.NewTimer(min(commandWait, c.budget))
 	defer timer.Stop()
-	for detail, ch := range c.pending {
+	for detail, p := range c.pending {
 		select {
-		case s := <-ch:
+		case s := <-p.ch:
 			c.got[detail] = s
 			delete(c.pending, detail)
 		case <-timer.C:
@@ -220,24 +229,25 @@ func (c *commandReader) awaitAll() {
 	c.budget -= time.Since(start)
 }
 
-// collect fills in the command lines read so far, waiting at most commandCollect in all for the
-// rest; an entry whose command line is unknown keeps the name it has.
+// collect fills in the commands read so far, waiting at most commandCollect in all for the rest;
+// an entry whose read is still stuck gets the name from /proc/PID/comm.
 func (c *commandReader) collect(procs []ProcessReport) {
 	timer := time.NewTimer(commandCollect)
 	defer timer.Stop()
 	expired := false
-	for detail, ch := range c.pending {
-		if expired {
+	for detail, p := range c.pending {
+		if !expired {
 			select {
-			case c.got[detail] = <-ch:
-			default:
+			case c.got[detail] = <-p.ch:
+				continue
+			case <-timer.C:
+				expired = true
 			}
-			continue
 		}
 		select {
-		case c.got[detail] = <-ch:
-		case <-timer.C:
-			expired = true
+		case c.got[detail] = <-p.ch:
+		default:
+			c.got[detail] = commName(p.pid)
 		}
 	}
 	for detail, s := range c.got {
@@ -245,7 +255,7 @@ func (c *commandReader) collect(procs []ProcessReport) {
 			procs[detail].Command = s
 		}
 	}
-	c.pending, c.got = map[int]chan string{}, map[int]string{}
+	c.pending, c.got = map[int]pendingCommand{}, map[int]string{}
 }
 
 // WillHandle reports whether the process pid will act on sig if it is sent now: it has a handler,
