@@ -9,7 +9,7 @@ INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
-.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -73,6 +73,14 @@ test-critest: stack
 test-docker: stack
 	bash integration/stack/install-docker.sh
 	GRACEFUL_DOCKER=1 $(GO) test -count=1 -v -timeout 15m -run '^TestDocker$$' ./integration/
+
+# A real kubelet: etcd, kube-apiserver and a kubelet (Kubernetes v1.37.2) in a private mount and
+# network namespace, on a private CRI containerd with the handlers of contrib/containerd-config.toml
+# (paths rewritten); contrib/runtimeclass.yaml applied and pods driven with kubectl. install-kubernetes.sh
+# builds kubelet, kube-apiserver, kubectl and etcd into the stack cache (about 16 min cold).
+test-kubernetes: stack
+	bash integration/stack/install-kubernetes.sh
+	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 20m -run '^TestKubernetes$$' ./integration/
 
 # The core stop tests, the isolation tests and the CRI shared-PID and hostPID pods in cgroup v2
 # unified mode, on this cgroup v1 (hybrid) host: a private mount namespace with a cgroup2 hierarchy

@@ -156,7 +156,8 @@ type criSetup struct {
 	// cniConflist, when set, is written to the daemon's private CNI conf dir (dir/cni/net.d);
 	// @DIR@ in it stands for the CRI daemon's directory.
 	cniConflist string
-	// extraConfig is appended to criConfig.
+	// extraConfig is appended to criConfig; @RUNC@, @SHIM@ and @CONFIG@ in it stand for the runc
+	// binary, the graceful shim binary (for a runtime_path) and the graceful.toml options file.
 	extraConfig string
 	// images are imported into the CRI namespace besides the test and the pause image.
 	images []criImage
@@ -245,7 +246,8 @@ func startCRIWith(t *testing.T, setup criSetup) *criEnv {
 			t.Fatal(err)
 		}
 	}
-	config := criConfig(dir, shim, runc, configPath, cniBinDir, setup.noHandlers) + strings.ReplaceAll(setup.extraConfig, "@RUNC@", runc)
+	extra := strings.NewReplacer("@RUNC@", runc, "@SHIM@", shim, "@CONFIG@", configPath).Replace(setup.extraConfig)
+	config := criConfig(dir, shim, runc, configPath, cniBinDir, setup.noHandlers) + extra
 	t.Logf("CRI config appended to the stack's config.toml:%s", config)
 
 	env.s, err = stack.Start(ctx, stack.Options{Env: []string{"GRACEFUL_CONFIG_FILE=" + defaults}, ExtraConfig: config, Imports: setup.imports})
