@@ -63,10 +63,11 @@ func TestKubernetes(t *testing.T) {
 		if took >= 7*time.Second {
 			t.Errorf("kubectl delete pod took %v, want well below the 10 s grace (the child needs 0.3 s)", took)
 		}
-		r := reports.report(t, id)
-		t.Logf("stop report: requested %s, order %s, init %s, notes %v", r.Requested, r.Order, r.InitSignal, r.Notes)
-		if r.Requested != "SIGTERM" {
-			t.Errorf("kubelet's stop reached the shim as %s, want SIGTERM", r.Requested)
+		if r := reports.report(t, id); r != nil {
+			t.Logf("stop report: requested %s, order %s, init %s, notes %v", r.Requested, r.Order, r.InitSignal, r.Notes)
+			if r.Requested != "SIGTERM" {
+				t.Errorf("kubelet's stop reached the shim as %s, want SIGTERM", r.Requested)
+			}
 		}
 	})
 
@@ -92,6 +93,9 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("init exited with %d, want 0: the shim's drain did not end before kubelet's SIGKILL", st)
 		}
 		r := reports.report(t, id)
+		if r == nil {
+			return
+		}
 		t.Logf("stop report: order %s, notes %v, drain %s", r.Order, r.Notes, kubeDrainSummary(r))
 		if !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "grace period cut to") }) {
 			t.Errorf("the report does not note the grace cut: notes %v", r.Notes)
@@ -140,11 +144,16 @@ func TestKubernetes(t *testing.T) {
 
 		aID := p.containerID(t, "a")
 		reports := k.subscribe(t, "/graceful/stop")
+		exits := k.subscribe(t, "/tasks/exit")
 		if err := os.WriteFile(filepath.Join(p.out, "fail-a"), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := reports.report(t, aID)
-		t.Logf("a's stop (liveness): order %s, drain %s", r.Order, kubeDrainSummary(r))
+		if st := exits.exit(t, aID, aInit); st != 0 {
+			t.Errorf("a's init exited with %d, want 0 (it traps TERM)", st)
+		}
+		if r := reports.report(t, aID); r != nil {
+			t.Logf("a's stop (liveness): order %s, drain %s", r.Order, kubeDrainSummary(r))
+		}
 		if !aDone() {
 			t.Errorf("a's child %d is still alive after a's stop", aChild)
 		}
@@ -185,10 +194,11 @@ echo > /out/ready-app
 		if got := p.marker("child"); got != "clean" {
 			t.Errorf("SIGINT did not drain the child (marker %q)", got)
 		}
-		r := reports.report(t, id)
-		t.Logf("stop report: requested %s, order %s, drain %s", r.Requested, r.Order, kubeDrainSummary(r))
-		if r.Requested != "SIGINT" {
-			t.Errorf("kubelet's stop reached the shim as %s, want SIGINT", r.Requested)
+		if r := reports.report(t, id); r != nil {
+			t.Logf("stop report: requested %s, order %s, drain %s", r.Requested, r.Order, kubeDrainSummary(r))
+			if r.Requested != "SIGINT" {
+				t.Errorf("kubelet's stop reached the shim as %s, want SIGINT", r.Requested)
+			}
 		}
 	})
 
@@ -253,10 +263,11 @@ exit 3`
 		if got := p.marker("helper"); got != "clean" {
 			t.Errorf("the helper was not drained when the main process exited (marker %q): it was zapped", got)
 		}
-		r := reports.report(t, id)
-		t.Logf("main-exit report: order %s, drain %s", r.Order, kubeDrainSummary(r))
-		if r.Order != "main-exit" {
-			t.Errorf("report order %q, want main-exit", r.Order)
+		if r := reports.report(t, id); r != nil {
+			t.Logf("main-exit report: order %s, drain %s", r.Order, kubeDrainSummary(r))
+			if r.Order != "main-exit" {
+				t.Errorf("report order %q, want main-exit", r.Order)
+			}
 		}
 		k.deletePod(t, p)
 	})
@@ -1085,10 +1096,28 @@ func (k *kubeCluster) subscribe(t *testing.T, topic string) *kubeEvents {
 	return &kubeEvents{reportStream{ctx: ctx, events: evs, errs: errs}}
 }
 
-// report returns the stop report of container id.
+// report returns the stop report of container id, or fails the test and returns nil when none
+// comes within 20 s.
 func (e *kubeEvents) report(t *testing.T, id string) *stack.StopReport {
 	t.Helper()
-	return e.next(t, id)
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case env := <-e.events:
+			r, err := stack.DecodeStopReport(env.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.ContainerID == id {
+				return r
+			}
+		case err := <-e.errs:
+			t.Fatalf("event stream: %v", err)
+		case <-timeout:
+			t.Errorf("no stop report published for %s in 20 s", id)
+			return nil
+		}
+	}
 }
 
 // exit returns the exit status of the task of container id whose pid is pid.
