@@ -77,7 +77,7 @@ test-docker: stack
 # A real kubelet: etcd, kube-apiserver and a kubelet (Kubernetes v1.37.2) in a private mount and
 # network namespace, on a private CRI containerd with the handlers of contrib/containerd-config.toml
 # (paths rewritten); contrib/runtimeclass.yaml applied and pods driven with kubectl. install-kubernetes.sh
-# builds kubelet, kube-apiserver, kubectl and etcd into the stack cache (about 16 min cold).
+# builds kubelet, kube-apiserver, kubectl and etcd into the stack cache (about 6 min cold here).
 test-kubernetes: stack
 	bash integration/stack/install-kubernetes.sh
 	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 20m -run '^TestKubernetes$$' ./integration/

@@ -76,7 +76,7 @@ for b in "${kube_bins[@]}"; do
 	[ -x "$bin/$b-$KUBERNETES_VERSION" ] || missing+=("$b")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-	log "building ${missing[*]} $KUBERNETES_VERSION (kubelet takes about 11 min cold on 2 cores)"
+	log "building ${missing[*]} $KUBERNETES_VERSION (about 6 min cold on 2 cores)"
 	ld="-s -w"
 	for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 		ld="$ld -X $v.gitVersion=$KUBERNETES_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean"
