@@ -392,7 +392,9 @@ func findTracers(pid int) []int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-		if len(args) == 3 && args[1] == "hold-init" && args[2] == fmt.Sprint(pid) {
+		// graceful-hold PID, or the shim binary's own tracer mode: SHIM hold-init PID.
+		helper := len(args) == 2 && filepath.Base(args[0]) == "graceful-hold" && args[1] == fmt.Sprint(pid)
+		if helper || len(args) == 3 && args[1] == "hold-init" && args[2] == fmt.Sprint(pid) {
 			var n int
 			fmt.Sscan(e.Name(), &n)
 			found = append(found, n)

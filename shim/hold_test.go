@@ -1,6 +1,9 @@
 package shim
 
 import (
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,5 +30,28 @@ func TestTracerReaderNeverBlocksOnALateAttach(t *testing.T) {
 	case <-h.exiting:
 	default:
 		t.Fatal("the tracer's exiting message was not passed on")
+	}
+}
+
+// The tracer is graceful-hold when it is installed next to the shim, and the shim binary itself
+// in its tracer mode when it is not.
+func TestTracerCommandPrefersGracefulHoldNextToTheShim(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helper := filepath.Join(filepath.Dir(exe), HoldBinary)
+	if _, err := os.Stat(helper); err == nil {
+		t.Fatalf("%s exists already", helper)
+	}
+	if got := tracerCommand(42).Args; !slices.Equal(got, []string{"/proc/self/exe", HoldCommand, "42"}) {
+		t.Errorf("without graceful-hold: tracer %q, want the shim binary's own tracer mode", got)
+	}
+	if err := os.WriteFile(helper, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(helper)
+	if cmd := tracerCommand(42); cmd.Path != helper || !slices.Equal(cmd.Args[1:], []string{"42"}) {
+		t.Errorf("with graceful-hold next to the shim: tracer %s %q, want %s 42", cmd.Path, cmd.Args, helper)
 	}
 }
