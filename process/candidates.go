@@ -126,7 +126,7 @@ func cgroupMounts() mountTable {
 
 // readCgroupMounts parses a mountinfo file for the cgroup mounts whose root is the hierarchy's
 // root (a mount of a sub-cgroup, as in a cgroup namespace, cannot be joined with the paths of
-// /proc/PID/cgroup).
+// /proc/PID/cgroup) and that can be read.
 func readCgroupMounts(path string) mountTable {
 	t := mountTable{v1: map[string]string{}}
 	f, err := os.Open(path)
@@ -146,17 +146,20 @@ func readCgroupMounts(path string) mountTable {
 			continue
 		}
 		point := unescapeMount(fields[4])
-		switch tail[0] {
-		case "cgroup2":
-			if t.unified == "" {
-				t.unified = point
-			}
-		case "cgroup":
-			for _, opt := range strings.Split(tail[2], ",") {
-				if _, seen := t.v1[opt]; !seen {
-					t.v1[opt] = point
-				}
-			}
+		if tail[0] != "cgroup2" && tail[0] != "cgroup" {
+			continue
+		}
+		// A later mount may hide an earlier one (cgroup2 mounted over /sys/fs/cgroup hides
+		// /sys/fs/cgroup/unified): the last one that can be read wins.
+		if _, err := os.Stat(filepath.Join(point, "cgroup.procs")); err != nil {
+			continue
+		}
+		if tail[0] == "cgroup2" {
+			t.unified = point
+			continue
+		}
+		for _, opt := range strings.Split(tail[2], ",") {
+			t.v1[opt] = point
 		}
 	}
 	return t
