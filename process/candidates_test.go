@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -66,13 +67,22 @@ sleep 0.2; echo ready; wait`, dir))
 	if err := nsenter.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nsenter.Process.Kill(); nsenter.Wait() })
+	t.Cleanup(func() { nsenter.Process.Kill() })
 	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "in" {
 		t.Fatalf("nsenter's shell: %q, %v", line, err)
 	}
 	straggler := appendChildren(nil, nsenter.Process.Pid)
 	if len(straggler) != 1 {
 		t.Fatalf("nsenter has children %v, want one", straggler)
+	}
+	// A process that started in the drain's own clock tick could be one started during the drain,
+	// which the full pass leaves alone: start the drain a tick later.
+	started, ok := startTime(straggler[0])
+	if !ok {
+		t.Fatal("no start time for nsenter's child")
+	}
+	for bootTicks() <= started {
+		time.Sleep(time.Millisecond)
 	}
 	scope := ns.scope(t)
 	members, _ := scope.Members()
@@ -95,7 +105,68 @@ sleep 0.2; echo ready; wait`, dir))
 		t.Errorf("report: grace expired %v, killed %d; want every process gone on TERM", report.GraceExpired, report.Count(Killed))
 	}
 	// nsenter itself (outside the namespace) was not signalled: it exits with its child's status.
-	if err := nsenter.Wait(); err != nil {
-		t.Errorf("nsenter: %v, want exit status 0 (its child exited 0 on TERM, and nsenter got no signal)", err)
+	waited := make(chan error, 1)
+	go func() { waited <- nsenter.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("nsenter: %v, want exit status 0 (its child exited 0 on TERM, and nsenter got no signal)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("nsenter has not exited 10 s after the drain: its child was not drained")
+		unix.Kill(straggler[0], unix.SIGKILL)
+		<-waited
+	}
+}
+
+// Membership read through a pidfd (PIDFD_GET_PID_NAMESPACE) agrees with membership read through
+// /proc for every process on the host: the container's own, those of a namespace nested in it,
+// a sibling namespace's, and the host's.
+func TestMembershipThroughThePidfdAgreesWithProc(t *testing.T) {
+	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & sleep 0.2; echo ready; wait`)
+	sibling := startNamespace(t, `sleep 60 & echo ready; wait`)
+	scope := ns.scope(t)
+	// The ioctl, where the kernel has it, names the caller's own namespace as /proc does.
+	self, err := Open(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	if fd, err := unix.IoctlRetInt(self.fd, pidfdGetPidNamespace); err == nil {
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if st.Ino != scope.selfNS {
+			t.Fatalf("PIDFD_GET_PID_NAMESPACE gave namespace %d for the caller, /proc says %d: wrong request", st.Ino, scope.selfNS)
+		}
+	} else {
+		t.Logf("this kernel has no PIDFD_GET_PID_NAMESPACE (%v): both go through /proc", err)
+	}
+	pids, err := allPIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := 0
+	for _, pid := range pids {
+		h, err := Open(pid)
+		if err != nil {
+			continue
+		}
+		inoPidfd, viaPidfd := scope.memberByHandle(h)
+		h.Close()
+		inoProc, viaProc := scope.member(pid)
+		if viaPidfd != viaProc || inoPidfd != inoProc {
+			t.Errorf("process %d: through the pidfd namespace %d, member %v; through /proc namespace %d, member %v", pid, inoPidfd, viaPidfd, inoProc, viaProc)
+		}
+		if viaPidfd {
+			members++
+		}
+		if pid == sibling.init && viaPidfd {
+			t.Errorf("the sibling namespace's init %d counts as a member", pid)
+		}
+	}
+	// sleep, the nested unshare and its sleep
+	if members != 3 {
+		t.Errorf("%d members, want 3", members)
 	}
 }

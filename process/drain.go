@@ -711,8 +711,13 @@ type hostScan struct {
 }
 
 // startScan starts the full pass, skipping the processes tracked so far. Without an eventfd (or
-// without epoll to wait on it) the pass runs inline instead.
+// without epoll to wait on it) the pass runs inline instead. A scope without a cgroup to list has
+// had its sweeps read the whole process table already: it needs no pass.
 func (d *Drainer) startScan() {
+	if d.scope.cgroupDir == "" {
+		d.report.HostScanDone = true
+		return
+	}
 	skip := make(map[int]bool, len(d.active)+len(d.finished)+1)
 	for pid := range d.active {
 		skip[pid] = true
@@ -800,7 +805,8 @@ func (d *Drainer) scanFound(pids []int) {
 		switch {
 		case d.phaseSig != 0:
 			sig = d.phaseSig
-		case start > d.startTicks:
+		case start >= d.startTicks:
+			// Possibly started since the drain began (ticks are 10 ms): not a missed member.
 			continue
 		}
 		if d.track(pid, sig) {

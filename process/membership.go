@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -157,19 +158,34 @@ func (s *Scope) threadWithin(pid int, entries []cgroupEntry) bool {
 func (s *Scope) inNamespace(pid int) (uint64, bool) {
 	path := "/proc/" + strconv.Itoa(pid) + "/ns/pid"
 	ino, err := nsInode(path)
-	if err != nil || ino == s.selfNS {
+	if err != nil {
 		return ino, false
 	}
+	return ino, s.nsIsMember(ino, func() (int, error) {
+		return unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	})
+}
+
+// nsIsMember reports whether PID namespace ino is the container's or nested in it; open opens the
+// namespace, for the walk up its parents when ino is neither the container's nor the caller's.
+func (s *Scope) nsIsMember(ino uint64, open func() (int, error)) bool {
+	if ino == s.selfNS {
+		return false
+	}
 	if ino == s.nsIno {
-		return ino, true
+		return true
 	}
 	s.mu.Lock()
 	known := s.notNested[ino]
 	s.mu.Unlock()
 	if known {
-		return ino, false
+		return false
 	}
-	nested, ok := s.nestedIn(path)
+	fd, err := open()
+	if err != nil {
+		return false
+	}
+	nested, ok := s.nestedFrom(fd)
 	if ok && !nested {
 		s.mu.Lock()
 		if s.notNested == nil {
@@ -178,17 +194,48 @@ func (s *Scope) inNamespace(pid int) (uint64, bool) {
 		s.notNested[ino] = true
 		s.mu.Unlock()
 	}
-	return ino, nested
+	return nested
 }
 
-// nestedIn reports whether the PID namespace at path is nested in the container's, walking up its
-// parents; it stops at the caller's namespace (EPERM above it). ok is false when the walk failed
-// (the process went away), so that no verdict is cached.
-func (s *Scope) nestedIn(path string) (nested, ok bool) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, false
+// pidfdGetPidNamespace is PIDFD_GET_PID_NAMESPACE, _IO(0xFF, 5) (Linux 6.11): a descriptor of the
+// PID namespace of the process a pidfd refers to.
+const pidfdGetPidNamespace = 0xff05
+
+// pidfdNamespaceUnsupported is set once the kernel has refused PIDFD_GET_PID_NAMESPACE.
+var pidfdNamespaceUnsupported atomic.Bool
+
+// memberByHandle is member for the process that h refers to. For a PID-namespace scope it reads the
+// namespace through the pidfd where the kernel can (no /proc path lookup, and no PID to be
+// recycled), else through /proc.
+func (s *Scope) memberByHandle(h *Handle) (nsIno uint64, ok bool) {
+	if s.Kind != ByPIDNamespace || pidfdNamespaceUnsupported.Load() || h.Pid == s.Init {
+		return s.member(h.Pid)
 	}
+	fd, err := unix.IoctlRetInt(h.fd, pidfdGetPidNamespace)
+	if err != nil {
+		if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) {
+			pidfdNamespaceUnsupported.Store(true) // an older kernel
+		}
+		// ESRCH: the process has exited; a zombie still shows its namespace in /proc (and keeps
+		// its PID, so the check still concerns the process the pidfd refers to).
+		return s.member(h.Pid)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return 0, false
+	}
+	member := s.nsIsMember(st.Ino, func() (int, error) {
+		return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	})
+	unix.Close(fd)
+	return st.Ino, member
+}
+
+// nestedFrom reports whether the PID namespace open on fd (which it closes) is nested in the
+// container's, walking up its parents; it stops at the caller's namespace (EPERM above it). ok is
+// false when the walk failed (the process went away), so that no verdict is cached.
+func (s *Scope) nestedFrom(fd int) (nested, ok bool) {
 	for {
 		parent, err := unix.IoctlRetInt(fd, nsGetParent)
 		unix.Close(fd)
@@ -259,7 +306,7 @@ func (s *Scope) openMember(pid int) (*Handle, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	ns, ok := s.member(pid)
+	ns, ok := s.memberByHandle(h)
 	if !ok {
 		h.Close()
 		return nil, 0, ErrNotMember
