@@ -51,19 +51,27 @@ func benchFIFO(b *testing.B) string {
 	return fifo
 }
 
-// BenchmarkMembers measures one membership scan (Scope.Members) of a container whose PID namespace
-// holds N blocked processes, on a host where a sibling PID namespace (another container, say)
-// holds N more: every process of the host is looked at, and the sibling's are the expensive ones
-// (their namespace is neither the container's nor the caller's, so its parents are walked).
+// BenchmarkMembers measures the membership of a container whose PID namespace holds N blocked
+// processes and is in a cgroup of its own, as a container's is, on a host where a sibling PID
+// namespace (another container, say) holds N more:
 //
-// The namespaces are set up once (b.Loop); besides ns/op, the median, minimum and maximum of the
-// single scans are reported (median-ns, min-ns, max-ns).
+//   - Scope.Members, what a drain signals first: the candidates from the container itself (its
+//     cgroup.procs, init's and the caller's children), each confirmed; its cost grows with the
+//     container, not with the host. Reported as ns/op and median-ns, min-ns, max-ns.
+//   - Scope.AllMembers, the one full pass over /proc that a drain runs aside (off its critical
+//     path): every process of the host is looked at, and the sibling's are the expensive ones
+//     (their namespace is neither the container's nor the caller's, so its parents are walked).
+//     Timed once per iteration, outside ns/op: fullpass-median-ns, fullpass-min-ns, fullpass-max-ns.
+//
+// The namespaces are set up once (b.Loop). Both lists must hold exactly the N members.
 func BenchmarkMembers(b *testing.B) {
 	n := benchScanN(b)
 	timeout := time.Minute + time.Duration(n)*20*time.Millisecond
+	// The cgroup first: its cleanup (removing it) runs after the namespace's (killing it).
+	dir := benchCgroup(b)
 	// Both namespaces are populated at the same time.
 	fifo := benchFIFO(b)
-	member := launchBenchNamespace(b, blockers(n, fifo))
+	member := launchBenchNamespaceIn(b, dir, blockers(n, fifo))
 	other := launchBenchNamespace(b, blockers(n, fifo))
 	member.await(b, n, timeout)
 	other.await(b, n, timeout)
@@ -74,8 +82,11 @@ func BenchmarkMembers(b *testing.B) {
 	if scope.Kind != ByPIDNamespace || other.ns == member.ns {
 		b.Fatalf("scope kind %s, namespaces %d and %d: want %s, two namespaces", scope.Kind, member.ns, other.ns, ByPIDNamespace)
 	}
-	var members []int
-	var took []time.Duration
+	if _, ok := scope.candidates(); !ok {
+		b.Fatalf("the scope lists no candidates from cgroup %s (its cgroup directory is %q): Members() would take the full pass", dir, scope.cgroupDir)
+	}
+	var members, all []int
+	var took, full []time.Duration
 	for b.Loop() {
 		start := time.Now()
 		members, err = scope.Members()
@@ -83,21 +94,65 @@ func BenchmarkMembers(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		b.StopTimer()
+		start = time.Now()
+		all, err = scope.AllMembers()
+		full = append(full, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 	if len(members) != n {
 		b.Fatalf("Members() found %d processes, want %d", len(members), n)
 	}
-	// After the loop: b.Loop's first call resets reported metrics.
-	slices.Sort(took)
-	median := took[len(took)/2]
-	if len(took)%2 == 0 {
-		median = (took[len(took)/2-1] + took[len(took)/2]) / 2
+	if len(all) != n {
+		b.Fatalf("AllMembers() found %d processes, want %d", len(all), n)
 	}
-	b.ReportMetric(float64(median.Nanoseconds()), "median-ns")
-	b.ReportMetric(float64(took[0].Nanoseconds()), "min-ns")
-	b.ReportMetric(float64(took[len(took)-1].Nanoseconds()), "max-ns")
+	// After the loop: b.Loop's first call resets reported metrics.
+	report := func(prefix string, d []time.Duration) {
+		slices.Sort(d)
+		median := d[len(d)/2]
+		if len(d)%2 == 0 {
+			median = (d[len(d)/2-1] + d[len(d)/2]) / 2
+		}
+		b.ReportMetric(float64(median.Nanoseconds()), prefix+"median-ns")
+		b.ReportMetric(float64(d[0].Nanoseconds()), prefix+"min-ns")
+		b.ReportMetric(float64(d[len(d)-1].Nanoseconds()), prefix+"max-ns")
+	}
+	report("", took)
+	report("fullpass-", full)
 	b.ReportMetric(float64(n), "members")
 	b.ReportMetric(float64(n), "others")
+}
+
+// benchCgroup creates a cgroup for the benchmark's member namespace, removed at cleanup (after
+// the processes of anything launched later, whose cleanups run first): under the unified
+// hierarchy when /sys/fs/cgroup is cgroup v2, else under the v1 pids controller, as
+// membership_cgroup_test.go's cgroupRoot picks (which takes a *testing.T).
+func benchCgroup(tb testing.TB) string {
+	tb.Helper()
+	root := "/sys/fs/cgroup/pids"
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		root = "/sys/fs/cgroup"
+	} else if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
+		tb.Fatalf("no cgroup hierarchy for the benchmark's container: %v", err)
+	}
+	dir := filepath.Join(root, "graceful-bench-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		var err error
+		for i := 0; i < 250; i++ {
+			if err = os.Remove(dir); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		tb.Errorf("remove cgroup %s: %v", dir, err)
+	})
+	return dir
 }
 
 // benchNamespace is a PID namespace (unshare) whose PID 1 runs a shell script.
@@ -113,10 +168,21 @@ type benchNamespace struct {
 // fails if any of its processes is still there after 30s.
 func launchBenchNamespace(b *testing.B, script string) *benchNamespace {
 	b.Helper()
+	return launchBenchNamespaceIn(b, "", script)
+}
+
+// launchBenchNamespaceIn is launchBenchNamespace with the namespace in cgroup dir, as a
+// container's is ("": the caller's cgroup).
+func launchBenchNamespaceIn(b *testing.B, dir, script string) *benchNamespace {
+	b.Helper()
 	if os.Geteuid() != 0 {
 		b.Fatal("this benchmark needs root: it creates PID namespaces")
 	}
 	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	if dir != "" {
+		// Join the cgroup first, then become unshare: PID 1 and everything it starts is in it.
+		cmd = exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc --kill-child sh -c "$2"`, "sh", dir, script)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -219,11 +285,13 @@ func countInNamespace(ns uint64) int {
 	return n
 }
 
-// The benchmark's namespaces leave nothing behind (checked on a small one).
+// The benchmark's namespaces and its cgroup leave nothing behind (checked on a small one).
 func TestBenchNamespaceCleanup(t *testing.T) {
 	var ns uint64
+	var dir string
 	testing.Benchmark(func(b *testing.B) {
-		bn := launchBenchNamespace(b, blockers(20, benchFIFO(b)))
+		dir = benchCgroup(b)
+		bn := launchBenchNamespaceIn(b, dir, blockers(20, benchFIFO(b)))
 		bn.await(b, 20, 30*time.Second)
 		ns = bn.ns
 		for b.Loop() {
@@ -234,5 +302,8 @@ func TestBenchNamespaceCleanup(t *testing.T) {
 	}
 	if left := countInNamespace(ns); left != 0 {
 		t.Fatalf("%d processes left in the benchmark's namespace", left)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the benchmark's cgroup %s is still there (%v)", dir, err)
 	}
 }
