@@ -4,7 +4,8 @@
 //  1. start latency: create + start until Task.Start returns (and until the container prints);
 //  2. shim RSS with one idle container, and summed over many idle containers (one shim each);
 //  3. stop latency with N extra processes that exit on SIGTERM, and how many graceful TERMed;
-//  4. the membership scan (process.BenchmarkMembers, run through go test);
+//  4. membership (process.BenchmarkMembers, run through go test): Scope.Members, from the
+//     container's own lists, and Scope.AllMembers, the full pass over /proc a drain runs aside;
 //  5. grace accuracy: when a TERM-ignoring process is SIGKILLed, against the grace period;
 //  6. idle cost: context switches and CPU time of an idle container's shim;
 //  7. graceful-init against tini-static: PID 1's memory (smaps_rollup) and the start latency of
