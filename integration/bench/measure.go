@@ -36,9 +36,13 @@ func (s samples) add(runtime string, v float64) { s[runtime] = append(s[runtime]
 func (s samples) g() stats                      { return summarise(s[stack.GracefulRuntime]) }
 func (s samples) s() stats                      { return summarise(s[stack.StockRuntime]) }
 
-// stopPoint is the stop latency at one N.
+// stopPoint is the stop latency at one N (and, in the host-size sweep, one number of idle host
+// processes).
 type stopPoint struct {
-	n       int
+	n int
+	// sweep: a point of the host-size sweep, with hosts idle processes started on the host.
+	sweep   bool
+	hosts   int
 	latency samples   // ns
 	drain   []float64 // graceful: the drain's duration, from the report (ns)
 	// graceful: from the Kill call to the drain's start (State, tracer start and attach, init's
@@ -267,27 +271,53 @@ func stopScript(n int) string {
 func (b *bench) stopLatency(ctx context.Context) error {
 	b.stops = nil
 	for _, n := range b.cfg.stopNs {
-		p := &stopPoint{n: n, latency: samples{}, cpu: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
+		p := newStopPoint(n)
 		b.stops = append(b.stops, p)
-		for rep := 0; rep < b.cfg.reps; rep++ {
-			for _, rt := range order {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				if err := b.stopOnce(ctx, p, rt); err != nil {
-					return fmt.Errorf("N=%d, %s: %w", n, short(rt), err)
-				}
-			}
-			logf("stop N=%d %d/%d: graceful %v (%d/%d TERMed), stock %v", n, rep+1, b.cfg.reps,
-				time.Duration(last(p.latency[stack.GracefulRuntime])).Round(time.Millisecond), p.termed[len(p.termed)-1], n,
-				time.Duration(last(p.latency[stack.StockRuntime])).Round(time.Millisecond))
+		if err := b.stopReps(ctx, p); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+func newStopPoint(n int) *stopPoint {
+	return &stopPoint{n: n, latency: samples{}, cpu: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
+}
+
+// stopReps stops b.cfg.reps containers of each runtime at point p, graceful and stock taking turns.
+func (b *bench) stopReps(ctx context.Context, p *stopPoint) error {
+	for rep := 0; rep < b.cfg.reps; rep++ {
+		for _, rt := range order {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := b.stopOnce(ctx, p, rt); err != nil {
+				return fmt.Errorf("%s, %s: %w", p.name(), short(rt), err)
+			}
+		}
+		logf("%s %d/%d: graceful %v (%d/%d TERMed), stock %v", p.name(), rep+1, b.cfg.reps,
+			time.Duration(last(p.latency[stack.GracefulRuntime])).Round(time.Millisecond), p.termed[len(p.termed)-1], p.n,
+			time.Duration(last(p.latency[stack.StockRuntime])).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// name names the point in failures: "stop N=100", or "hostsize 5000 (N=10)".
+func (p *stopPoint) name() string {
+	if p.sweep {
+		return fmt.Sprintf("hostsize %d (N=%d)", p.hosts, p.n)
+	}
+	return fmt.Sprintf("stop N=%d", p.n)
+}
+
+// stopOnce runs one container of stopScript(p.n) under runtime rt and stops it, adding to p the
+// stop latency, the shim's CPU time and, for graceful, what its stop report says.
 func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
-	c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID(fmt.Sprintf("stop%d", p.n), rt), Runtime: rt, Script: stopScript(p.n)})
+	kind := fmt.Sprintf("stop%d", p.n)
+	if p.sweep {
+		kind = fmt.Sprintf("hostsize%d", p.hosts)
+	}
+	c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID(kind, rt), Runtime: rt, Script: stopScript(p.n)})
 	if err != nil {
 		return err
 	}
@@ -303,7 +333,7 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 	}
 	p.pidsMax[rt] = fmt.Sprintf("%s (`%s` and its parents)", limit, cgroup)
 	if v, err := strconv.Atoi(limit); err == nil && v < p.n+2 {
-		b.failf("stop N=%d: the container's pids limit %d (%s) caps N", p.n, v, cgroup)
+		b.failf("%s: the container's pids limit %d (%s) caps N", p.name(), v, cgroup)
 	}
 	ns, err := pidNamespace(init)
 	if err != nil {
@@ -362,7 +392,7 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 		p.afterDrain = append(p.afterDrain, float64(took-before)-rep.Drain.Duration)
 	}
 	if nTermed != p.n {
-		b.failf("stop N=%d: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.n, nTermed, p.n, outcomes, rep.Notes)
+		b.failf("%s: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.name(), nTermed, p.n, outcomes, rep.Notes)
 	}
 	return nil
 }

@@ -64,21 +64,7 @@ func (b *bench) rows() []row {
 	}
 	for _, p := range b.stops {
 		ratioRow(fmt.Sprintf("stop latency, N = %d extra processes (SIGTERM)", p.n), p.latency, millis, stopTarget)
-		minTermed := p.n
-		for _, t := range p.termed {
-			minTermed = min(minTermed, t)
-		}
-		cell := "—"
-		if len(p.termed) > 0 {
-			cell = fmt.Sprintf("%d/%d in every run", minTermed, p.n)
-			if minTermed < p.n {
-				cell = fmt.Sprintf("as few as %d/%d", minTermed, p.n)
-			}
-		}
-		met := "—"
-		if len(p.termed) > 0 {
-			met = yesNo(minTermed == p.n && len(p.termed) == len(p.latency[stack.GracefulRuntime]))
-		}
+		cell, met := termedCell(p)
 		rows = append(rows, row{fmt.Sprintf("… N = %d: processes that exited after SIGTERM (stop report)", p.n), cell,
 			"0 (SIGKILLed by the kernel's zap)", "—", "all N", met})
 		infoRow(fmt.Sprintf("… N = %d: shim CPU time per stop (schedstat, its threads; Kill → exit event)", p.n), p.cpu, millis)
@@ -112,6 +98,31 @@ func (b *bench) rows() []row {
 		infoRow(fmt.Sprintf("idle: shim CPU time (utime+stime, 10 ms ticks) over %v", b.cfg.idle), b.idleTicks, unit{name: "ms", scale: 1})
 	}
 	return rows
+}
+
+// termedCell is the cell and the met? of the processes that graceful TERMed at the points (all of
+// the same N): "N/N in every run" when every stop's report TERMed all N.
+func termedCell(points ...*stopPoint) (cell, met string) {
+	n, runs, stops := 0, 0, 0
+	minTermed := -1
+	for _, p := range points {
+		n = p.n
+		for _, t := range p.termed {
+			if minTermed < 0 || t < minTermed {
+				minTermed = t
+			}
+		}
+		runs += len(p.termed)
+		stops += len(p.latency[stack.GracefulRuntime])
+	}
+	if runs == 0 {
+		return "—", "—"
+	}
+	cell = fmt.Sprintf("%d/%d in every run", minTermed, n)
+	if minTermed < n {
+		cell = fmt.Sprintf("as few as %d/%d", minTermed, n)
+	}
+	return cell, yesNo(minTermed == n && runs == stops)
 }
 
 // micro formats sub-millisecond spreads in milliseconds with 2 decimals.
