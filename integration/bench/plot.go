@@ -286,14 +286,44 @@ func (c barChart) save(path string) error {
 // saveStopPlot draws the stop latency's median (with min–max bars) against N for both shims into
 // path (SVG).
 func (b *bench) saveStopPlot(path string) error {
-	p := newPlot("Stop latency (SIGTERM) with N extra processes: median, min–max bars", "N, extra processes in the container", "stop latency (ms)")
+	var pts []latencyPoint
+	for _, pt := range b.stops {
+		pts = append(pts, latencyPoint{x: pt.n, latency: pt.latency})
+	}
+	return latencyPlot{
+		title:  "Stop latency (SIGTERM) with N extra processes: median, min–max bars",
+		xLabel: "N, extra processes in the container",
+		none:   "no stop latency measured",
+		points: pts,
+	}.save(path)
+}
+
+// latencyPoint is one x of a latency plot: the samples of both shims there (ns).
+type latencyPoint struct {
+	x       int
+	latency samples
+}
+
+// latencyPlot draws the median latency (with min–max bars) of both shims against x, one line
+// each, with graceful's median over stock's above each x.
+type latencyPlot struct {
+	title, xLabel string
+	none          string // the text shown when there is no point
+	points        []latencyPoint
+	// ref, when positive, draws a dashed horizontal line (a budget, ns) across the plot, labelled.
+	ref      float64
+	refLabel string
+}
+
+func (c latencyPlot) save(path string) error {
+	p := newPlot(c.title, c.xLabel, "stop latency (ms)")
 	p.Legend.Left, p.Legend.XOffs = true, 8*px
 	var ns []int
-	for _, pt := range b.stops {
-		ns = append(ns, pt.n)
+	for _, pt := range c.points {
+		ns = append(ns, pt.x)
 	}
 	if len(ns) == 0 {
-		l, err := labels(plotter.XYs{{X: 0.5, Y: 0.5}}, []string{"no stop latency measured"}, textStyle(12*px, black, text.XCenter, text.YCenter), vg.Point{})
+		l, err := labels(plotter.XYs{{X: 0.5, Y: 0.5}}, []string{c.none}, textStyle(12*px, black, text.XCenter, text.YCenter), vg.Point{})
 		if err != nil {
 			return err
 		}
@@ -310,7 +340,7 @@ func (b *bench) saveStopPlot(path string) error {
 		ticks = append(ticks, plot.Tick{Value: float64(n), Label: strconv.Itoa(n)})
 	}
 	p.X.Tick.Marker = plot.ConstantTicks(ticks)
-	logX := len(ns) > 1 && maxN/minN >= 10
+	logX := len(ns) > 1 && minN > 0 && maxN/minN >= 10
 	// The axis, in its scale (log10 N or N), spans the Ns with 5% of its length free at each end.
 	to, from := func(v float64) float64 { return v }, func(v float64) float64 { return v }
 	if logX {
@@ -332,12 +362,12 @@ func (b *bench) saveStopPlot(path string) error {
 		col := runtimeColors[rt]
 		var pts plotter.XYs
 		var whiskers errorBars
-		for _, pt := range b.stops {
+		for _, pt := range c.points {
 			st := summarise(pt.latency[rt])
 			if st.n == 0 {
 				continue
 			}
-			x := shift(float64(pt.n), i)
+			x := shift(float64(pt.x), i)
 			pts = append(pts, plotter.XY{X: x, Y: st.median / 1e6})
 			whiskers.XYs = append(whiskers.XYs, plotter.XY{X: x, Y: st.median / 1e6})
 			whiskers.YErrors = append(whiskers.YErrors, struct{ Low, High float64 }{(st.median - st.min) / 1e6, (st.max - st.median) / 1e6})
@@ -361,12 +391,12 @@ func (b *bench) saveStopPlot(path string) error {
 	// The ratio at each N, above both points.
 	var at plotter.XYs
 	var ratios []string
-	for _, pt := range b.stops {
+	for _, pt := range c.points {
 		g, st := summarise(pt.latency[stack.GracefulRuntime]), summarise(pt.latency[stack.StockRuntime])
 		if g.n == 0 || st.n == 0 || st.median == 0 {
 			continue
 		}
-		at = append(at, plotter.XY{X: float64(pt.n), Y: math.Max(g.max, st.max) / 1e6})
+		at = append(at, plotter.XY{X: float64(pt.x), Y: math.Max(g.max, st.max) / 1e6})
 		ratios = append(ratios, fmt.Sprintf("×%.2f", g.median/st.median))
 	}
 	if len(at) > 0 {
@@ -378,12 +408,26 @@ func (b *bench) saveStopPlot(path string) error {
 	}
 	p.Legend.Add("×r: graceful median / stock median")
 	maxY := 0.0
-	for _, pt := range b.stops {
+	for _, pt := range c.points {
 		for _, rt := range order {
 			if st := summarise(pt.latency[rt]); st.n > 0 {
 				maxY = max(maxY, st.max/1e6)
 			}
 		}
+	}
+	if c.ref > 0 {
+		y := c.ref / 1e6
+		maxY = max(maxY, y)
+		line, err := plotter.NewLine(plotter.XYs{{X: xMin, Y: y}, {X: xMax, Y: y}})
+		if err != nil {
+			return err
+		}
+		line.LineStyle = draw.LineStyle{Color: budget, Width: 1.5 * px, Dashes: []vg.Length{5 * px, 3 * px}}
+		l, err := labels(plotter.XYs{{X: xMax, Y: y}}, []string{c.refLabel}, textStyle(10*px, budget, text.XRight, text.YBottom), vg.Point{X: -4 * px, Y: 4 * px})
+		if err != nil {
+			return err
+		}
+		p.Add(line, l)
 	}
 	yAxis(p, maxY)
 	p.X.Min, p.X.Max = xMin, xMax
