@@ -4,6 +4,8 @@
 //  1. start latency: create + start until Task.Start returns (and until the container prints);
 //  2. shim RSS with one idle container, and summed over many idle containers (one shim each);
 //  3. stop latency with N extra processes that exit on SIGTERM, and how many graceful TERMed;
+//     and the host-size sweep: the stop of a 10-process container with 0, 5 000, 20 000 idle
+//     processes on the host (graceful's stop time should stay flat);
 //  4. membership (process.BenchmarkMembers, run through go test): Scope.Members, from the
 //     container's own lists, and Scope.AllMembers, the full pass over /proc a drain runs aside;
 //  5. grace accuracy: when a TERM-ignoring process is SIGKILLed, against the grace period;
@@ -11,13 +13,13 @@
 //  7. graceful-init against tini-static: PID 1's memory (smaps_rollup) and the start latency of
 //     the main process under either, against no init.
 //
-// It prints a table and writes OUT/benchmarks.md, OUT/stop-latency.svg, OUT/init-start-latency.svg
-// and OUT/init-memory.svg. Run it as root:
+// It prints a table and writes OUT/benchmarks.md, OUT/stop-latency.svg, OUT/host-size.svg,
+// OUT/init-start-latency.svg and OUT/init-memory.svg. Run it as root:
 //
 //	go run ./integration/bench -reps 5 -out docs   # the full run (make bench)
 //	go run ./integration/bench -smoke              # tiny sizes, one repetition (CI)
 //
-// -only runs some sections (start,rss,stop,scan,grace,idle,init); -cpuprofile-dir DIR asks the graceful
+// -only runs some sections (start,rss,stop,hostsize,scan,grace,idle,init); -cpuprofile-dir DIR asks the graceful
 // shims for a CPU profile of each stop (GRACEFUL_CPUPROFILE_DIR).
 //
 // Missed targets are reported, not fatal; the exit status is non-zero when a measurement failed or
@@ -47,6 +49,7 @@ type config struct {
 	graceReps    int           // grace accuracy samples
 	initSamples  int           // samples per variant of section 7 (no init, graceful-init, tini)
 	stopNs       []int         // extra processes for the stop latency
+	hostSizes    []int         // idle host processes for the host-size sweep
 	manyN        int           // idle containers for the summed RSS
 	idle         time.Duration // idle window
 	scanN        int           // processes per namespace for the membership scan
@@ -72,11 +75,12 @@ func mainCode() int {
 		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
 		initSamples  = flag.Int("init-samples", 0, "samples per variant (no init, graceful-init, tini) of the init comparison (default 4×reps)")
 		stopNs       = flag.String("stop-n", "100,1000,5000", "comma list of extra process counts for the stop latency")
+		hostSizes    = flag.String("host-sizes", "0,5000,20000", "comma list of idle host process counts for the host-size sweep (must fit under kernel.pid_max)")
 		manyN        = flag.Int("containers", 50, "idle containers for the summed shim RSS")
 		idle         = flag.Duration("idle", 30*time.Second, "idle window for the idle cost")
 		scanN        = flag.Int("scan-n", 5000, "processes per namespace for the membership scan (GRACEFUL_BENCH_SCAN_N)")
 		profileDir   = flag.String("cpuprofile-dir", "", "passed to the shims as GRACEFUL_CPUPROFILE_DIR: a shim that supports it writes a CPU profile of each stop there")
-		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,scan,grace,idle,init); default all")
+		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,hostsize,scan,grace,idle,init); default all")
 	)
 	flag.Parse()
 	set := map[string]bool{}
@@ -90,6 +94,14 @@ func mainCode() int {
 			return 2
 		}
 		cfg.stopNs = append(cfg.stopNs, v)
+	}
+	for _, n := range strings.Split(*hostSizes, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(n))
+		if err != nil || v < 0 {
+			fmt.Fprintf(os.Stderr, "bench: -host-sizes %q: want a comma list of non-negative integers\n", *hostSizes)
+			return 2
+		}
+		cfg.hostSizes = append(cfg.hostSizes, v)
 	}
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
@@ -110,6 +122,9 @@ func mainCode() int {
 		pick("scan-n", &cfg.scanN, 100)
 		if !set["stop-n"] {
 			cfg.stopNs = []int{20}
+		}
+		if !set["host-sizes"] {
+			cfg.hostSizes = []int{0, 200}
 		}
 		if !set["idle"] {
 			cfg.idle = 3 * time.Second
@@ -156,15 +171,15 @@ func mainCode() int {
 func run(ctx context.Context, cfg *config) (*bench, error) {
 	started := time.Now()
 	b := &bench{cfg: cfg, machine: readMachine()}
-	logf("graceful vs stock benchmark: %d repetitions; stop N=%v; %d idle containers; idle window %v; scan N=%d%s",
-		cfg.reps, cfg.stopNs, cfg.manyN, cfg.idle, cfg.scanN, map[bool]string{true: " (smoke)", false: ""}[cfg.smoke])
+	logf("graceful vs stock benchmark: %d repetitions; stop N=%v; host sizes %v; %d idle containers; idle window %v; scan N=%d%s",
+		cfg.reps, cfg.stopNs, cfg.hostSizes, cfg.manyN, cfg.idle, cfg.scanN, map[bool]string{true: " (smoke)", false: ""}[cfg.smoke])
 
 	if cfg.runs("scan") {
 		// Before the stack, so that no container is around: the scan runs against the host's
 		// process table as it is.
 		b.section("scan", func() error { return b.runScan(ctx) })
 	}
-	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("grace") || cfg.runs("idle") || cfg.runs("init")) {
+	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("hostsize") || cfg.runs("grace") || cfg.runs("idle") || cfg.runs("init")) {
 		if err := b.withStack(ctx); err != nil {
 			return b, err
 		}
@@ -184,8 +199,8 @@ func run(ctx context.Context, cfg *config) (*bench, error) {
 	if err := b.write(rows); err != nil {
 		return b, err
 	}
-	logf("done in %v; wrote %s, %s and the init plots", b.elapsed.Round(time.Second),
-		filepath.Join(cfg.out, "benchmarks.md"), filepath.Join(cfg.out, "stop-latency.svg"))
+	logf("done in %v; wrote %s, %s, %s and the init plots", b.elapsed.Round(time.Second),
+		filepath.Join(cfg.out, "benchmarks.md"), filepath.Join(cfg.out, "stop-latency.svg"), filepath.Join(cfg.out, "host-size.svg"))
 	return b, nil
 }
 
@@ -237,6 +252,9 @@ func (b *bench) withStack(ctx context.Context) (retErr error) {
 	}
 	if b.cfg.runs("stop") {
 		b.section("stop", func() error { return b.stopLatency(ctx) })
+	}
+	if b.cfg.runs("hostsize") {
+		b.section("hostsize", func() error { return b.hostSizeSweep(ctx) })
 	}
 	if b.cfg.runs("grace") {
 		b.section("grace", func() error { return b.graceAccuracy(ctx) })

@@ -82,6 +82,7 @@ type bench struct {
 	rssOne, rssMany      samples // bytes
 	manyShims            map[string][]int
 	stops                []*stopPoint
+	hostPoints           []*hostPoint
 	scan                 scanResult
 	graceOvershoot       []float64 // ns: drain end − grace, from the report
 	graceKilledAt        []float64 // ns: the TERM-ignoring process's end − grace, from the report

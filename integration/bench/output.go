@@ -69,8 +69,12 @@ func (b *bench) rows() []row {
 			"0 (SIGKILLed by the kernel's zap)", "—", "all N", met})
 		infoRow(fmt.Sprintf("… N = %d: shim CPU time per stop (schedstat, its threads; Kill → exit event)", p.n), p.cpu, millis)
 	}
+	rows = append(rows, b.hostRows()...)
 	var tracer []float64
 	for _, p := range b.stops {
+		tracer = append(tracer, p.tracer...)
+	}
+	for _, p := range b.hostPoints {
 		tracer = append(tracer, p.tracer...)
 	}
 	if len(tracer) > 0 {
@@ -140,12 +144,15 @@ func markdownTable(rows []row) string {
 	return sb.String()
 }
 
-// write writes benchmarks.md and stop-latency.svg into the output directory.
+// write writes benchmarks.md, stop-latency.svg and host-size.svg into the output directory.
 func (b *bench) write(rows []row) error {
 	if err := os.MkdirAll(b.cfg.out, 0o755); err != nil {
 		return err
 	}
 	if err := b.saveStopPlot(filepath.Join(b.cfg.out, "stop-latency.svg")); err != nil {
+		return err
+	}
+	if err := b.saveHostPlot(filepath.Join(b.cfg.out, "host-size.svg")); err != nil {
 		return err
 	}
 	if b.init != nil {
@@ -188,6 +195,9 @@ func (b *bench) markdown(rows []row) string {
 	if len(b.stops) > 0 {
 		w("\n![Stop latency against the number of extra processes, both shims](stop-latency.svg)\n")
 	}
+	if len(b.hostPoints) > 0 {
+		w("\n![Stop latency of a %d-process container against the number of idle host processes, both shims](host-size.svg)\n", hostSweepN)
+	}
 	if len(b.failures) > 0 {
 		w("\n### Failures\n\n")
 		for _, f := range b.failures {
@@ -201,7 +211,10 @@ func (b *bench) markdown(rows []row) string {
 	w("\n## How each figure is measured\n\n")
 	w("- **Start latency** (%d samples per runtime): `sh -c 'echo ready; exec sleep 100000'`; from before `NewContainer` (snapshot, spec, `NewTask`, which starts the shim) until `Task.Start` returns, and until the container's `ready` reached the client.\n", b.cfg.startSamples)
 	w("- **Shim RSS**: `VmRSS` of the shim, found as the parent (`PPid`) of the container's init, 0.5 s after the start (1 container, same samples as the start latency) or 1 s after %d containers started, summed over their distinct shims (%d repetitions per runtime).\n", b.cfg.manyN, b.cfg.reps)
-	w("- **Stop latency** (%d repetitions per N and runtime): init is `trap \"exit 0\" TERM`, then two background spawners `(for i in $(seq N/2-1); do sleep 1000 & done; exec sleep 1000) &` (so exactly N sleeps, created twice as fast), `echo ready; wait`; once all N sleeps are in the container's PID namespace (counted through `/proc/PID/ns/pid`), SIGTERM to the task (`Task.Kill`) until its exit event. Graceful's default order (`auto`) is init-first here, since init traps TERM: init exits and is held while the N sleeps get SIGTERM through pidfds; the stock shim's init exits and the kernel SIGKILLs the N sleeps. The processes TERMed are counted from the graceful shim's stop report (topic `/graceful/stop`): outcome `exited` with `SIGTERM` among its signals (a report that details only its first processes gives totals by outcome: there, the `exited` total, less any detailed `exited` process without `SIGTERM`).\n", b.cfg.reps)
+	w("- **Stop latency** (%d repetitions per N and runtime): init is `trap \"exit 0\" TERM`, then two background spawners `(for i in $(seq N/2-1); do sleep 1000 & done; exec sleep 1000) &` (so exactly N sleeps, created twice as fast), `echo ready; wait`; once all N sleeps are in the container's PID namespace (counted through `/proc/PID/ns/pid`), SIGTERM to the task (`Task.Kill`) until its exit event. Graceful's default order (`auto`) is init-first here, since init traps TERM: init exits and is held while the N sleeps get SIGTERM through pidfds; the stock shim's init exits and the kernel SIGKILLs the N sleeps. The processes TERMed are counted from the graceful shim's stop report (topic `/graceful/stop`): outcome `exited` with `SIGTERM` among its signals (a report that details only its first processes gives totals by outcome: there, the `exited` total, less any detailed `exited` process without `SIGTERM`). The shim CPU time per stop is the first field of `/proc/SHIM/task/*/schedstat` (time on CPU, ns), summed over the shim's threads, read before the Kill and after the exit event (graceful's tracer, a process of its own, is not counted).\n", b.cfg.reps)
+	if len(b.hostPoints) > 0 {
+		sb.WriteString(b.hostMeasured())
+	}
 	w("- **Membership** (`process.BenchmarkMembers`, `%s`), before the containerd stack starts: a container's PID namespace holding N = %d processes (shells blocked opening a FIFO: quicker to create than sleeps), in a cgroup of its own as a container's is (under `/sys/fs/cgroup/pids`, or `/sys/fs/cgroup` on cgroup v2), while a sibling PID namespace in the caller's cgroup holds N more, on the host's process table as it is; the namespaces are set up once. Each iteration times one `Scope.Members()`, what a drain signals first: the candidates from the container itself (its cgroup's `cgroup.procs` and those of its sub-cgroups, init's children, the caller's children), each confirmed in the namespace, at a cost that grows with the container (this is `ns/op` and the target); and then, outside `ns/op`, one `Scope.AllMembers()`, the full pass over `/proc` that a drain runs once aside, off its critical path, for a process that entered by setns (it looks at every process of the host, and each of the sibling's costs a walk up its namespace's parents). Both must find exactly the N members.\n", b.scan.command, b.cfg.scanN)
 	w("- **Grace accuracy** (%d runs, graceful only): a child `sh -c 'trap \"\" TERM; ...'` that ignores TERM, init `trap \"exit 0\" TERM` with a `sleep 0.01` loop, annotations `grace-period=%v` and `stop-order=children-first`; overshoot = the stop report's `drain.duration_ns − drain.grace_ns` (the drain ends when the SIGKILLed child is seen gone).\n", b.cfg.graceReps, graceAccuracy)
 	w("- **Idle cost** (%d windows): one container per runtime with `sleep 100000` as init, both idle over the same %v window starting 2 s after their start; context switches are `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` summed over `/proc/SHIM/task/*/status`, CPU time is `utime + stime` of `/proc/SHIM/stat` (10 ms ticks) and, finer, the first field of `/proc/SHIM/task/*/schedstat`; the switches are also sampled every second, to count the seconds in which the shim ran at all (a periodic burst shows as one or two active seconds, a polling loop as every second).\n", b.cfg.reps, b.cfg.idle)
@@ -232,6 +245,7 @@ func (b *bench) markdown(rows []row) string {
 			}
 		}
 	}
+	sb.WriteString(b.hostDetails())
 	if len(b.graceOvershoot) > 0 {
 		st := summarise(b.graceOvershoot)
 		k := summarise(b.graceKilledAt)

@@ -298,6 +298,33 @@ func (b *bench) saveStopPlot(path string) error {
 	}.save(path)
 }
 
+// saveHostPlot draws the host-size sweep's stop latency (median, min–max bars) against the number
+// of idle host processes for both shims, with the flatness budget over graceful's median at the
+// smallest size, into path (SVG).
+func (b *bench) saveHostPlot(path string) error {
+	c := latencyPlot{
+		title:  fmt.Sprintf("Stop latency (SIGTERM) of a %d-process container against idle host processes", hostSweepN),
+		xLabel: "idle processes on the host, outside the container",
+		none:   "no host-size sweep measured",
+		// The lines stay about level, well above 0.
+		legendLow: true,
+	}
+	var lo *hostPoint
+	for _, pt := range b.hostPoints {
+		c.points = append(c.points, latencyPoint{x: pt.hosts, latency: pt.latency})
+		if lo == nil || pt.hosts < lo.hosts {
+			lo = pt
+		}
+	}
+	if len(b.hostPoints) > 1 {
+		if g := lo.latency.g(); g.n > 0 {
+			c.ref = g.median * hostFlatTarget
+			c.refLabel = fmt.Sprintf("flat: %.2f × graceful's median at %d", hostFlatTarget, lo.hosts)
+		}
+	}
+	return c.save(path)
+}
+
 // latencyPoint is one x of a latency plot: the samples of both shims there (ns).
 type latencyPoint struct {
 	x       int
@@ -313,11 +340,18 @@ type latencyPlot struct {
 	// ref, when positive, draws a dashed horizontal line (a budget, ns) across the plot, labelled.
 	ref      float64
 	refLabel string
+	// legendLow puts the legend at the bottom right, for data that stays well above 0 (a flat
+	// line) and would run under a legend at the top left.
+	legendLow bool
 }
 
 func (c latencyPlot) save(path string) error {
 	p := newPlot(c.title, c.xLabel, "stop latency (ms)")
 	p.Legend.Left, p.Legend.XOffs = true, 8*px
+	if c.legendLow {
+		p.Legend.Top, p.Legend.Left = false, false
+		p.Legend.XOffs, p.Legend.YOffs = -8*px, 8*px
+	}
 	var ns []int
 	for _, pt := range c.points {
 		ns = append(ns, pt.x)
