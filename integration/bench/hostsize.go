@@ -154,7 +154,7 @@ func hostProcesses() int {
 // idleHost is a tree of idle processes on the host, in the bench's own PID namespace and cgroups,
 // outside any container: shells blocked opening a FIFO that nobody writes to. They are forked
 // without an exec, which on small machines is several times quicker than starting sleeps (see
-// process.blockers). The tree is a top shell and two spawner shells; each of them ends blocked
+// process.blockers). The tree is a top shell and its spawner shells; each of them ends blocked
 // opening the FIFO too, and then waits for its children, so when the FIFO is opened for writing
 // once (and closed), every shell of the tree returns from its read at EOF and is reaped by its
 // own parent, the top shell last by the bench.
@@ -166,10 +166,15 @@ type idleHost struct {
 	done chan struct{} // closed when cmd.Wait returned
 }
 
+// perSpawner bounds the processes one spawner shell forks: dash keeps every background job in a
+// table that it searches at each fork, so a spawner's forks get slower with the jobs it has
+// (20 000 processes from two spawners took 19 s here, 5 000 under 1 s).
+const perSpawner = 2500
+
 // idleScript is the top shell's script ($1 is the FIFO) for n processes in all, the top shell
-// included.
+// included: at least two spawners, and one per perSpawner processes.
 func idleScript(n int) string {
-	spawners := min(2, n-1)
+	spawners := min(n-1, max(2, (n-1+perSpawner)/(perSpawner+1)))
 	readers := n - 1 - spawners
 	var sb strings.Builder
 	for i := 0; i < spawners; i++ {
@@ -381,8 +386,8 @@ func (b *bench) hostRows() []row {
 
 // hostMeasured is the sweep's part of "How each figure is measured".
 func (b *bench) hostMeasured() string {
-	return fmt.Sprintf("- **Host-size sweep** (%d repetitions per host size and runtime, host sizes %v): the stop latency's container with N = %d (`trap \"exit 0\" TERM` and N sleeps, measured exactly as the stop latency: the same alternation, the same wait for all N, `Task.Kill` until the exit event, the same count of the processes TERMed from graceful's stop report, the same shim CPU time) while the host holds that many more idle processes, started by the bench outside any container, in its own PID namespace and cgroups: a top shell and two spawner shells forking `read x < FIFO &` (shells blocked opening a FIFO nobody writes to, quicker to create than sleeps), each ending blocked on the FIFO too; the bench counts them through `/proc/PID/task/PID/children` until all of them exist and are asleep (no fixed wait), and after the size's stops opens the FIFO for writing and closes it, so that every shell returns from its read and is reaped by its parent, and checks that none is left (the sizes must fit under `kernel.pid_max` = %s with a margin of %d, checked first). A drain finds the container's processes from the container itself (its cgroup, init's and the shim's children) and runs its one full `/proc` pass aside, so graceful's stop time should not grow with the host: the target is its median at the largest size over its median at the smallest, ≤ %.2f. The stock shim's stop (init exits, the kernel's zap) never looks at other processes; its row is for comparison.\n",
-		b.cfg.reps, b.cfg.hostSizes, hostSweepN, b.machine.pidMax, pidMargin, hostFlatTarget)
+	return fmt.Sprintf("- **Host-size sweep** (%d repetitions per host size and runtime, host sizes %v): the stop latency's container with N = %d (`trap \"exit 0\" TERM` and N sleeps, measured exactly as the stop latency: the same alternation, the same wait for all N, `Task.Kill` until the exit event, the same count of the processes TERMed from graceful's stop report, the same shim CPU time) while the host holds that many more idle processes, started by the bench outside any container, in its own PID namespace and cgroups: a top shell and spawner shells (two, or one per %d processes: dash searches its job table at each fork) forking `read x < FIFO &` (shells blocked opening a FIFO nobody writes to, quicker to create than sleeps), each ending blocked on the FIFO too; the bench counts them through `/proc/PID/task/PID/children` until all of them exist and are asleep (no fixed wait), and after the size's stops opens the FIFO for writing and closes it, so that every shell returns from its read and is reaped by its parent, and checks that none is left (the sizes must fit under `kernel.pid_max` = %s with a margin of %d, checked first). A drain finds the container's processes from the container itself (its cgroup, init's and the shim's children) and runs its one full `/proc` pass aside, so graceful's stop time should not grow with the host: the target is its median at the largest size over its median at the smallest, ≤ %.2f. The stock shim's stop (init exits, the kernel's zap) never looks at other processes; its row is for comparison.\n",
+		b.cfg.reps, b.cfg.hostSizes, hostSweepN, perSpawner, b.machine.pidMax, pidMargin, hostFlatTarget)
 }
 
 // hostDetails is the sweep's section of the details: every sample, the split of graceful's stops,
