@@ -815,15 +815,23 @@ func (d *Drainer) scanFound(pids []int) {
 	}
 }
 
-// endScan stops the full pass (if it still runs) and frees it.
+// endScan stops the full pass (if it still runs) and lets it go.
 func (d *Drainer) endScan() {
 	if d.scan == nil {
 		return
 	}
-	close(d.scan.cancel)
-	<-d.scan.done
-	unix.Close(d.scan.fd) // closing it also takes it out of the epoll instance
+	scan := d.scan
 	d.scan = nil
+	if d.ep >= 0 {
+		unix.EpollCtl(d.ep, unix.EPOLL_CTL_DEL, scan.fd, nil)
+	}
+	close(scan.cancel)
+	// The pass notices the cancel within 64 processes (or once it has listed /proc): the drain
+	// does not wait for it, and its eventfd is closed when it has gone.
+	go func() {
+		<-scan.done
+		unix.Close(scan.fd)
+	}()
 }
 
 // bootTicks is now in clock ticks after boot (USER_HZ, as /proc/PID/stat's start time).
