@@ -3,6 +3,7 @@ package process
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -78,21 +79,29 @@ func appendCgroupProcs(pids []int, dir string) ([]int, bool) {
 	return pids, true
 }
 
-// appendChildren appends the children of every thread of process pid.
+// appendChildren appends the children of every thread of process pid (none when it is gone).
 func appendChildren(pids []int, pid int) []int {
+	children, _ := childrenOf(pid)
+	return append(pids, children...)
+}
+
+// childrenOf lists the children of process pid. A child is listed under the thread that forked
+// it, so every thread's children file is read.
+func childrenOf(pid int) ([]int, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
 	f, err := os.Open(dir)
 	if err != nil {
-		return pids
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
 	}
 	tids, _ := f.Readdirnames(-1)
 	f.Close()
+	var children []int
 	for _, tid := range tids {
-		if data, err := os.ReadFile(dir + tid + "/children"); err == nil {
-			pids = appendInts(pids, data)
+		if data, err := os.ReadFile(dir + tid + "/children"); err == nil { // else the thread exited
+			children = appendInts(children, data)
 		}
 	}
-	return pids
+	return children, nil
 }
 
 // appendInts appends the decimal numbers of a whitespace-separated list.

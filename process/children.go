@@ -35,28 +35,16 @@ func startTime(pid int) (uint64, bool) {
 	return start, err == nil
 }
 
-// OldestChild returns the child of pid that started first, or 0 when it has none. A child is
-// listed under the thread that forked it, so every thread's children file is read.
+// OldestChild returns the child of pid that started first, or 0 when it has none.
 func OldestChild(pid int) (int, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, err := os.ReadDir(dir)
+	children, err := childrenOf(pid)
 	if err != nil {
-		return 0, fmt.Errorf("threads of %d: %w", pid, err)
+		return 0, err
 	}
 	oldest, oldestStart := 0, uint64(0)
-	for _, task := range tasks {
-		data, err := os.ReadFile(dir + "/" + task.Name() + "/children")
-		if err != nil {
-			continue // the thread exited
-		}
-		for _, f := range strings.Fields(string(data)) {
-			n, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
-			if start, ok := startTime(n); ok && (oldest == 0 || start < oldestStart) {
-				oldest, oldestStart = n, start
-			}
+	for _, n := range children {
+		if start, ok := startTime(n); ok && (oldest == 0 || start < oldestStart) {
+			oldest, oldestStart = n, start
 		}
 	}
 	return oldest, nil
