@@ -554,15 +554,23 @@ func (d *Drainer) recordSignal(t *tracked, sig unix.Signal) {
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
 	ms := int((max(timeout, 0) + time.Millisecond - 1) / time.Millisecond)
 	ready := d.readyFds(wake, ms)
+	// The full pass's result is taken last: tracking what it found opens pidfds, which may get
+	// the number of a descriptor in ready (the pass's own eventfd, once closed).
+	scanReady := false
+	if d.scan != nil {
+		scanReady = ready[int32(d.scan.fd)]
+		delete(ready, int32(d.scan.fd))
+	}
+	defer func() {
+		if scanReady {
+			d.scanned()
+		}
+	}()
 	// Forks first: a process may start a helper and exit at once.
 	if d.watch != nil && ready[int32(d.watch.fd)] {
 		var forks []fork
 		forks, lost = d.watch.read()
 		d.forked(forks)
-	}
-	// Then the full pass, so that a process it found has had its fork handled first.
-	if d.scan != nil && ready[int32(d.scan.fd)] {
-		d.scanned()
 	}
 	for fd := range ready {
 		pid, ok := d.byFd[fd]
