@@ -578,6 +578,11 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 			continue
 		}
 		t := d.active[pid]
+		if !t.h.Exited() {
+			// Not this pidfd's readiness: a descriptor number reused while a copy of the old
+			// descriptor (held across a fork by one of the shim's children) kept it in epoll.
+			continue
+		}
 		outcome := ExitedAfterSignal
 		switch {
 		case t.killed:
@@ -645,8 +650,13 @@ func (d *Drainer) end(pid int, t *tracked, o Outcome) {
 	}
 	if t.h.fd >= 0 {
 		delete(d.byFd, int32(t.h.fd))
+		if d.ep >= 0 {
+			// Closing is not enough: a copy of the descriptor in a child the shim is just
+			// forking would keep it in epoll under a number that a new pidfd may get.
+			unix.EpollCtl(d.ep, unix.EPOLL_CTL_DEL, t.h.fd, nil)
+		}
 	}
-	t.h.Close() // closing a pidfd also takes it out of the epoll instance
+	t.h.Close()
 	if t.deferred {
 		d.deferred--
 	}
