@@ -2,7 +2,6 @@ package process
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,11 +60,10 @@ func (s *Scope) candidates() (pids []int, ok bool) {
 // appendCgroupProcs appends the processes of cgroup dir and of every cgroup below it. It reports
 // false when dir cannot be read (the cgroup is gone, or is not a cgroup directory).
 func appendCgroupProcs(pids []int, dir string) ([]int, bool) {
-	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	pids, err := appendFileInts(pids, filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return pids, false
 	}
-	pids = appendInts(pids, data)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return pids, false
@@ -97,21 +95,61 @@ func childrenOf(pid int) ([]int, error) {
 	f.Close()
 	var children []int
 	for _, tid := range tids {
-		if data, err := os.ReadFile(dir + tid + "/children"); err == nil { // else the thread exited
-			children = appendInts(children, data)
-		}
+		children, _ = appendFileInts(children, dir+tid+"/children") // an error: the thread exited
 	}
 	return children, nil
 }
 
-// appendInts appends the decimal numbers of a whitespace-separated list.
+// appendInts appends the positive decimal numbers of a list separated by anything but digits.
 func appendInts(pids []int, data []byte) []int {
-	for _, f := range bytes.Fields(data) {
-		if n, err := strconv.Atoi(string(f)); err == nil && n > 0 {
+	n, in := 0, false
+	for _, c := range data {
+		if c >= '0' && c <= '9' {
+			n, in = n*10+int(c-'0'), true
+			continue
+		}
+		if in && n > 0 {
 			pids = append(pids, n)
 		}
+		n, in = 0, false
+	}
+	if in && n > 0 {
+		pids = append(pids, n)
 	}
 	return pids
+}
+
+// listBufSize is the read size for PID lists: a kernel seq_file (cgroup.procs, children) renders
+// its content again for every read, so one large read costs a fraction of os.ReadFile's small ones.
+const listBufSize = 64 << 10
+
+var listBufs = sync.Pool{New: func() any { b := make([]byte, listBufSize); return &b }}
+
+// appendFileInts appends the PIDs listed in the file at path (cgroup.procs, a children file).
+func appendFileInts(pids []int, path string) ([]int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return pids, err
+	}
+	defer f.Close()
+	bp := listBufs.Get().(*[]byte)
+	defer listBufs.Put(bp)
+	buf, n := *bp, 0
+	for {
+		if n == len(buf) {
+			buf = append(buf, make([]byte, len(buf))...)
+		}
+		k, err := f.Read(buf[n:])
+		n += k
+		if err != nil || k == 0 {
+			break
+		}
+	}
+	if cap(buf) > cap(*bp) {
+		*bp = buf
+	}
+	// A number cut by the end of the buffer cannot happen: the loop reads to the end of the file.
+	return appendInts(pids, buf[:n]), nil
 }
 
 // mountTable maps cgroup hierarchies, as /proc/PID/cgroup names them ("4:pids", "0:"), to the

@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -18,6 +19,10 @@ type DrainConfig struct {
 	// KillWait bounds the wait for SIGKILLed members to disappear (default 2s). A process in
 	// uninterruptible sleep may outlive it; it is reported as survived.
 	KillWait time.Duration
+	// Signaller, when set for a container in a PID namespace of its own, signals every member at
+	// once from inside the namespace (see bulk.go); else each member is signalled through its
+	// pidfd.
+	Signaller Signaller
 }
 
 // Outcome is how one process ended during a drain.
@@ -66,6 +71,10 @@ type Report struct {
 	// ended, and HostScanFound how many members only it found.
 	HostScanDone  bool `json:"host_scan_done"`
 	HostScanFound int  `json:"host_scan_found,omitempty"`
+	// Bulk is how many members listed from the container's cgroup got the drain signal at once,
+	// from inside the PID namespace (see DrainConfig.Signaller).
+	Bulk  int      `json:"bulk,omitempty"`
+	Notes []string `json:"notes,omitempty"`
 }
 
 // MaxDetailed bounds the processes a report details (and whose command line it reads, which costs
@@ -152,6 +161,16 @@ type Drainer struct {
 	scan *hostScan
 	// startTicks is the drain's start in clock ticks after boot, as /proc/PID/stat's start time.
 	startTicks uint64
+
+	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
+	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last read of the list,
+	// bulkGen its count and bulkBuf its buffer.
+	helper     int
+	bulk       map[int]*bulkMember
+	bulkWin    SignalWindow
+	bulkPolled time.Time
+	bulkGen    uint32
+	bulkBuf    []int
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
@@ -171,6 +190,14 @@ func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
 // once; the grace period starts now. It never signals a process that is not a member (see
 // Scope.OpenMember).
 func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
+	return PrepareDrain(scope, cfg).Start(cfg.Grace)
+}
+
+// PrepareDrain readies a drain of scope without signalling anything yet: it starts watching forks
+// and, for a bulk drain (see bulk.go), lists the members and starts reading the commands of the
+// first of them, so that Start has little left to do. A prepared drain that is not started must
+// be closed (Close).
+func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	if cfg.KillWait <= 0 {
 		cfg.KillWait = 2 * time.Second
 	}
@@ -184,11 +211,9 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 		byFd:     map[int32]int{},
 		commands: newCommandReader(),
 		report: &Report{
-			Scope:   scope.Kind,
-			Signal:  SignalName(cfg.Signal),
-			Grace:   cfg.Grace,
-			Started: time.Now(),
-			Totals:  map[Outcome]int{},
+			Scope:  scope.Kind,
+			Signal: SignalName(cfg.Signal),
+			Totals: map[Outcome]int{},
 		},
 	}
 	// Exits are waited for with epoll: one wake-up costs what is ready, not what is tracked.
@@ -201,11 +226,27 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	if d.watch, _ = newForkWatcher(); d.watch != nil {
 		d.watchFd(d.watch.fd)
 	}
+	d.prepareBulk()
+	return d
+}
+
+// Start sends the drain signal to every current member of the scope except its init and returns
+// at once; the grace period, of length grace, starts now. It never signals a process that is not
+// a member (see Scope.OpenMember; a bulk drain signals from inside the container's namespace).
+func (d *Drainer) Start(grace time.Duration) *Drainer {
+	d.cfg.Grace = grace
+	d.report.Grace = grace
+	d.report.Started = time.Now()
 	d.startTicks = bootTicks()
-	d.sweep(cfg.Signal)
+	if !d.signalBulk(d.cfg.Signal) {
+		d.sweep(d.cfg.Signal)
+	}
 	d.startScan()
 	return d
 }
+
+// Close frees a drain that was prepared but will not be started (or finished).
+func (d *Drainer) Close() { d.closeAll() }
 
 // watchFd adds fd to the epoll instance.
 func (d *Drainer) watchFd(fd int) {
@@ -237,7 +278,8 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 	if !d.phase(ctx, wake, d.report.Started.Add(d.cfg.Grace)) {
 		return d.finish(Aborted)
 	}
-	if len(d.active) > 0 {
+	if d.remaining() > 0 {
+		d.examineBulk(true)
 		d.report.GraceExpired = true
 		d.phaseSig = unix.SIGKILL
 		for _, t := range d.active {
@@ -266,8 +308,9 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 		}
 		d.releaseDeferred()
 		now := time.Now()
+		nextPoll := d.pollBulk(now)
 		since := now.Sub(lastScan)
-		rescan := len(d.active) == 0 || (dirty && since >= rescanMin)
+		rescan := d.remaining() == 0 || (dirty && since >= rescanMin)
 		if d.watch == nil && since >= interval {
 			rescan = true
 		}
@@ -279,10 +322,10 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 			}
 			d.sweep(d.phaseSig)
 			lastScan, dirty = time.Now(), false
-			if len(d.active) == 0 {
+			if d.remaining() == 0 {
 				d.scanned() // a full pass that is ready may still add members
 			}
-			if len(d.active) == 0 {
+			if d.remaining() == 0 {
 				return true
 			}
 			now, since = lastScan, 0
@@ -291,6 +334,9 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 			return true
 		}
 		timeout := deadline.Sub(now)
+		if nextPoll > 0 {
+			timeout = min(timeout, nextPoll)
+		}
 		if dirty {
 			timeout = min(timeout, rescanMin-since)
 		} else if d.watch == nil {
@@ -308,6 +354,13 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 // returns how many it found. With sig 0 (during the grace period), a process whose parent is
 // init, or one of init's new processes, is left alone.
 func (d *Drainer) sweep(sig unix.Signal) int {
+	if d.bulk != nil {
+		// A bulk drain has looked at init's children: new ones are init's own, and the rest,
+		// once signalled, are in the cgroup or zombies.
+		if pids, ok := appendCgroupProcs(d.ownChildren(false), d.scope.cgroupDir); ok {
+			return d.sweepPids(pids, sig, false)
+		}
+	}
 	if pids, ok := d.scope.candidates(); ok {
 		return d.sweepPids(pids, sig, false)
 	}
@@ -329,7 +382,7 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 		if _, ok := d.finished[pid]; ok {
 			continue
 		}
-		if _, ok := d.active[pid]; ok || pid == d.scope.Init {
+		if _, ok := d.active[pid]; ok || d.skipped(pid) || d.bulk[pid] != nil {
 			// A finished PID is a zombie not reaped yet, or was recycled: a process started by a
 			// member is caught by the fork watcher, and the rest are init's own.
 			continue
@@ -393,30 +446,42 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 // open starts tracking pid if it is a member, without signalling it yet: track less the signal.
 // It returns nil when pid is not tracked.
 func (d *Drainer) open(pid int, sig unix.Signal) *tracked {
+	t, err := d.openDetailed(pid, sig, newEntry)
+	if errors.Is(err, errExited) {
+		d.end(pid, t, AlreadyExited)
+		return nil
+	}
+	return t
+}
+
+// errExited: the member has exited (it may be a zombie).
+var errExited = errors.New("the member has exited")
+
+// newEntry asks openDetailed for a new report entry.
+const newEntry = -2
+
+// openDetailed is open with the report entry detail (-1: counted only; newEntry: a new one, made
+// once pid is confirmed as a member). It returns ErrNotMember for a process that is not a member,
+// another error for one that is gone, and errExited with an untracked t, for the caller to end,
+// for a member that has exited.
+func (d *Drainer) openDetailed(pid int, sig unix.Signal, detail int) (*tracked, error) {
 	if _, ok := d.finished[pid]; ok {
 		// Seen exit already: a zombie not reaped yet, unless the PID was recycled.
 		if st, err := ReadStatus(pid); err != nil || st.State == 'Z' {
-			return nil
+			return nil, ErrGone
 		}
 		delete(d.finished, pid)
 	}
 	h, ns, err := d.scope.openMember(pid)
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	t := &tracked{h: h, detail: -1, killed: sig == unix.SIGKILL}
-	if len(d.report.Processes) < MaxDetailed {
-		d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
-		t.detail = len(d.report.Processes) - 1
-		// The command is read aside (a command line can block on the target's memory), but
-		// briefly waited for before the signal: a process that dies of it leaves nothing to read.
-		d.commands.start(pid, t.detail)
-	} else {
-		d.report.Omitted++
+	if detail == newEntry {
+		detail = d.newDetail(pid)
 	}
+	t := &tracked{h: h, detail: detail, killed: sig == unix.SIGKILL}
 	if h.Exited() {
-		d.end(pid, t, AlreadyExited)
-		return nil
+		return t, errExited
 	}
 	d.active[pid] = t
 	d.byFd[int32(h.fd)] = pid
@@ -425,7 +490,22 @@ func (d *Drainer) open(pid int, sig unix.Signal) *tracked {
 	if t.deferred {
 		d.deferred++
 	}
-	return t
+	return t, nil
+}
+
+// newDetail makes the report entry of pid and returns its index, or -1 (counted only) once the
+// report details MaxDetailed processes.
+func (d *Drainer) newDetail(pid int) int {
+	if len(d.report.Processes) >= MaxDetailed {
+		d.report.Omitted++
+		return -1
+	}
+	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
+	i := len(d.report.Processes) - 1
+	// The command is read aside (a command line can block on the target's memory), but briefly
+	// waited for before the signal: a process that dies of it leaves nothing to read.
+	d.commands.start(pid, i)
+	return i
 }
 
 // defers returns pid's PID namespace (ns, when membership has read it already) and whether pid
@@ -487,7 +567,22 @@ func (d *Drainer) markDeferredOwn(pid, ppid int) {
 // signal as well.
 func (d *Drainer) forked(forks []fork) {
 	for _, f := range forks {
-		if _, ok := d.active[f.child]; ok {
+		if _, ok := d.active[f.child]; ok || d.skipped(f.child) {
+			continue
+		}
+		if m := d.bulk[f.child]; m != nil {
+			if d.bulkSignalled(f.ts) || d.bulkWin.From == 0 {
+				continue // listed from the cgroup already
+			}
+			// A PID of the list recycled by a new process: the listed one has exited.
+			d.endBulk(f.child, m, ExitedAfterSignal)
+		}
+		if d.bulkSignalled(f.ts) && (f.parent == d.scope.Init || d.known(f.parent)) {
+			// Created after the cgroup was listed but before the signaller's kill(-1), which
+			// reached it: follow it, signalled.
+			if t := d.open(f.child, d.cfg.Signal); t != nil {
+				d.markBulkSignalled(t)
+			}
 			continue
 		}
 		if f.parent == d.scope.Init || d.initsOwn[f.parent] {
@@ -503,6 +598,8 @@ func (d *Drainer) forked(forks []fork) {
 			sigAt = p.sigAt
 		} else if p, ok := d.finished[f.parent]; ok {
 			sigAt = p.sigAt
+		} else if d.bulk[f.parent] != nil {
+			sigAt = d.bulkWin.To // created after kill(-1) began: see bulkSignalled
 		} else {
 			continue
 		}
@@ -699,7 +796,12 @@ func (d *Drainer) finish(o Outcome) *Report {
 	for pid, t := range d.active {
 		d.end(pid, t, o)
 	}
+	for pid, m := range d.bulk {
+		d.endBulk(pid, m, o)
+	}
 	d.commands.collect(d.report.Processes)
+	// Entries dropped by dropDetail (listed, but not members) are left out.
+	d.report.Processes = slices.DeleteFunc(d.report.Processes, func(p ProcessReport) bool { return p.Pid == 0 })
 	d.report.Duration = time.Since(d.report.Started)
 	return d.report
 }
@@ -743,7 +845,13 @@ func (d *Drainer) startScan() {
 	for pid := range d.finished {
 		skip[pid] = true
 	}
+	for pid := range d.bulk {
+		skip[pid] = true
+	}
 	skip[d.scope.Init] = true
+	if d.helper > 0 {
+		skip[d.helper] = true
+	}
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil || d.ep < 0 {
 		if err == nil {
@@ -825,6 +933,14 @@ func (d *Drainer) scanFound(pids []int) {
 			sig = d.phaseSig
 		case start >= d.startTicks:
 			// Possibly started since the drain began (ticks are 10 ms): not a missed member.
+			continue
+		}
+		if d.bulkWin.From != 0 && sig == d.cfg.Signal {
+			// Started before the drain: the signaller's kill(-1) reached it.
+			if t := d.open(pid, sig); t != nil {
+				d.markBulkSignalled(t)
+				d.report.HostScanFound++
+			}
 			continue
 		}
 		if d.track(pid, sig) {

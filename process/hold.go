@@ -28,9 +28,13 @@ const (
 const HolderPidfd = 3
 
 // HolderMain is a holder process's main (graceful-hold, or the shim's fallback mode): args is the
-// PID to hold, whose pidfd is on HolderPidfd; stdin and stdout are as RunHolder's in and out. It
-// returns the process's exit status.
+// PID to hold, whose pidfd is on HolderPidfd; stdin and stdout are as RunHolder's in and out. With
+// SignallerArg first, it is a signaller instead (SignallerMain). It returns the process's exit
+// status.
 func HolderMain(args []string) int {
+	if len(args) > 0 && args[0] == SignallerArg {
+		return SignallerMain(args[1:], os.Stdin, os.Stdout)
+	}
 	if len(args) != 1 {
 		fmt.Fprintln(os.Stderr, "usage: graceful-hold PID (with a pidfd of PID on descriptor 3)")
 		return 2

@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(threadInitEnv) != "" {
 		threadInit()
 	}
+	if ns := os.Getenv(signallerEnv); ns != "" {
+		os.Exit(SignallerMain([]string{ns}, os.Stdin, os.Stdout))
+	}
 	if pid := os.Getenv(holderEnv); pid != "" {
 		n, _ := strconv.Atoi(pid)
 		if err := RunHolder(n, 3, os.Stdin, os.Stdout); err != nil {

@@ -85,6 +85,15 @@ func ScopeOf(init int) (*Scope, error) {
 	return s, nil
 }
 
+// Namespace is the inode of the container's PID namespace for a PID-namespace scope, 0 for a
+// cgroup scope.
+func (s *Scope) Namespace() uint64 {
+	if s.Kind != ByPIDNamespace {
+		return 0
+	}
+	return s.nsIno
+}
+
 // Contains reports whether pid is currently a member of the container (init excluded). A process
 // that cannot be read (gone, or a kernel thread) is not a member.
 func (s *Scope) Contains(pid int) bool {

@@ -3,6 +3,7 @@ package process
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,6 +48,21 @@ func (h *Handle) Exited() bool {
 	fds := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, 0)
 	return err == nil && n > 0
+}
+
+// WaitExit waits up to timeout for the process to exit, and reports whether it has.
+func (h *Handle) WaitExit(timeout time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(h.fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := unix.Poll(fds, int(max(time.Until(deadline), 0)/time.Millisecond))
+		switch {
+		case err == nil:
+			return n > 0
+		case err != unix.EINTR || !time.Now().Before(deadline):
+			return false
+		}
+	}
 }
 
 // Close releases the pidfd.

@@ -64,6 +64,15 @@ func ReadStatus(pid int) (Status, error) {
 	return parseStatus(data)
 }
 
+// readStatusFile parses a status file given by path (/proc/thread-self/status).
+func readStatusFile(path string) (Status, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Status{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	return parseStatus(data)
+}
+
 func parseStatus(data []byte) (Status, error) {
 	var st Status
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -157,9 +166,10 @@ const (
 
 // commandReader reads the commands of a drain's detailed processes off its critical path: each is
 // read in its own goroutine (a read of /proc/PID/cmdline blocks while the target is stuck in a page
-// fault) and waited for only within bounds. The goroutine reads the name from /proc/PID/comm first,
-// which never blocks, then the command line. A stuck read leaks its goroutine until the target
-// dies; there is one at most per detailed process (MaxDetailed).
+// fault) and waited for only within bounds. The goroutine reads the command line, and the name
+// from /proc/PID/comm (which never blocks) only when there is none; a read still stuck when the
+// report is completed gets the name then. A stuck read leaks its goroutine until the target dies;
+// there is one at most per detailed process (MaxDetailed).
 type commandReader struct {
 	pending map[int]pendingCommand // by index in Report.Processes
 	got     map[int]string
@@ -180,9 +190,11 @@ func (c *commandReader) start(pid, detail int) {
 	ch := make(chan string, 1)
 	c.pending[detail] = pendingCommand{pid: pid, ch: ch}
 	go func() {
-		name := commName(pid)
-		if s, ok := readCmdline(pid); ok {
-			name = s
+		// The command line, else (a zombie's, a kernel thread's) the name. A read stuck on the
+		// target's memory gets the name at collect.
+		name, ok := readCmdline(pid)
+		if !ok {
+			name = commName(pid)
 		}
 		ch <- name
 	}()

@@ -29,16 +29,19 @@ const HoldCommand = "hold-init"
 // containerd, gRPC and otel package's initialisation again (tens of milliseconds).
 const HoldBinary = "graceful-hold"
 
-// tracerCommand returns the command that runs the tracer for init pid: graceful-hold next to the
+// tracerCommand returns the command that runs the tracer for init pid (see helperCommand).
+func tracerCommand(pid int) *exec.Cmd { return helperCommand(strconv.Itoa(pid)) }
+
+// helperCommand returns the command that runs graceful-hold with args: graceful-hold next to the
 // shim when it is there, else the shim binary itself in HoldCommand mode.
-func tracerCommand(pid int) *exec.Cmd {
+func helperCommand(args ...string) *exec.Cmd {
 	if exe, err := os.Executable(); err == nil {
 		helper := filepath.Join(filepath.Dir(exe), HoldBinary)
 		if unix.Access(helper, unix.X_OK) == nil {
-			return exec.Command(helper, strconv.Itoa(pid))
+			return exec.Command(helper, args...)
 		}
 	}
-	return exec.Command("/proc/self/exe", HoldCommand, strconv.Itoa(pid))
+	return exec.Command("/proc/self/exe", append([]string{HoldCommand}, args...)...)
 }
 
 // hold is a running tracer holding one container's init.

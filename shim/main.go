@@ -26,7 +26,7 @@ func Main() {
 	case len(args) == 1 && (args[0] == "-v" || args[0] == "-version" || args[0] == "--version"):
 		printVersion()
 		return
-	case len(args) == 2 && args[0] == HoldCommand:
+	case len(args) >= 2 && args[0] == HoldCommand:
 		os.Exit(process.HolderMain(args[1:]))
 	case len(args) > 0 && args[len(args)-1] == "start":
 		handled, err := legacyStart(args)

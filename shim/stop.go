@@ -32,9 +32,11 @@ type stop struct {
 	// tracerStart is how long the tracer took to start, for an init-first stop.
 	tracerStart time.Duration
 	profile     func() // stops the CPU profile, if any
-	ctx         context.Context
-	cancel      context.CancelFunc
-	aborted     atomic.Bool
+	// signaller signals the whole PID namespace at once for the drain (nil: member by member).
+	signaller *signaller
+	ctx       context.Context
+	cancel    context.CancelFunc
+	aborted   atomic.Bool
 }
 
 // strategy carries out a started stop.
@@ -85,6 +87,10 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	}
 	status.InjectedInit = mainExit != nil
 	plan := decideStop(s.policy, s.signal, status)
+	if plan.Strategy == HoldInitThenDrain || plan.Strategy == DrainThenInit {
+		// Started first, so that it gets ready while the tracer starts and init exits.
+		s.startSignaller()
+	}
 	var h *hold
 	if plan.Strategy == HoldInitThenDrain {
 		if h, err = startHold(s.init); err != nil {
@@ -130,6 +136,7 @@ func (s *stop) beginMainExit(pid int) bool {
 	plan := decideMainExit()
 	s.order = plan.Order
 	s.profile = startProfile(s.id)
+	s.startSignaller()
 	s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig())}
 	return true
 }
@@ -162,6 +169,7 @@ type drainThenInit struct {
 
 func (d *drainThenInit) finish(s *stop) *process.Report {
 	drain := d.drainer.Finish(s.ctx)
+	s.closeSignaller()
 	if d.thenInit && s.ctx.Err() == nil {
 		if status, err := observeInit(s.init.Pid, s.signal); err == nil {
 			s.signalInit(status)
@@ -179,10 +187,13 @@ func (d *drainThenInit) close() {}
 type holdInitThenDrain struct{ hold *hold }
 
 func (h *holdInitThenDrain) finish(s *stop) *process.Report {
+	// The drain is prepared (its members listed, their commands read) while init exits.
+	drainer := process.PrepareDrain(s.scope, s.drainSetup())
 	select {
 	case <-h.hold.exiting:
 		// init is held in its exit: drain the rest (at once done when nothing is left).
-		drain := process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
+		drain := drainer.Start(s.grace()).Finish(s.ctx)
+		s.closeSignaller()
 		if s.ctx.Err() == nil {
 			h.hold.Release()
 		}
@@ -191,6 +202,7 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 		s.note("the tracer ended before init exited: init was released")
 	case <-s.ctx.Done():
 	}
+	drainer.Close()
 	return nil
 }
 
@@ -204,6 +216,7 @@ type awaitMainThenDrain struct{ mainExit <-chan struct{} }
 func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
 	select {
 	case <-a.mainExit:
+		s.startSignaller()
 		return process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
 	case <-s.ctx.Done():
 		return nil
@@ -212,9 +225,25 @@ func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
 
 func (a *awaitMainThenDrain) close() {}
 
-// drainConfig is the drain's signal and grace period; the grace is cut short to end within the
-// stop budget (Kubernetes' termination grace period less a margin) when there is one.
+// drainConfig is the drain's signal, signaller and grace period (see grace).
 func (s *stop) drainConfig() process.DrainConfig {
+	cfg := s.drainSetup()
+	cfg.Grace = s.grace()
+	return cfg
+}
+
+// drainSetup is the drain's signal and signaller, what PrepareDrain needs.
+func (s *stop) drainSetup() process.DrainConfig {
+	cfg := process.DrainConfig{Signal: s.policy.DrainSignal}
+	if s.signaller != nil {
+		cfg.Signaller = s.signaller
+	}
+	return cfg
+}
+
+// grace is the drain's grace period, cut short to end within the stop budget (Kubernetes'
+// termination grace period less a margin) when there is one.
+func (s *stop) grace() time.Duration {
 	grace := s.policy.GracePeriod
 	if s.policy.StopBudget > 0 {
 		if left := max(s.policy.StopBudget-time.Since(s.started), 0); left < grace {
@@ -222,7 +251,26 @@ func (s *stop) drainConfig() process.DrainConfig {
 			s.note("grace period cut to %s to end before kubelet's SIGKILL", grace.Round(time.Millisecond))
 		}
 	}
-	return process.DrainConfig{Signal: s.policy.DrainSignal, Grace: grace}
+	return grace
+}
+
+// startSignaller starts the process that signals the container's whole PID namespace at once, for
+// a container with a PID namespace of its own; without it, the drain signals member by member (as
+// it does when the signaller fails: the drain report says so).
+func (s *stop) startSignaller() {
+	ns := s.scope.Namespace()
+	if ns == 0 || s.signaller != nil {
+		return
+	}
+	s.signaller = startSignaller(s.init, ns)
+}
+
+// closeSignaller ends the signaller, if any.
+func (s *stop) closeSignaller() {
+	if s.signaller != nil {
+		s.signaller.close()
+		s.signaller = nil
+	}
 }
 
 // finish completes a started stop, logs its report and returns it.
@@ -232,8 +280,14 @@ func (s *stop) finish() *StopReport {
 	if s.ctx.Err() != nil {
 		s.note("stop aborted by SIGKILL")
 	}
+	// Building and publishing the report would compete for the CPUs with init's exit, and its
+	// event with the exit event: it waits for init to exit, briefly.
+	s.init.WaitExit(reportDelay)
 	return s.log(drain)
 }
+
+// reportDelay bounds how long a stop's report waits for init's exit.
+const reportDelay = 500 * time.Millisecond
 
 // signalInit delivers to init what initSignal decides for the requested signal.
 func (s *stop) signalInit(status InitStatus) {
@@ -272,6 +326,7 @@ func (s *stop) closeForwarded() *StopReport {
 
 func (s *stop) close() {
 	s.profile()
+	s.closeSignaller()
 	if s.strategy != nil {
 		s.strategy.close()
 	}

@@ -74,7 +74,7 @@ func mainCode() int {
 		startSamples = flag.Int("start-samples", 0, "start latency samples per runtime (default 4×reps)")
 		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
 		initSamples  = flag.Int("init-samples", 0, "samples per variant (no init, graceful-init, tini) of the init comparison (default 4×reps)")
-		stopNs       = flag.String("stop-n", "100,1000,5000", "comma list of extra process counts for the stop latency")
+		stopNs       = flag.String("stop-n", "100,500,1000,5000", "comma list of extra process counts for the stop latency")
 		hostSizes    = flag.String("host-sizes", "0,5000,20000", "comma list of idle host process counts for the host-size sweep (must fit under kernel.pid_max)")
 		manyN        = flag.Int("containers", 50, "idle containers for the summed shim RSS")
 		idle         = flag.Duration("idle", 30*time.Second, "idle window for the idle cost")

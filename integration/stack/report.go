@@ -32,7 +32,11 @@ type StopReport struct {
 		// members only it found.
 		HostScanDone  bool `json:"host_scan_done"`
 		HostScanFound int  `json:"host_scan_found"`
-		Processes     []struct {
+		// Bulk: members signalled at once from inside the PID namespace; Notes: why not, if
+		// that failed.
+		Bulk      int      `json:"bulk"`
+		Notes     []string `json:"notes"`
+		Processes []struct {
 			Pid     int      `json:"pid"`
 			Command string   `json:"command"`
 			Signals []string `json:"signals"`

@@ -1,0 +1,92 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// A container with its own PID namespace is signalled at once, from inside it (the signaller's
+// kill(-1)), in both orders: every child's TERM handler runs, the report counts each child and
+// says how many were signalled at once, no signaller is left on the host, and none is in the
+// report. In init-first, init's own shutdown does `kill -HUP -1` (as shutdown scripts do, the
+// children ignore it) while the signaller is already in the namespace: the signaller ignores it
+// too, and the drain still signals at once.
+func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
+	const children = 40
+	for _, order := range []string{"init-first", "children-first"} {
+		t.Run(order, func(t *testing.T) {
+			reports := subscribeReports(t)
+			script := ""
+			for i := 0; i < children; i++ {
+				script += fmt.Sprintf(`sh -c 'trap "" HUP; trap "echo clean > /out/c%d; exit 0" TERM; echo trapped c%d; while :; do sleep 0.05; done' &`+"\n", i, i)
+			}
+			if order == "init-first" {
+				script += `trap "kill -HUP -1; exit 0" TERM` + "\n"
+			}
+			script += "echo ready\n" + loop
+			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
+				Annotations: map[string]string{"io.containerd.graceful.v2.stop-order": order}})
+			for i := 0; i < children; i++ {
+				waitTrapped(t, c, fmt.Sprintf("c%d", i))
+			}
+			stopExpect(t, c, 30*time.Second, exitOK, exitSIGKILL)
+			r := reports.next(t, c.ID)
+			if r.Order != order || r.Drain == nil {
+				t.Fatalf("order %q, drain %v: want %s with a drain", r.Order, r.Drain != nil, order)
+			}
+			for i := 0; i < children; i++ {
+				if got := c.Marker(fmt.Sprintf("c%d", i)); got != "clean" {
+					t.Errorf("child c%d did not run its TERM handler (marker %q)", i, got)
+				}
+			}
+			d := r.Drain
+			t.Logf("bulk %d, totals %v, notes %q, took %v", d.Bulk, d.Totals, d.Notes, time.Duration(d.Duration))
+			if len(d.Notes) > 0 {
+				t.Fatalf("the drain fell back: %q", d.Notes)
+			}
+			if d.Bulk < children {
+				t.Fatalf("%d members signalled at once, want at least the %d children", d.Bulk, children)
+			}
+			for _, p := range d.Processes {
+				if strings.Contains(p.Command, "graceful-hold") || strings.Contains(p.Command, "-signal-all") {
+					t.Fatalf("the signaller is in the report: %+v", p)
+				}
+			}
+			if left := findSignallers(); len(left) > 0 {
+				// It exits at EOF once the drain ends; give it a moment, then insist.
+				deadline := time.Now().Add(5 * time.Second)
+				for len(findSignallers()) > 0 && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if left := findSignallers(); len(left) > 0 {
+					t.Fatalf("signallers left after the stop: %v", left)
+				}
+			}
+		})
+	}
+}
+
+// findSignallers lists the signaller processes on the host: graceful-hold -signal-all NS, or the
+// shim binary's fallback mode SHIM hold-init -signal-all NS.
+func findSignallers() []int {
+	var found []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(cmdline), "\x00-signal-all\x00") {
+			var n int
+			fmt.Sscan(e.Name(), &n)
+			found = append(found, n)
+		}
+	}
+	return found
+}

@@ -1,0 +1,219 @@
+package process
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const signallerEnv = "GRACEFUL_TEST_SIGNALLER_NS"
+
+// testSignaller is SignallerMain in a process of its own (the test binary), started inside the
+// PID namespace of a test namespace's init, as the shim starts graceful-hold -signal-all.
+type testSignaller struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Scanner
+	ready bool
+	calls int
+}
+
+func startTestSignaller(t *testing.T, init int) *testSignaller {
+	t.Helper()
+	ns, err := nsInode(fmt.Sprintf("/proc/%d/ns/pid", init))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := Open(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	s := &testSignaller{}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := unix.Setns(h.Fd(), unix.CLONE_NEWPID); err != nil {
+			errc <- err
+			return
+		}
+		s.cmd = exec.Command(os.Args[0])
+		s.cmd.Env = append(os.Environ(), signallerEnv+"="+strconv.FormatUint(ns, 10))
+		s.cmd.Stderr = os.Stderr
+		var err error
+		if s.in, err = s.cmd.StdinPipe(); err != nil {
+			errc <- err
+			return
+		}
+		out, err := s.cmd.StdoutPipe()
+		if err != nil {
+			errc <- err
+			return
+		}
+		s.out = bufio.NewScanner(out)
+		errc <- s.cmd.Start()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.in.Close()
+		s.cmd.Wait()
+	})
+	return s
+}
+
+func (s *testSignaller) Pid() int { return s.cmd.Process.Pid }
+
+func (s *testSignaller) SignalAll(sig unix.Signal) (SignalWindow, error) {
+	s.calls++
+	if !s.ready {
+		if !s.out.Scan() || s.out.Text() != SignallerReady {
+			return SignalWindow{}, fmt.Errorf("signaller did not start: %q", s.out.Text())
+		}
+		s.ready = true
+	}
+	fmt.Fprintf(s.in, "%d\n", int(sig))
+	if !s.out.Scan() {
+		return SignalWindow{}, errors.New("signaller exited")
+	}
+	return ParseSignallerReply(s.out.Text())
+}
+
+// failingSignaller stands for a signaller that died.
+type failingSignaller struct{}
+
+func (failingSignaller) Pid() int { return 0 }
+func (failingSignaller) SignalAll(unix.Signal) (SignalWindow, error) {
+	return SignalWindow{}, errors.New("the signaller exited")
+}
+
+// With a signaller, a drain signals the container's namespace at once: every member gets TERM
+// and runs its handler, the report counts and details them (and not the signaller), and a process
+// of the container's cgroup outside its namespace is neither signalled nor reported. A nested
+// namespace's init that drops TERM is SIGKILLed once its namespace has drained, not at the end
+// of the grace period.
+func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
+	dir := benchCgroup(t)
+	marks := t.TempDir()
+	// Outside the namespace, in the container's cgroup: must be left alone.
+	outsider := exec.Command("sh", "-c", fmt.Sprintf(`echo $$ > %s/cgroup.procs; trap "echo signalled > %s/outsider; exit 3" TERM; echo in; while :; do sleep 0.05; done`, dir, marks))
+	outOut, _ := outsider.StdoutPipe()
+	if err := outsider.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outsider.Process.Kill(); outsider.Wait() })
+	if line, _ := bufio.NewReader(outOut).ReadString('\n'); strings.TrimSpace(line) != "in" {
+		t.Fatalf("outsider: %q", line)
+	}
+	script := ""
+	for i := 0; i < 5; i++ {
+		script += fmt.Sprintf(`sh -c 'trap "echo clean > %s/child%d; exit 0" TERM; while :; do sleep 0.05; done' &`+"\n", marks, i)
+	}
+	script += "for i in $(seq 20); do sleep 1000 & done\n"
+	// A nested namespace whose init (sleep, without a TERM handler) drops TERM.
+	script += "unshare --pid --fork sh -c 'sleep 1000 & exec sleep 1000' &\n"
+	script += "sleep 0.3; echo ready; while :; do sleep 0.05; done"
+	ns := startNamespaceIn(t, dir, script)
+	sig := startTestSignaller(t, ns.init)
+	scope := ns.scope(t)
+	before, err := scope.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = slices.DeleteFunc(before, func(pid int) bool { return pid == sig.Pid() })
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+	if sig.calls != 1 {
+		t.Fatalf("the signaller was asked %d times, want once", sig.calls)
+	}
+	if report.Bulk == 0 || report.GraceExpired || report.Duration > 10*time.Second {
+		t.Fatalf("bulk %d, grace expired %v, took %v: want a bulk drain that ends before the grace period", report.Bulk, report.GraceExpired, report.Duration)
+	}
+	for i := 0; i < 5; i++ {
+		if got := readMarker(t, filepath.Join(marks, fmt.Sprintf("child%d", i))); got != "clean" {
+			t.Errorf("child %d did not run its TERM handler: %+v", i, report.Totals)
+		}
+	}
+	if got := readMarker(t, filepath.Join(marks, "outsider")); got != "" || outsider.Process.Signal(syscall.Signal(0)) != nil {
+		t.Fatalf("the process outside the namespace was signalled (marker %q)", got)
+	}
+	total := 0
+	for _, n := range report.Totals {
+		total += n
+	}
+	// The members seen before the drain, plus the ones the drain's own sleeps start meanwhile.
+	if total < len(before) {
+		t.Fatalf("report counts %d processes (%v), want at least the %d members", total, report.Totals, len(before))
+	}
+	for _, p := range report.Processes {
+		switch {
+		case p.Pid == sig.Pid():
+			t.Fatalf("the signaller is in the report: %+v", p)
+		case p.Pid == outsider.Process.Pid:
+			t.Fatalf("the outsider is in the report: %+v", p)
+		case p.Pid == 0:
+			t.Fatalf("a dropped entry is in the report: %+v", report.Processes)
+		}
+	}
+	if report.Count(Killed) == 0 {
+		t.Fatalf("the nested init that drops TERM was not SIGKILLed: %+v", report.Totals)
+	}
+	left, _ := scope.Members()
+	for _, pid := range left {
+		st, _ := ReadStatus(pid)
+		if pid != sig.Pid() && st.PPid != ns.init { // the signaller, init's own loop's sleeps
+			t.Fatalf("member %d (%+v) is left after the drain", pid, st)
+		}
+	}
+}
+
+// When the signaller fails, the drain signals the members one by one, and says so.
+func TestBulkDrainFallsBackToSignallingEachMember(t *testing.T) {
+	dir := benchCgroup(t)
+	marks := t.TempDir()
+	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sh -c 'trap "echo clean > %s/child; exit 0" TERM; while :; do sleep 0.05; done' &
+sleep 0.2; echo ready; while :; do sleep 0.05; done`, marks))
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: failingSignaller{}})
+	if got := readMarker(t, filepath.Join(marks, "child")); got != "clean" {
+		t.Fatalf("child did not run its TERM handler: %+v", report)
+	}
+	if report.Bulk != 0 || len(report.Notes) == 0 || !strings.Contains(report.Notes[0], "one by one") {
+		t.Fatalf("bulk %d, notes %q: want the fallback noted", report.Bulk, report.Notes)
+	}
+	if report.Count(ExitedAfterSignal) == 0 {
+		t.Fatalf("totals %v", report.Totals)
+	}
+}
+
+// The signaller refuses to run kill(-1) anywhere but in the namespace it was asked for, and
+// never in /proc's (the host's).
+func TestSignallerRefusesTheWrongNamespace(t *testing.T) {
+	own, err := nsInode("/proc/self/ns/pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inNamespace(own); err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Fatalf("in the host's namespace: %v, want a refusal", err)
+	}
+	if err := inNamespace(own + 1); err == nil {
+		t.Fatal("in a namespace other than the one asked for: no error")
+	}
+	var out strings.Builder
+	if code := SignallerMain([]string{strconv.FormatUint(own, 10)}, strings.NewReader("15\n"), &out); code == 0 || !strings.HasPrefix(out.String(), HoldError) {
+		t.Fatalf("SignallerMain in the host's namespace: exit %d, said %q", code, out.String())
+	}
+}
