@@ -62,6 +62,10 @@ func benchFIFO(b *testing.B) string {
 //     path): every process of the host is looked at, and the sibling's are the expensive ones
 //     (their namespace is neither the container's nor the caller's, so its parents are walked).
 //     Timed once per iteration, outside ns/op: fullpass-median-ns, fullpass-min-ns, fullpass-max-ns.
+//   - the bulk list (Scope.bulkList), what a drain with a signaller follows: the container's
+//     cgroup.procs, read in one pass, unconfirmed (the kernel's kill(-1) from inside the namespace
+//     is what reaches exactly the members). Timed outside ns/op: bulk-median-ns, bulk-min-ns,
+//     bulk-max-ns.
 //
 // The namespaces are set up once (b.Loop). Both lists must hold exactly the N members.
 func BenchmarkMembers(b *testing.B) {
@@ -85,8 +89,8 @@ func BenchmarkMembers(b *testing.B) {
 	if _, ok := scope.candidates(); !ok {
 		b.Fatalf("the scope lists no candidates from cgroup %s (its cgroup directory is %q): Members() would take the full pass", dir, scope.cgroupDir)
 	}
-	var members, all []int
-	var took, full []time.Duration
+	var members, all, listed []int
+	var took, full, bulk []time.Duration
 	for b.Loop() {
 		start := time.Now()
 		members, err = scope.Members()
@@ -95,6 +99,9 @@ func BenchmarkMembers(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StopTimer()
+		start = time.Now()
+		listed = bulkMembers(b, scope)
+		bulk = append(bulk, time.Since(start))
 		start = time.Now()
 		all, err = scope.AllMembers()
 		full = append(full, time.Since(start))
@@ -109,6 +116,24 @@ func BenchmarkMembers(b *testing.B) {
 	if len(all) != n {
 		b.Fatalf("AllMembers() found %d processes, want %d", len(all), n)
 	}
+	// The bulk list holds the members, and unshare (which joined the cgroup before it made the
+	// namespace): a drain drops it when it examines it, and kill(-1) never reaches it.
+	extra := map[int]bool{member.cmd.Process.Pid: true}
+	inList := map[int]bool{}
+	for _, pid := range listed {
+		inList[pid] = true
+	}
+	for _, pid := range members {
+		if !inList[pid] {
+			b.Fatalf("member %d is not in the bulk list", pid)
+		}
+		delete(inList, pid)
+	}
+	for pid := range inList {
+		if !extra[pid] {
+			b.Fatalf("the bulk list holds %d, which is no member", pid)
+		}
+	}
 	// After the loop: b.Loop's first call resets reported metrics.
 	report := func(prefix string, d []time.Duration) {
 		slices.Sort(d)
@@ -122,8 +147,27 @@ func BenchmarkMembers(b *testing.B) {
 	}
 	report("", took)
 	report("fullpass-", full)
+	report("bulk-", bulk)
 	b.ReportMetric(float64(n), "members")
 	b.ReportMetric(float64(n), "others")
+}
+
+// bulkMembers is what a bulk drain lists (Scope.bulkList), without init and without repeats, as
+// its prepareBulk keeps them.
+func bulkMembers(b *testing.B, scope *Scope) []int {
+	pids, ok := scope.bulkList()
+	if !ok {
+		b.Fatal("no cgroup to list")
+	}
+	seen := make(map[int]bool, len(pids))
+	out := pids[:0]
+	for _, pid := range pids {
+		if pid != scope.Init && !seen[pid] {
+			seen[pid] = true
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // benchCgroup creates a cgroup for the benchmark's member namespace, removed at cleanup (after

@@ -48,12 +48,22 @@ func (d *Drainer) prepareBulk() {
 		sig == 0 || sig == unix.SIGKILL {
 		return
 	}
-	pids, ok := appendCgroupProcs(nil, d.scope.cgroupDir)
+	pids, ok := d.scope.bulkList()
 	if !ok {
 		return
 	}
 	d.bulk = make(map[int]*bulkMember, len(pids))
 	d.addBulk(pids)
+}
+
+// bulkList lists what a bulk drain follows: the processes of the container's cgroup and of the
+// cgroups below it, unconfirmed (the signaller's kill(-1) reaches exactly the members; one listed
+// that is not is dropped when examined). ok is false when there is no cgroup to list.
+func (s *Scope) bulkList() (pids []int, ok bool) {
+	if s.cgroupDir == "" {
+		return nil, false
+	}
+	return appendCgroupProcs(nil, s.cgroupDir)
 }
 
 // addBulk adds the listed PIDs that are not followed yet as bulk members.

@@ -67,6 +67,7 @@ type scanResult struct {
 	mean       float64 // ns/op (Members only)
 	st         stats   // of single Members() calls, in ns
 	full       stats   // of single AllMembers() calls (the full pass), in ns
+	bulk       stats   // of single bulk lists (what a drain with a signaller follows), in ns
 }
 
 // bench is one benchmark run and its results.
@@ -551,7 +552,7 @@ func (b *bench) idleCost(ctx context.Context) error {
 
 var (
 	benchLine   = regexp.MustCompile(`^BenchmarkMembers\S*\s+(\d+)\s+([0-9.]+) ns/op`)
-	benchMetric = regexp.MustCompile(`([0-9.]+) ((?:fullpass-)?(?:median|min|max))-ns`)
+	benchMetric = regexp.MustCompile(`([0-9.]+) ((?:fullpass-|bulk-)?(?:median|min|max))-ns`)
 )
 
 // 4. The membership: process.BenchmarkMembers through go test. The benchmark sets up its
@@ -605,17 +606,24 @@ func (b *bench) runScan(ctx context.Context) error {
 				b.scan.full.min = v
 			case "fullpass-max":
 				b.scan.full.max = v
+			case "bulk-median":
+				b.scan.bulk.median = v
+			case "bulk-min":
+				b.scan.bulk.min = v
+			case "bulk-max":
+				b.scan.bulk.max = v
 			}
 		}
 		b.scan.st.n = b.scan.iterations
 		b.scan.full.n = b.scan.iterations
+		b.scan.bulk.n = b.scan.iterations
 		logf("scan: %s", line)
 	}
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("go test: %w\n%s", err, strings.Join(output, "\n"))
 	}
-	if b.scan.raw == "" || b.scan.st.median == 0 || b.scan.full.median == 0 {
-		return fmt.Errorf("no BenchmarkMembers result with median-ns and fullpass-median-ns in the output:\n%s", strings.Join(output, "\n"))
+	if b.scan.raw == "" || b.scan.st.median == 0 || b.scan.full.median == 0 || b.scan.bulk.median == 0 {
+		return fmt.Errorf("no BenchmarkMembers result with median-ns, fullpass-median-ns and bulk-median-ns in the output:\n%s", strings.Join(output, "\n"))
 	}
 	return nil
 }
