@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // The drain finds a container's processes from the container itself, at a cost that grows with
@@ -127,11 +129,11 @@ var listBufs = sync.Pool{New: func() any { b := make([]byte, listBufSize); retur
 
 // appendFileInts appends the PIDs listed in the file at path (cgroup.procs, a children file).
 func appendFileInts(pids []int, path string) ([]int, error) {
-	f, err := os.Open(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return pids, err
 	}
-	defer f.Close()
+	defer unix.Close(fd)
 	bp := listBufs.Get().(*[]byte)
 	defer listBufs.Put(bp)
 	buf, n := *bp, 0
@@ -139,16 +141,19 @@ func appendFileInts(pids []int, path string) ([]int, error) {
 		if n == len(buf) {
 			buf = append(buf, make([]byte, len(buf))...)
 		}
-		k, err := f.Read(buf[n:])
-		n += k
-		if err != nil || k == 0 {
+		k, err := unix.Read(fd, buf[n:])
+		if err != nil && err != unix.EINTR {
+			return pids, err
+		}
+		n += max(k, 0)
+		// A seq_file fills a read as far as it can: a short one is the end.
+		if err == nil && (k == 0 || n < len(buf)) {
 			break
 		}
 	}
 	if cap(buf) > cap(*bp) {
 		*bp = buf
 	}
-	// A number cut by the end of the buffer cannot happen: the loop reads to the end of the file.
 	return appendInts(pids, buf[:n]), nil
 }
 
