@@ -146,8 +146,8 @@ func appendFileInts(pids []int, path string) ([]int, error) {
 			return pids, err
 		}
 		n += max(k, 0)
-		// A seq_file fills a read as far as it can: a short one is the end.
-		if err == nil && (k == 0 || n < len(buf)) {
+		// A seq_file may hand out a page per read (cgroup.procs does): only 0 is the end.
+		if err == nil && k == 0 {
 			break
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +44,42 @@ func TestMembersAreFoundFromTheContainersCgroup(t *testing.T) {
 	slices.Sort(all)
 	if !slices.Equal(members, all) {
 		t.Fatalf("Members() = %v, want %v (the full pass's), without the outsider %d", members, all, outsider)
+	}
+}
+
+// A container with more processes than one page of cgroup.procs holds (a kernel seq_file hands
+// it out a page per read) has every one of them among its candidates.
+func TestCandidatesOfALargeContainer(t *testing.T) {
+	root, _ := cgroupRoot(t)
+	base := testCgroups(t, root)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const n = 1500 // about 9 KB of cgroup.procs
+	ns := startNamespaceIn(t, base, blockers(n, fifo))
+	scope := ns.scope(t)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		all, err := scope.AllMembers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the namespace holds %d members, want %d", len(all), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	members, err := scope.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, ok := scope.bulkList()
+	if len(members) != n || !ok || len(listed) < n {
+		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
 	}
 }
 

@@ -217,3 +217,67 @@ func TestSignallerRefusesTheWrongNamespace(t *testing.T) {
 		t.Fatalf("SignallerMain in the host's namespace: exit %d, said %q", code, out.String())
 	}
 }
+
+// A drain prepared before init exits lists the members then; one that exits by itself before the
+// drain starts is reported as already exited, not as exited after the signal, and one started in
+// between is signalled too.
+func TestPreparedBulkDrainCountsWhatChangedBeforeTheStart(t *testing.T) {
+	dir := benchCgroup(t)
+	marks := t.TempDir()
+	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sleep 0.3 &
+echo $! > %[1]s/short
+trap 'sh -c "trap \"echo clean > %[1]s/late; exit 0\" TERM; while :; do sleep 0.05; done" & echo $! > %[1]s/latepid' USR1
+sleep 0.1; echo ready; while :; do sleep 0.05; done`, marks))
+	sig := startTestSignaller(t, ns.init)
+	scope := ns.scope(t)
+	d := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, Signaller: sig})
+	nsPid, _ := strconv.Atoi(readMarker(t, filepath.Join(marks, "short")))
+	shortPid := hostPid(t, scope, nsPid)
+	syscall.Kill(ns.init, syscall.SIGUSR1) // a member started after the listing
+	deadline := time.Now().Add(5 * time.Second)
+	for readMarker(t, filepath.Join(marks, "latepid")) == "" || exists(shortPid) {
+		if time.Now().After(deadline) {
+			st, err := ReadStatus(shortPid)
+			t.Fatalf("the late member did not start (%q), or the short one %d did not exit (%+v, %v)", readMarker(t, filepath.Join(marks, "latepid")), shortPid, st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	report := d.Start(20 * time.Second).Finish(context.Background())
+	if got := readMarker(t, filepath.Join(marks, "late")); got != "clean" {
+		t.Fatalf("the member started after the listing did not get TERM: %+v", report.Totals)
+	}
+	found := false
+	for _, p := range report.Processes {
+		if p.Pid == shortPid {
+			found = true
+			if p.Outcome != AlreadyExited || len(p.Signals) != 0 {
+				t.Fatalf("the member that exited before the start: %+v, want %s, unsignalled", p, AlreadyExited)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the member that exited before the start (%d) is not in the report: %+v", shortPid, report.Processes)
+	}
+}
+
+// exists reports whether pid is there and not a zombie.
+func exists(pid int) bool {
+	st, err := ReadStatus(pid)
+	return err == nil && st.State != 'Z'
+}
+
+// hostPid is the host PID of the member whose PID in its namespace is nsPid ($! in a script).
+func hostPid(t *testing.T, scope *Scope, nsPid int) int {
+	t.Helper()
+	all, err := scope.AllMembers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range all {
+		if st, err := ReadStatus(pid); err == nil && len(st.NSpid) > 1 && st.NSpid[len(st.NSpid)-1] == nsPid {
+			return pid
+		}
+	}
+	t.Fatalf("no member is PID %d of its namespace", nsPid)
+	return 0
+}
