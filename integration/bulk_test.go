@@ -18,7 +18,9 @@ import (
 // children ignore it) while the signaller is already in the namespace: the signaller ignores it
 // too, and the drain still signals at once.
 func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
-	const children = 40
+	// Enough for the drain to prefer kill(-1) (see process.Scope.SignalsAtOnce) on a host of a few
+	// thousand tasks.
+	const children = 150
 	for _, order := range []string{"init-first", "children-first"} {
 		t.Run(order, func(t *testing.T) {
 			reports := subscribeReports(t)

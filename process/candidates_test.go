@@ -45,6 +45,9 @@ func TestMembersAreFoundFromTheContainersCgroup(t *testing.T) {
 	if !slices.Equal(members, all) {
 		t.Fatalf("Members() = %v, want %v (the full pass's), without the outsider %d", members, all, outsider)
 	}
+	if scope.SignalsAtOnce() {
+		t.Fatal("3 members: want them signalled one by one, not through kill(-1) over the whole host")
+	}
 }
 
 // A container with more processes than one page of cgroup.procs holds (a kernel seq_file hands
@@ -80,6 +83,9 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	listed, ok := scope.bulkList()
 	if len(members) != n || !ok || len(listed) < n {
 		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
+	}
+	if tasks, _ := hostTasks(); !scope.SignalsAtOnce() {
+		t.Fatalf("%d members on a host of %d tasks: want them signalled at once", n, tasks)
 	}
 }
 

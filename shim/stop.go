@@ -255,11 +255,12 @@ func (s *stop) grace() time.Duration {
 }
 
 // startSignaller starts the process that signals the container's whole PID namespace at once, for
-// a container with a PID namespace of its own; without it, the drain signals member by member (as
-// it does when the signaller fails: the drain report says so).
+// a container with a PID namespace of its own and enough members to make it pay
+// (Scope.SignalsAtOnce); without it, the drain signals member by member (as it does when the
+// signaller fails: the drain report says so).
 func (s *stop) startSignaller() {
 	ns := s.scope.Namespace()
-	if ns == 0 || s.signaller != nil {
+	if ns == 0 || s.signaller != nil || !s.scope.SignalsAtOnce() {
 		return
 	}
 	s.signaller = startSignaller(s.init, ns)
