@@ -3,6 +3,8 @@ package process
 import (
 	"context"
 	"errors"
+	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -865,6 +867,19 @@ func (d *Drainer) startScan() {
 	d.watchFd(fd)
 	go func() {
 		defer close(scan.done)
+		// At the lowest priority, on its own thread while it runs: the pass takes what the stop
+		// leaves of the CPUs, not a share of them.
+		runtime.LockOSThread()
+		tid := unix.Gettid()
+		if unix.Setpriority(unix.PRIO_PROCESS, tid, 19) == nil {
+			defer func() {
+				if unix.Setpriority(unix.PRIO_PROCESS, tid, 0) == nil {
+					runtime.UnlockOSThread()
+				} // else the thread ends with the goroutine, still locked
+			}()
+		} else {
+			runtime.UnlockOSThread()
+		}
 		found := scanMembers(d.scope, skip, scan.cancel)
 		if found != nil {
 			scan.found <- found
@@ -874,27 +889,49 @@ func (d *Drainer) startScan() {
 }
 
 // scanMembers returns the members of scope in the process table that are not in skip, or nil when
-// cancel was closed first.
+// cancel was closed first. It reads /proc a chunk at a time and checks cancel between chunks and
+// every 64 processes, so that a cancelled pass stops within a fraction of a millisecond instead of
+// competing for the CPUs with the container's exit (on a host of 20 000 processes, listing /proc
+// alone takes several milliseconds).
 func scanMembers(scope *Scope, skip map[int]bool, cancel <-chan struct{}) []int {
-	pids, err := allPIDs()
+	f, err := os.Open("/proc")
 	if err != nil {
 		return []int{}
 	}
+	defer f.Close()
 	found := []int{}
-	for i, pid := range pids {
-		if i%64 == 0 && cancel != nil {
-			select {
-			case <-cancel:
-				return nil
-			default:
-			}
-		}
-		if !skip[pid] && scope.Contains(pid) {
-			found = append(found, pid)
+	cancelled := func() bool {
+		select {
+		case <-cancel:
+			return true
+		default:
+			return false
 		}
 	}
-	return found
+	for {
+		if cancel != nil && cancelled() {
+			return nil
+		}
+		names, err := f.Readdirnames(scanChunk)
+		for i, name := range names {
+			if i%64 == 63 && cancel != nil && cancelled() {
+				return nil
+			}
+			if name[0] < '0' || name[0] > '9' {
+				continue
+			}
+			if pid, err := strconv.Atoi(name); err == nil && !skip[pid] && scope.Contains(pid) {
+				found = append(found, pid)
+			}
+		}
+		if err != nil || len(names) == 0 {
+			return found
+		}
+	}
 }
+
+// scanChunk is how many /proc entries the full pass reads at a time.
+const scanChunk = 256
 
 // scanned takes the full pass's result, when it is ready.
 func (d *Drainer) scanned() {

@@ -35,18 +35,29 @@ const signallerTimeout = 5 * time.Second
 // waiting: it gets ready while the stop goes on (the tracer's start, init's own exit).
 //
 // The signaller is forked by a thread that has entered init's PID namespace for its children
-// (setns through init's pidfd, which cannot refer to a recycled PID); that thread is never used
-// again: its goroutine ends locked to it, so the Go runtime ends the thread.
+// (setns through init's pidfd, which cannot refer to a recycled PID). The thread then goes back to
+// the shim's own namespace; should that fail, its goroutine ends locked to it, so that the Go
+// runtime ends the thread rather than let another goroutine fork from it.
 func startSignaller(init *process.Handle, ns uint64) *signaller {
 	s := &signaller{started: make(chan struct{}), replies: make(chan string, 4), done: make(chan struct{})}
 	go func() {
 		defer close(s.started)
-		runtime.LockOSThread() // never unlocked: see above
+		own, err := unix.Open("/proc/thread-self/ns/pid_for_children", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			s.err = fmt.Errorf("open the shim's PID namespace: %w", err)
+			return
+		}
+		defer unix.Close(own)
+		runtime.LockOSThread()
 		if err := unix.Setns(init.Fd(), unix.CLONE_NEWPID); err != nil {
+			runtime.UnlockOSThread() // unchanged
 			s.err = fmt.Errorf("enter the PID namespace of init %d: %w", init.Pid, err)
 			return
 		}
 		s.err = s.spawn(ns)
+		if unix.Setns(own, unix.CLONE_NEWPID) == nil {
+			runtime.UnlockOSThread()
+		}
 	}()
 	return s
 }
