@@ -2,8 +2,7 @@ package integration
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,18 +76,5 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 // findSignallers lists the signaller processes on the host: graceful-hold -signal-all NS, or the
 // shim binary's fallback mode SHIM hold-init -signal-all NS.
 func findSignallers() []int {
-	var found []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if strings.Contains(string(cmdline), "\x00-signal-all\x00") {
-			var n int
-			fmt.Sscan(e.Name(), &n)
-			found = append(found, n)
-		}
-	}
-	return found
+	return findProcesses(func(args []string) bool { return slices.Contains(args, "-signal-all") })
 }

@@ -384,6 +384,15 @@ func stackFunctions(stack string) []string {
 
 // findTracers lists the tracer processes holding pid.
 func findTracers(pid int) []int {
+	return findProcesses(func(args []string) bool {
+		// graceful-hold PID, or the shim binary's own tracer mode: SHIM hold-init PID.
+		helper := len(args) == 2 && filepath.Base(args[0]) == "graceful-hold" && args[1] == fmt.Sprint(pid)
+		return helper || len(args) == 3 && args[1] == "hold-init" && args[2] == fmt.Sprint(pid)
+	})
+}
+
+// findProcesses lists the host's processes whose command line (split at NULs) matches.
+func findProcesses(match func(args []string) bool) []int {
 	var found []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -391,10 +400,7 @@ func findTracers(pid int) []int {
 		if err != nil {
 			continue
 		}
-		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-		// graceful-hold PID, or the shim binary's own tracer mode: SHIM hold-init PID.
-		helper := len(args) == 2 && filepath.Base(args[0]) == "graceful-hold" && args[1] == fmt.Sprint(pid)
-		if helper || len(args) == 3 && args[1] == "hold-init" && args[2] == fmt.Sprint(pid) {
+		if match(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")) {
 			var n int
 			fmt.Sscan(e.Name(), &n)
 			found = append(found, n)

@@ -591,32 +591,25 @@ func (b *bench) runScan(ctx context.Context) error {
 		b.scan.raw = line
 		b.scan.iterations, _ = strconv.Atoi(m[1])
 		b.scan.mean, _ = strconv.ParseFloat(m[2], 64)
+		// The metrics by prefix: "" Members(), "fullpass-" AllMembers(), "bulk-" the bulk list.
+		byPrefix := map[string]*stats{"": &b.scan.st, "fullpass-": &b.scan.full, "bulk-": &b.scan.bulk}
 		for _, mm := range benchMetric.FindAllStringSubmatch(line, -1) {
 			v, _ := strconv.ParseFloat(mm[1], 64)
-			switch mm[2] {
+			name := mm[2]
+			prefix := name[:strings.LastIndex(name, "-")+1]
+			st := byPrefix[prefix]
+			switch strings.TrimPrefix(name, prefix) {
 			case "median":
-				b.scan.st.median = v
+				st.median = v
 			case "min":
-				b.scan.st.min = v
+				st.min = v
 			case "max":
-				b.scan.st.max = v
-			case "fullpass-median":
-				b.scan.full.median = v
-			case "fullpass-min":
-				b.scan.full.min = v
-			case "fullpass-max":
-				b.scan.full.max = v
-			case "bulk-median":
-				b.scan.bulk.median = v
-			case "bulk-min":
-				b.scan.bulk.min = v
-			case "bulk-max":
-				b.scan.bulk.max = v
+				st.max = v
 			}
 		}
-		b.scan.st.n = b.scan.iterations
-		b.scan.full.n = b.scan.iterations
-		b.scan.bulk.n = b.scan.iterations
+		for _, st := range byPrefix {
+			st.n = b.scan.iterations
+		}
 		logf("scan: %s", line)
 	}
 	if err := cmd.Wait(); err != nil {
