@@ -22,7 +22,18 @@ const (
 	HoldExiting = "exiting"
 	// HoldError prefixes a fatal error; the holder exits after it, which releases init.
 	HoldError = "error"
+	// HoldAutoreap: init, entering its exit syscall, was made to ignore SIGCHLD first (autoreap),
+	// so that the children that die while it is held release themselves.
+	HoldAutoreap = "autoreap"
+	// HoldAutoreapFailed prefixes why that could not be done; the hold goes on without it.
+	HoldAutoreapFailed = "autoreap-failed"
 )
+
+// autoreapSyscallBudget bounds the syscall stops a holder spends waiting for init's exit
+// syscall after init got a signal: an init whose handler makes more syscalls than this is left
+// to run untraced (and its children to be reaped by the kernel's zap), so a long shutdown is
+// not slowed down by two ptrace stops per syscall.
+const autoreapSyscallBudget = 512
 
 // HolderPidfd is the descriptor on which a holder process receives init's pidfd.
 const HolderPidfd = 3
@@ -63,6 +74,10 @@ func HolderMain(args []string) int {
 // threads live on is let go at once: only the last live thread of the process is held, since
 // only its exit lets the kernel zap the namespace.
 //
+// A single-threaded init that gets a signal is followed syscall by syscall (at most
+// autoreapSyscallBudget of them) until its exit syscall, which is turned into an autoreap first:
+// see autoreap.
+//
 // It writes HoldAttached once all threads are traced and HoldExiting when the last thread stops
 // at exit, each on its own line to out. It returns, which ends the tracer and so lets the kernel
 // detach and release every thread, when in yields a line "release" or reaches EOF. It must run
@@ -80,7 +95,8 @@ func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 		close(release)
 	}()
 
-	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out}
+	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out,
+		syscallBudget: autoreapSyscallBudget}
 	err := h.attach()
 	if err == nil {
 		err = verifyPidfd(pidfd, pid)
@@ -109,6 +125,15 @@ type holder struct {
 	exitLetGo map[int]bool
 	exiting   bool
 	out       io.Writer
+
+	// cloned: init started a thread since it was traced, so it is not followed syscall by syscall.
+	cloned bool
+	// followSyscalls: init got a signal and is resumed with PTRACE_SYSCALL until its exit syscall
+	// or until syscallBudget runs out.
+	followSyscalls bool
+	syscallBudget  int
+	// autoreap is the injected rt_sigaction in flight, till its exit stop.
+	autoreap *autoreap
 }
 
 // verifyPidfd checks that pidfd still refers to a live process numbered pid (in the caller's PID
@@ -132,7 +157,7 @@ func verifyPidfd(pidfd, pid int) error {
 	return fmt.Errorf("the pidfd of %d is not a pidfd", pid)
 }
 
-const traceOptions = unix.PTRACE_O_TRACEEXIT | unix.PTRACE_O_TRACECLONE
+const traceOptions = unix.PTRACE_O_TRACEEXIT | unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACESYSGOOD
 
 // attach seizes every thread of the process, listing its tasks until no new thread shows up.
 func (h *holder) attach() error {
@@ -211,20 +236,68 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 		if msg, err := unix.PtraceGetEventMsg(tid); err == nil {
 			h.threads[int(msg)] = true
 		}
+		h.cloned, h.followSyscalls = true, false
 		unix.PtraceCont(tid, 0)
 	case unix.PTRACE_EVENT_STOP:
 		h.threads[tid] = true // a new thread's first stop, or a group-stop
 		if sig == unix.SIGSTOP || sig == unix.SIGTSTP || sig == unix.SIGTTIN || sig == unix.SIGTTOU {
 			unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_LISTEN, uintptr(tid), 0, 0, 0, 0)
 		} else {
-			unix.PtraceCont(tid, 0)
+			h.resume(tid, 0)
 		}
 	case 0:
-		// A signal-delivery-stop: deliver the signal as if nobody were tracing.
-		unix.PtraceCont(tid, int(sig))
+		if sig == unix.SIGTRAP|0x80 {
+			h.syscallStop(tid)
+			return
+		}
+		// A signal-delivery-stop: deliver the signal as if nobody were tracing. From the first
+		// signal on (the stop signal, normally), a single-threaded init is followed to its exit.
+		if !h.cloned && len(h.threads) == 1 && h.syscallBudget > 0 {
+			h.followSyscalls = true
+		}
+		h.resume(tid, int(sig))
 	default:
 		unix.PtraceCont(tid, 0)
 	}
+}
+
+// resume lets tid run on, to its next syscall stop while init is followed.
+func (h *holder) resume(tid, sig int) {
+	if h.followSyscalls {
+		unix.PtraceSyscall(tid, sig)
+		return
+	}
+	unix.PtraceCont(tid, sig)
+}
+
+// syscallStop handles a syscall-entry or -exit stop of a followed init: the exit syscall is
+// turned into an autoreap, then into itself again (autoreap).
+func (h *holder) syscallStop(tid int) {
+	if a := h.autoreap; a != nil {
+		h.autoreap, h.followSyscalls = nil, false
+		if err := a.finish(); err != nil {
+			fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+		} else {
+			fmt.Fprintln(h.out, HoldAutoreap)
+		}
+		unix.PtraceCont(tid, 0) // on to the exit syscall again, and to the exit stop
+		return
+	}
+	info, err := getSyscallInfo(tid)
+	if err == nil && info.Op == syscallInfoEntry && isExitSyscall(info) && !h.cloned && len(h.threads) == 1 {
+		a, err := beginAutoreap(tid)
+		if err == nil {
+			h.autoreap = a
+			unix.PtraceSyscall(tid, 0)
+			return
+		}
+		fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+		h.followSyscalls = false
+	}
+	if h.syscallBudget--; h.syscallBudget <= 0 {
+		h.followSyscalls = false
+	}
+	h.resume(tid, 0)
 }
 
 // othersLive reports whether a traced thread other than tid is alive and not dying. A process

@@ -3,6 +3,7 @@ package process
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -52,6 +53,9 @@ echo ready; while :; do sleep 0.05; done`, dir))
 		t.Fatalf("holder said %q, want %q", got, HoldAttached)
 	}
 	syscall.Kill(ns.init, syscall.SIGTERM)
+	if got := next(); got != HoldAutoreap {
+		t.Fatalf("holder said %q, want %q", got, HoldAutoreap)
+	}
 	if got := next(); got != HoldExiting {
 		t.Fatalf("holder said %q, want %q", got, HoldExiting)
 	}
@@ -223,5 +227,60 @@ func TestHolderRefusesARecycledPID(t *testing.T) {
 	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", live.Process.Pid))
 	if !strings.Contains(string(st), "TracerPid:\t0\n") {
 		t.Fatalf("the live process with the PID is traced:\n%s", st)
+	}
+}
+
+// A single-threaded init held at its exit has been made to ignore SIGCHLD on its way there
+// (autoreap): a child that dies while it is held releases itself at once, instead of staying a
+// zombie until the kernel's zap reaps it, one at a time, after the release. init's exit status is
+// the one it asked for.
+func TestHeldInitsChildrenReleaseThemselves(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNamespace(t, fmt.Sprintf(`sleep 1000 & echo $! > %s/child
+trap "exit 7" TERM
+echo ready; while :; do sleep 0.05; done`, dir))
+	scope := ns.scope(t)
+	nsPid, err := strconv.Atoi(readMarker(t, filepath.Join(dir, "child")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := hostPid(t, scope, nsPid)
+	childfd, err := Open(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer childfd.Close()
+
+	_, release, next := startHolder(t, ns.init)
+	if got := next(); got != HoldAttached {
+		t.Fatalf("holder said %q, want %q", got, HoldAttached)
+	}
+	syscall.Kill(ns.init, syscall.SIGTERM)
+	if got := next(); got != HoldAutoreap {
+		t.Fatalf("holder said %q, want %q", got, HoldAutoreap)
+	}
+	if got := next(); got != HoldExiting {
+		t.Fatalf("holder said %q, want %q", got, HoldExiting)
+	}
+	syscall.Kill(child, syscall.SIGKILL)
+	if !waitExited(childfd, 5*time.Second) {
+		t.Fatal("the child did not die of SIGKILL")
+	}
+	// Its release follows its exit within the same kernel call; give it a generous bound.
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		st, err := ReadStatus(child)
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child of the held init is left in state %c: not released", st.State)
+		}
+		runtime.Gosched()
+	}
+	releaseHeld(t, ns.init, release)
+	err = ns.cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 7 {
+		t.Fatalf("init's exit: %v, want status 7", err)
 	}
 }

@@ -52,6 +52,10 @@ type hold struct {
 	exiting, done chan struct{}
 	// startup is how long the tracer took from its start until it traced every thread of init.
 	startup time.Duration
+	// autoreap: init was made to ignore SIGCHLD on its way to exit (process.HoldAutoreap);
+	// autoreapFailure says why that failed. Both are set before exiting is closed.
+	autoreap        bool
+	autoreapFailure string
 }
 
 // holdAttachTimeout bounds how long the tracer may take to attach to init.
@@ -113,6 +117,10 @@ func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
 		case line == process.HoldAttached && !reported:
 			attached <- nil
 			reported = true
+		case line == process.HoldAutoreap:
+			h.autoreap = true
+		case strings.HasPrefix(line, process.HoldAutoreapFailed):
+			h.autoreapFailure = strings.TrimSpace(strings.TrimPrefix(line, process.HoldAutoreapFailed))
 		case line == process.HoldExiting && !exiting:
 			close(h.exiting)
 			exiting = true

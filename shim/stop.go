@@ -31,7 +31,9 @@ type stop struct {
 	initSignal string // what init was sent
 	// tracerStart is how long the tracer took to start, for an init-first stop.
 	tracerStart time.Duration
-	profile     func() // stops the CPU profile, if any
+	// initAutoreap: the held init ignored SIGCHLD, so its children released themselves.
+	initAutoreap bool
+	profile      func() // stops the CPU profile, if any
 	// signaller signals the whole PID namespace at once for the drain (nil: member by member).
 	signaller *signaller
 	ctx       context.Context
@@ -57,8 +59,12 @@ type StopReport struct {
 	InitSignal  string    `json:"init_signal,omitempty"`
 	Notes       []string  `json:"notes,omitempty"`
 	// TracerStart is how long the init-first tracer took to start and trace init.
-	TracerStart time.Duration   `json:"tracer_start_ns,omitempty"`
-	Drain       *process.Report `json:"drain,omitempty"`
+	TracerStart time.Duration `json:"tracer_start_ns,omitempty"`
+	// InitAutoreap: init, held at its exit, had been made to ignore SIGCHLD on its way there, so
+	// that the processes that died while it was held released themselves instead of waiting, as
+	// zombies, for the kernel to reap them one by one after its release.
+	InitAutoreap bool            `json:"init_autoreap,omitempty"`
+	Drain        *process.Report `json:"drain,omitempty"`
 }
 
 // newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
@@ -192,6 +198,10 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 	select {
 	case <-h.hold.exiting:
 		// init is held in its exit: drain the rest (at once done when nothing is left).
+		s.initAutoreap = h.hold.autoreap
+		if f := h.hold.autoreapFailure; f != "" {
+			s.note("init's children could not be made to release themselves (they wait for the kernel's reap): %s", f)
+		}
 		drain := drainer.Start(s.grace()).Finish(s.ctx)
 		s.closeSignaller()
 		if s.ctx.Err() == nil {
@@ -343,7 +353,8 @@ func (s *stop) log(drain *process.Report) *StopReport {
 		requested = process.SignalName(s.signal)
 	}
 	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
-		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart, Drain: drain}
+		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart,
+		InitAutoreap: s.initAutoreap, Drain: drain}
 	data, _ := json.Marshal(r)
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}
 	if drain != nil {

@@ -19,7 +19,10 @@ type StopReport struct {
 	InitSignal  string   `json:"init_signal"`
 	Notes       []string `json:"notes"`
 	TracerStart float64  `json:"tracer_start_ns"` // init-first: the tracer's start until it traced init
-	Drain       *struct {
+	// InitAutoreap: init-first, init ignored SIGCHLD on its way to exit, so its children released
+	// themselves while it was held.
+	InitAutoreap bool `json:"init_autoreap"`
+	Drain        *struct {
 		Started      time.Time `json:"started"`
 		Grace        float64   `json:"grace_ns"`
 		Duration     float64   `json:"duration_ns"`

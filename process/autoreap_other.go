@@ -1,0 +1,17 @@
+//go:build !amd64
+
+package process
+
+import "errors"
+
+// autoreap is only implemented for amd64: elsewhere init's children stay zombies until the
+// kernel's zap reaps them, as without it.
+type autoreap struct{}
+
+func isExitSyscall(syscallInfo) bool { return false }
+
+func beginAutoreap(int) (*autoreap, error) {
+	return nil, errors.New("not implemented on this architecture")
+}
+
+func (*autoreap) finish() error { return nil }
