@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -46,6 +47,8 @@ type container struct {
 	stop   *stop // the graceful stop in progress, if any
 	// main follows the main process under graceful-init (nil without it, or before Start).
 	main *mainWatch
+	// resumeGC ends the garbage collector's pause of the container's last stop (see pauseGC).
+	resumeGC func()
 }
 
 // newService wraps the runc task service; stop reports are published through publisher.
@@ -161,9 +164,17 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 // startStop begins the stop that Kill claimed, and finishes it in the background.
 func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *container, st *stop) (*emptypb.Empty, error) {
 	started := false
+	resumeGC := pauseGC()
+	s.mu.Lock()
+	if c.resumeGC != nil {
+		c.resumeGC() // that stop is over
+	}
+	c.resumeGC = resumeGC
+	s.mu.Unlock()
 	defer func() {
 		if !started {
 			s.unclaim(c, st)
+			resumeGC()
 		}
 	}()
 	state, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
@@ -193,6 +204,9 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 	go func() {
 		s.publish(st.finish())
 		s.unclaim(c, st)
+		// Init's exit is handled, and the container deleted, right after: the collector waits
+		// for the Delete, or runs again stopPauseGCFor from now.
+		time.AfterFunc(stopPauseGCFor, resumeGC)
 	}()
 	return &emptypb.Empty{}, nil
 }
@@ -217,6 +231,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			}
 			if c.main != nil {
 				c.main.cancel()
+			}
+			if c.resumeGC != nil {
+				c.resumeGC()
 			}
 		}
 		delete(s.containers, r.ID)
