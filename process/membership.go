@@ -356,12 +356,28 @@ func (s *Scope) openMember(pid int) (*Handle, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	ns, ok := s.memberByHandle(h)
-	if !ok {
+	ns, err := s.confirmHandle(h)
+	if err != nil {
 		h.Close()
-		return nil, 0, ErrNotMember
+		return nil, 0, err
 	}
 	return h, ns, nil
+}
+
+// confirmHandle checks that the process h refers to is a member, returning its PID namespace as
+// member does. A process that has been reaped meanwhile (its parent ignores SIGCHLD, or reaped it
+// at once) has nothing left to check: its /proc entry is gone, or is already another process's.
+// It is ErrGone then, never ErrNotMember, so that a member that exits fast is counted as exited
+// rather than dropped as a stranger.
+func (s *Scope) confirmHandle(h *Handle) (uint64, error) {
+	ns, ok := s.memberByHandle(h)
+	if ok {
+		return ns, nil
+	}
+	if errors.Is(h.Signal(0), ErrGone) { // a zombie can still be signalled: only reaped is gone
+		return 0, ErrGone
+	}
+	return 0, ErrNotMember
 }
 
 // ErrNotMember reports a process that is not part of the container.

@@ -2,7 +2,9 @@ package process
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"strconv"
 	"syscall"
@@ -81,5 +83,42 @@ func TestOpenMemberRefusesARecycledPid(t *testing.T) {
 	}
 	if err := outsider.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("outsider: %v", err)
+	}
+}
+
+// A member that has been reaped by the time its membership is checked (as under a parent that
+// ignores SIGCHLD, which releases each child as it dies) is gone, not "not a member": a drain
+// counts it as exited instead of dropping it from its report. Its PID, recycled meanwhile by a
+// process outside the container, does not make it a stranger either.
+func TestReapedMemberIsGoneNotAStranger(t *testing.T) {
+	marks := t.TempDir()
+	ns := startNamespace(t, fmt.Sprintf(`sleep 60 & echo $! > %s/pid
+echo ready; wait; echo reaped; while :; do sleep 0.05; done`, marks))
+	scope := ns.scope(t)
+	nsPid, _ := strconv.Atoi(readMarker(t, filepath.Join(marks, "pid")))
+	pid := hostPid(t, scope, nsPid)
+	h, err := Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := scope.confirmHandle(h); err != nil {
+		t.Fatalf("the live member %d: %v, want a member", pid, err)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	ns.expect(t, "reaped")
+	if _, err := scope.confirmHandle(h); !errors.Is(err, ErrGone) {
+		t.Fatalf("the reaped member %d: %v, want ErrGone", pid, err)
+	}
+	stranger := startWithPid(t, pid)
+	if _, err := scope.confirmHandle(h); !errors.Is(err, ErrGone) {
+		t.Fatalf("the reaped member %d, its PID now %d's outside the container: %v, want ErrGone", pid, stranger.Process.Pid, err)
+	}
+	// The stranger itself, opened now, is no member.
+	if h2, err := scope.OpenMember(pid); !errors.Is(err, ErrNotMember) {
+		if h2 != nil {
+			h2.Close()
+		}
+		t.Fatalf("OpenMember of the process outside the container now holding %d: %v, want ErrNotMember", pid, err)
 	}
 }
