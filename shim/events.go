@@ -13,9 +13,12 @@ const StopEventTopic = "/graceful/stop"
 
 // stopEvent turns a report into the structured event published on StopEventTopic.
 func stopEvent(r *StopReport) (*structpb.Struct, error) {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
+	data := r.encoded
+	if data == nil {
+		var err error
+		if data, err = json.Marshal(r); err != nil {
+			return nil, err
+		}
 	}
 	var fields map[string]any
 	if err := json.Unmarshal(data, &fields); err != nil {

@@ -65,6 +65,9 @@ type StopReport struct {
 	// zombies, for the kernel to reap them one by one after its release.
 	InitAutoreap bool            `json:"init_autoreap,omitempty"`
 	Drain        *process.Report `json:"drain,omitempty"`
+
+	// encoded is the report in JSON, as logged, for the event to reuse.
+	encoded []byte
 }
 
 // newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
@@ -356,6 +359,7 @@ func (s *stop) log(drain *process.Report) *StopReport {
 		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart,
 		InitAutoreap: s.initAutoreap, Drain: drain}
 	data, _ := json.Marshal(r)
+	r.encoded = data
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}
 	if drain != nil {
 		fields["processes"] = len(drain.Processes)
