@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,28 @@ func candidateDir(entries []cgroupEntry) string {
 		}
 	}
 	return best
+}
+
+// pidsCounterFile returns the pids.current file of the container's cgroup among entries (its
+// tasks, threads included, counted by the pids controller, of the cgroup and those below it), ""
+// when no pids controller counts them.
+func pidsCounterFile(entries []cgroupEntry) string {
+	mounts := cgroupMounts()
+	for _, e := range entries {
+		_, controllers, _ := strings.Cut(e.hierarchy, ":")
+		if controllers != "" && !slices.Contains(strings.Split(controllers, ","), "pids") {
+			continue
+		}
+		root, ok := mounts.dir(e.hierarchy)
+		if !ok {
+			continue
+		}
+		file := filepath.Join(root, e.path, "pids.current")
+		if unix.Access(file, unix.R_OK) == nil {
+			return file
+		}
+	}
+	return ""
 }
 
 // candidates returns the PIDs that may be members, read from the container itself (possibly with

@@ -84,6 +84,10 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	if len(members) != n || !ok || len(listed) < n {
 		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
 	}
+	// Its size, for that choice, is read from the pids controller's counter where there is one.
+	if size, ok := scope.size(); !ok || size < n || (strings.HasSuffix(root, "/pids") && scope.pidsCounter == "") {
+		t.Fatalf("size %d (ok %v, from %q under %s), want at least %d, from pids.current under a pids hierarchy", size, ok, scope.pidsCounter, root, n)
+	}
 	if tasks, _ := hostTasks(); !scope.SignalsAtOnce() {
 		t.Fatalf("%d members on a host of %d tasks: want them signalled at once", n, tasks)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 
@@ -84,7 +83,7 @@ func HolderMain(args []string) int {
 // in a process of its own: ptrace stops are reported through wait, which the caller must not
 // share with another reaper. If the process running it dies, the kernel detaches all the same.
 func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
-	runtime.LockOSThread() // every ptrace request must come from the tracing thread
+	raiseHelperPriority() // and every ptrace request must come from the tracing thread
 	children := make(chan os.Signal, 16)
 	signal.Notify(children, unix.SIGCHLD)
 	release := make(chan struct{})

@@ -45,6 +45,9 @@ type Scope struct {
 	// cgroupDir is the container's cgroup directory that candidates are listed from, "" when no
 	// cgroup tells the container apart (the full pass over /proc then finds every member).
 	cgroupDir string
+	// pidsCounter is the container cgroup's pids.current ("" without a pids controller): its
+	// size at the cost of one small read.
+	pidsCounter string
 
 	// notNested caches the PID namespaces (by inode) found not to be nested in the container's:
 	// finding out walks the namespace's parents, four system calls a level. Only this safe answer
@@ -74,7 +77,7 @@ func ScopeOf(init int) (*Scope, error) {
 			return nil, fmt.Errorf("process %d is PID 1 of the caller's own PID namespace", init)
 		}
 		if kept, err := containerCgroups(init); err == nil {
-			s.cgroupDir = candidateDir(kept)
+			s.cgroupDir, s.pidsCounter = candidateDir(kept), pidsCounterFile(kept)
 		}
 		return s, nil
 	}
@@ -82,7 +85,7 @@ func ScopeOf(init int) (*Scope, error) {
 	if s.cgroups, err = containerCgroups(init); err != nil {
 		return nil, err
 	}
-	s.cgroupDir = candidateDir(s.cgroups)
+	s.cgroupDir, s.pidsCounter = candidateDir(s.cgroups), pidsCounterFile(s.cgroups)
 	return s, nil
 }
 

@@ -68,6 +68,7 @@ func SignallerMain(args []string, in io.Reader, out io.Writer) int {
 	}
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
+	raiseHelperPriority()
 	fmt.Fprintln(out, SignallerReady)
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
