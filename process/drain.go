@@ -651,8 +651,7 @@ func (d *Drainer) recordSignal(t *tracked, sig unix.Signal) {
 // drain is cancelled. It returns how many tracked processes exited, and whether fork events were
 // lost.
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
-	ms := int((max(timeout, 0) + time.Millisecond - 1) / time.Millisecond)
-	ready := d.readyFds(wake, ms)
+	ready := d.readyFds(wake, max(timeout, 0))
 	// The full pass's result is taken last: tracking what it found opens pidfds, which may get
 	// the number of a descriptor in ready (the pass's own eventfd, once closed).
 	scanReady := false
@@ -697,13 +696,13 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 
 // readyFds waits up to ms milliseconds and returns the readable fds among the tracked pidfds, the
 // fork watcher and wake.
-func (d *Drainer) readyFds(wake, ms int) map[int32]bool {
+func (d *Drainer) readyFds(wake int, timeout time.Duration) map[int32]bool {
 	ready := map[int32]bool{}
 	if d.ep >= 0 {
 		if d.events == nil {
 			d.events = make([]unix.EpollEvent, 512)
 		}
-		n, err := unix.EpollWait(d.ep, d.events, ms)
+		n, err := epollWait(d.ep, d.events, timeout)
 		for i := 0; err == nil && i < n; i++ {
 			ready[d.events[i].Fd] = true
 		}
@@ -718,7 +717,8 @@ func (d *Drainer) readyFds(wake, ms int) map[int32]bool {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
 	}
-	if n, err := unix.Poll(fds, ms); err == nil && n > 0 {
+	ts := unix.NsecToTimespec(timeout.Nanoseconds())
+	if n, err := unix.Ppoll(fds, &ts, nil); err == nil && n > 0 {
 		for _, f := range fds {
 			if f.Revents != 0 {
 				ready[f.Fd] = true
