@@ -49,16 +49,9 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	ns.expect(t, "trapped")
 
 	holder, release, next := startHolder(t, ns.init)
-	if got := next(); got != HoldAttached {
-		t.Fatalf("holder said %q, want %q", got, HoldAttached)
-	}
+	expectHolder(t, next, HoldAttached)
 	syscall.Kill(ns.init, syscall.SIGTERM)
-	if got := next(); got != HoldAutoreap {
-		t.Fatalf("holder said %q, want %q", got, HoldAutoreap)
-	}
-	if got := next(); got != HoldExiting {
-		t.Fatalf("holder said %q, want %q", got, HoldExiting)
-	}
+	expectHolder(t, next, HoldAutoreap, HoldExiting)
 	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "child")); got != "clean" {
@@ -188,13 +181,9 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 		t.Fatalf("no init under unshare: %q", children)
 	}
 	_, release, next := startHolder(t, init)
-	if got := next(); got != HoldAttached {
-		t.Fatalf("holder said %q, want %q", got, HoldAttached)
-	}
+	expectHolder(t, next, HoldAttached)
 	syscall.Kill(init, syscall.SIGTERM)
-	if got := next(); got != HoldExiting {
-		t.Fatalf("holder said %q, want %q", got, HoldExiting)
-	}
+	expectHolder(t, next, HoldExiting)
 	if got := readMarker(t, marker); got != "exiting" {
 		t.Fatal("the holder reported init exiting when one of its threads ended, before init itself exited")
 	}
@@ -252,16 +241,9 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	defer childfd.Close()
 
 	_, release, next := startHolder(t, ns.init)
-	if got := next(); got != HoldAttached {
-		t.Fatalf("holder said %q, want %q", got, HoldAttached)
-	}
+	expectHolder(t, next, HoldAttached)
 	syscall.Kill(ns.init, syscall.SIGTERM)
-	if got := next(); got != HoldAutoreap {
-		t.Fatalf("holder said %q, want %q", got, HoldAutoreap)
-	}
-	if got := next(); got != HoldExiting {
-		t.Fatalf("holder said %q, want %q", got, HoldExiting)
-	}
+	expectHolder(t, next, HoldAutoreap, HoldExiting)
 	syscall.Kill(child, syscall.SIGKILL)
 	if !waitExited(childfd, 5*time.Second) {
 		t.Fatal("the child did not die of SIGKILL")
@@ -282,5 +264,15 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 7 {
 		t.Fatalf("init's exit: %v, want status 7", err)
+	}
+}
+
+// expectHolder fails the test unless the holder's next lines are want, in order.
+func expectHolder(t *testing.T, next func() string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if got := next(); got != w {
+			t.Fatalf("holder said %q, want %q", got, w)
+		}
 	}
 }
