@@ -7,9 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// auditArchX86_64 is AUDIT_ARCH_X86_64, the arch a 64-bit syscall reports.
-const auditArchX86_64 = 0xc000003e
-
 // kernelSigactionSize is struct kernel_sigaction on x86_64: handler, flags, restorer, mask.
 const kernelSigactionSize = 32
 
@@ -30,7 +27,7 @@ type autoreap struct {
 // isExitSyscall reports whether a syscall-entry stop is an exit syscall this architecture can
 // rewrite (a 64-bit exit or exit_group).
 func isExitSyscall(info syscallInfo) bool {
-	return info.Arch == auditArchX86_64 && (info.Nr == unix.SYS_EXIT_GROUP || info.Nr == unix.SYS_EXIT)
+	return info.Arch == unix.AUDIT_ARCH_X86_64 && (info.Nr == unix.SYS_EXIT_GROUP || info.Nr == unix.SYS_EXIT)
 }
 
 // beginAutoreap replaces the exit syscall tid is entering by rt_sigaction(SIGCHLD, SIG_IGN). The

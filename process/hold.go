@@ -251,7 +251,7 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 		}
 		// A signal-delivery-stop: deliver the signal as if nobody were tracing. From the first
 		// signal on (the stop signal, normally), a single-threaded init is followed to its exit.
-		if !h.cloned && len(h.threads) == 1 && h.syscallBudget > 0 {
+		if h.singleThreaded() && h.syscallBudget > 0 {
 			h.followSyscalls = true
 		}
 		h.resume(tid, int(sig))
@@ -259,6 +259,11 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 		unix.PtraceCont(tid, 0)
 	}
 }
+
+// singleThreaded reports whether init has had one thread since it was traced: only such an init
+// is followed to its exit syscall (another thread would go on running user code in a process
+// that ignores SIGCHLD).
+func (h *holder) singleThreaded() bool { return !h.cloned && len(h.threads) == 1 }
 
 // resume lets tid run on, to its next syscall stop while init is followed.
 func (h *holder) resume(tid, sig int) {
@@ -283,7 +288,7 @@ func (h *holder) syscallStop(tid int) {
 		return
 	}
 	info, err := getSyscallInfo(tid)
-	if err == nil && info.Op == syscallInfoEntry && isExitSyscall(info) && !h.cloned && len(h.threads) == 1 {
+	if err == nil && info.Op == unix.PTRACE_SYSCALL_INFO_ENTRY && isExitSyscall(info) && h.singleThreaded() {
 		a, err := beginAutoreap(tid)
 		if err == nil {
 			h.autoreap = a

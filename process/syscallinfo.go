@@ -6,14 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Values of syscallInfo.Op (PTRACE_SYSCALL_INFO_*).
-const (
-	syscallInfoEntry = 1
-	syscallInfoExit  = 2
-)
-
-// syscallInfo is the start of struct ptrace_syscall_info with its entry member: for an exit stop
-// Nr holds the return value instead.
+// syscallInfo is the start of struct ptrace_syscall_info with its entry member (Op is one of
+// unix.PTRACE_SYSCALL_INFO_*): for an exit stop Nr holds the return value instead.
 type syscallInfo struct {
 	Op       uint8
 	_        uint8

@@ -13,15 +13,8 @@ const StopEventTopic = "/graceful/stop"
 
 // stopEvent turns a report into the structured event published on StopEventTopic.
 func stopEvent(r *StopReport) (*structpb.Struct, error) {
-	data := r.encoded
-	if data == nil {
-		var err error
-		if data, err = json.Marshal(r); err != nil {
-			return nil, err
-		}
-	}
 	var fields map[string]any
-	if err := json.Unmarshal(data, &fields); err != nil {
+	if err := json.Unmarshal(r.encode(), &fields); err != nil {
 		return nil, err
 	}
 	ev, err := structpb.NewStruct(fields)

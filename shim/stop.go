@@ -66,8 +66,16 @@ type StopReport struct {
 	InitAutoreap bool            `json:"init_autoreap,omitempty"`
 	Drain        *process.Report `json:"drain,omitempty"`
 
-	// encoded is the report in JSON, as logged, for the event to reuse.
+	// encoded is the report in JSON (see encode).
 	encoded []byte
+}
+
+// encode returns the report in JSON, encoded once for the log and the event.
+func (r *StopReport) encode() []byte {
+	if r.encoded == nil {
+		r.encoded, _ = json.Marshal(r)
+	}
+	return r.encoded
 }
 
 // newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
@@ -358,9 +366,7 @@ func (s *stop) log(drain *process.Report) *StopReport {
 	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
 		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart,
 		InitAutoreap: s.initAutoreap, Drain: drain}
-	data, _ := json.Marshal(r)
-	r.encoded = data
-	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(data)}
+	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(r.encode())}
 	if drain != nil {
 		fields["processes"] = len(drain.Processes)
 		fields["exited"] = drain.Count(process.ExitedAfterSignal) + drain.Count(process.ExitedUnsignalled) + drain.Count(process.AlreadyExited)
