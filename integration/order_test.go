@@ -160,7 +160,12 @@ echo ready
 			default:
 			}
 			if child.Exited() {
-				t.Fatal("the stubborn child is gone during a 30s drain")
+				// Say whether init was still held (a drain that ended early releases it to the zap).
+				held := "held"
+				if why := notHeld(initPid); why != "" {
+					held = "not held: " + why
+				}
+				t.Fatalf("the stubborn child is gone during a 30s drain (init %s; container output %q)", held, c.Output.String())
 			}
 			if order == "children-first" && initH.Exited() {
 				t.Fatal("children-first: init exited during the drain, before its own signal")
