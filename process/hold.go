@@ -172,8 +172,14 @@ func (h *holder) attach() error {
 				continue
 			}
 			if _, _, errno := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SEIZE, uintptr(tid), 0, traceOptions, 0, 0); errno != 0 {
-				if errno == unix.ESRCH {
+				switch {
+				case errno == unix.ESRCH:
 					continue // the thread exited meanwhile
+				case errno == unix.EPERM && h.tracesAlready(tid):
+					// Started by a thread seized already, and so traced since its clone.
+					h.threads[tid] = true
+					added++
+					continue
 				}
 				return fmt.Errorf("ptrace seize thread %d of %d: %w", tid, h.pid, errno)
 			}
@@ -331,6 +337,13 @@ func threadLive(pid, tid int) bool {
 	}
 	st, err := ReadStatus(tid)
 	return err == nil && st.Tgid == pid && st.Pending&bit(unix.SIGKILL) == 0
+}
+
+// tracesAlready reports whether the caller traces tid, a thread of init: one that a thread seized
+// earlier started (PTRACE_O_TRACECLONE attaches it), which a second PTRACE_SEIZE refuses.
+func (h *holder) tracesAlready(tid int) bool {
+	st, err := ReadStatus(tid)
+	return err == nil && st.Tgid == h.pid && st.TracerPid == os.Getpid()
 }
 
 // threadOf reports whether tid is a thread of process pid.

@@ -276,3 +276,41 @@ func expectHolder(t *testing.T, next func() string, want ...string) {
 		}
 	}
 }
+
+// A process that keeps starting threads is attached to whole: a thread started by an already
+// seized thread while the holder lists the others is traced automatically (PTRACE_O_TRACECLONE),
+// and seizing it again fails with EPERM. That must not make the holder give up, which let such an
+// init be zapped as if no tracer could hold it.
+func TestHolderAttachesToAProcessStartingThreads(t *testing.T) {
+	spawner := exec.Command("python3", "-c", `
+import threading, time
+def work():
+    time.sleep(0.0005)
+print("ready", flush=True)
+while True:
+    ts = [threading.Thread(target=work) for _ in range(8)]
+    for x in ts: x.start()
+    for x in ts: x.join()
+`)
+	out, _ := spawner.StdoutPipe()
+	if err := spawner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { spawner.Process.Kill(); spawner.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "ready" {
+		t.Fatalf("the thread spawner said %q", line)
+	}
+	for i := 0; i < 30; i++ {
+		holder, release, next := startHolder(t, spawner.Process.Pid)
+		if got := next(); got != HoldAttached {
+			t.Fatalf("attach %d: holder said %q, want %q", i, got, HoldAttached)
+		}
+		release.Close()
+		if err := holder.Wait(); err != nil {
+			t.Fatalf("attach %d: holder: %v", i, err)
+		}
+	}
+	if err := spawner.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the spawner did not survive being traced and let go: %v", err)
+	}
+}

@@ -41,6 +41,8 @@ type Status struct {
 	// Tgid is the thread group (process) a task belongs to; PPid is the parent's PID, both in the
 	// reader's PID namespace.
 	Tgid, PPid int
+	// TracerPid is the PID of the task's tracer, 0 when it is not traced.
+	TracerPid int
 	// Pending are the signals pending for this task alone (SigPnd; a thread's, when read through
 	// its thread id).
 	Pending uint64
@@ -94,6 +96,8 @@ func parseStatus(data []byte) (Status, error) {
 			st.Tgid, err = strconv.Atoi(value)
 		case "PPid":
 			st.PPid, err = strconv.Atoi(value)
+		case "TracerPid":
+			st.TracerPid, err = strconv.Atoi(value)
 		case "SigPnd":
 			st.Pending, err = strconv.ParseUint(value, 16, 64)
 		case "NSpid":
