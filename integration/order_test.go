@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
+	"golang.org/x/sys/unix"
 )
 
 func orderAnnotation(order string) map[string]string {
@@ -140,10 +142,12 @@ echo ready
 		t.Run(order, func(t *testing.T) {
 			annotations := orderAnnotation(order)
 			annotations["io.containerd.graceful.v2.grace-period"] = "30s"
+			reports := subscribeReports(t)
 			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: annotations})
 			waitTrapped(t, c, "stubborn")
 			initPid := int(c.Task.Pid())
-			child := openPid(t, "the stubborn child", sentinelPid(t, c))
+			childPid := sentinelPid(t, c)
+			child := openPid(t, "the stubborn child", childPid)
 			initH := openPid(t, "init", initPid)
 			ctx := context.Background()
 			if err := c.Task.Kill(namespaces.WithNamespace(ctx, stack.Namespace), syscall.SIGTERM); err != nil {
@@ -165,7 +169,12 @@ echo ready
 				if why := notHeld(initPid); why != "" {
 					held = "not held: " + why
 				}
-				t.Fatalf("the stubborn child is gone during a 30s drain (init %s; container output %q)", held, c.Output.String())
+				st, stErr := process.ReadStatus(childPid)
+				fds := []unix.PollFd{{Fd: int32(child.Fd()), Events: unix.POLLIN}}
+				unix.Poll(fds, 0)
+				held += fmt.Sprintf("; child %d state %c (%v), pidfd revents %#x", childPid, st.State, stErr, fds[0].Revents)
+				c.Stop(ctx, syscall.SIGKILL, 10*time.Second)
+				t.Fatalf("the stubborn child is gone during a 30s drain (init %s; container output %q; report %s)", held, c.Output.String(), reportJSON(reports.next(t, c.ID)))
 			}
 			if order == "children-first" && initH.Exited() {
 				t.Fatal("children-first: init exited during the drain, before its own signal")
@@ -421,4 +430,10 @@ func countThreads(t *testing.T, pid int) int {
 		t.Fatal(err)
 	}
 	return len(entries)
+}
+
+// reportJSON is r in JSON, for a failure message.
+func reportJSON(r *stack.StopReport) string {
+	data, _ := json.Marshal(r)
+	return string(data)
 }
