@@ -133,7 +133,14 @@ func traceFromOutside(t *testing.T, pid int) (releaseAtExit func()) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	pidfd := os.NewFile(uintptr(h.Fd()), "pidfd")
+	// The child gets a copy: an os.File of h's own descriptor would close it a second time when
+	// it is collected, by then perhaps another test's pidfd (seen as POLLNVAL, "exited").
+	fd, err := unix.FcntlInt(uintptr(h.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidfd := os.NewFile(uintptr(fd), "pidfd")
+	defer pidfd.Close()
 	cmd := exec.Command(filepath.Join(theStack.Dir, "bin", "containerd-shim-graceful-v2"), "hold-init", strconv.Itoa(pid))
 	cmd.ExtraFiles = []*os.File{pidfd}
 	stdin, err := cmd.StdinPipe()
