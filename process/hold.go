@@ -175,11 +175,16 @@ func (h *holder) attach() error {
 				switch {
 				case errno == unix.ESRCH:
 					continue // the thread exited meanwhile
-				case errno == unix.EPERM && h.tracesAlready(tid):
-					// Started by a thread seized already, and so traced since its clone.
-					h.threads[tid] = true
-					added++
-					continue
+				case errno == unix.EPERM:
+					switch traced, exiting := h.seizedAlready(tid); {
+					case traced:
+						// Started by a thread seized already, and so traced since its clone.
+						h.threads[tid] = true
+						added++
+						continue
+					case exiting:
+						continue // exited meanwhile, or exiting: the kernel refuses to trace it
+					}
 				}
 				return fmt.Errorf("ptrace seize thread %d of %d: %w", tid, h.pid, errno)
 			}
@@ -339,11 +344,19 @@ func threadLive(pid, tid int) bool {
 	return err == nil && st.Tgid == pid && st.Pending&bit(unix.SIGKILL) == 0
 }
 
-// tracesAlready reports whether the caller traces tid, a thread of init: one that a thread seized
-// earlier started (PTRACE_O_TRACECLONE attaches it), which a second PTRACE_SEIZE refuses.
-func (h *holder) tracesAlready(tid int) bool {
+// seizedAlready explains an EPERM from seizing tid, a thread of init. traced: the calling thread
+// (every ptrace request comes from it) traces tid already, as it does a thread that a seized
+// thread started (PTRACE_O_TRACECLONE attaches it), which a second PTRACE_SEIZE refuses.
+// exiting: tid has exited or is exiting, which PTRACE_SEIZE refuses too.
+func (h *holder) seizedAlready(tid int) (traced, exiting bool) {
 	st, err := ReadStatus(tid)
-	return err == nil && st.Tgid == h.pid && st.TracerPid == os.Getpid()
+	if err != nil {
+		return false, true
+	}
+	if st.Tgid != h.pid {
+		return false, true // exited, and its id went to another process
+	}
+	return st.TracerPid == unix.Gettid(), st.State == 'Z' || st.State == 'X'
 }
 
 // threadOf reports whether tid is a thread of process pid.
