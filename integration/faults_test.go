@@ -253,6 +253,7 @@ func waitStoppedMember(t *testing.T, initPid int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer scope.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		members, _ := scope.Members()
@@ -391,6 +392,7 @@ func sentinelPid(t *testing.T, c *stack.Container) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer scope.Close()
 	members, _ := scope.Members()
 	for _, pid := range members {
 		if st, err := process.ReadStatus(pid); err == nil && len(st.NSpid) > 0 && st.NSpid[len(st.NSpid)-1] == inner {

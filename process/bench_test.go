@@ -83,6 +83,7 @@ func BenchmarkMembers(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer scope.Close()
 	if scope.Kind != ByPIDNamespace || other.ns == member.ns {
 		b.Fatalf("scope kind %s, namespaces %d and %d: want %s, two namespaces", scope.Kind, member.ns, other.ns, ByPIDNamespace)
 	}

@@ -217,3 +217,87 @@ func TestMembershipThroughThePidfdAgreesWithProc(t *testing.T) {
 		t.Errorf("%d members, want 3", members)
 	}
 }
+
+// Membership read with one ioctl on the container's namespace (NS_GET_TGID_IN_PIDNS) agrees with
+// membership read through /proc for every process on the host: the container's own, a zombie of
+// it, those of a namespace nested in it, a sibling namespace's and the host's. Once the scope is
+// closed, the check goes through /proc again, with the same answers.
+func TestMembershipThroughTheNamespaceAgreesWithProc(t *testing.T) {
+	// The zombie: true, whose parent exec's a sleep that never waits for it.
+	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & sh -c 'true & exec sleep 60' & sleep 0.2; echo ready; wait`)
+	sibling := startNamespace(t, `sleep 60 & echo ready; wait`)
+	scope := ns.scope(t)
+	if _, known := scope.visible(ns.init); !known {
+		if kernelAtLeast(t, 6, 8) {
+			t.Fatal("the kernel refused NS_GET_TGID_IN_PIDNS, which it has since Linux 6.8")
+		}
+		t.Skip("this kernel has no NS_GET_TGID_IN_PIDNS (Linux 6.8): membership goes through /proc alone")
+	}
+	waitZombieMember(t, scope)
+	pids, err := allPIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(closed bool) {
+		members, zombies := 0, 0
+		for _, pid := range pids {
+			_, known := scope.visible(pid)
+			if known == closed {
+				t.Fatalf("closed %v: the namespace check of %d answered %v", closed, pid, known)
+			}
+			viaNS := scope.Contains(pid)
+			_, viaProc := scope.member(pid)
+			if viaNS != viaProc {
+				t.Errorf("closed %v: process %d is a member %v through the namespace, %v through /proc", closed, pid, viaNS, viaProc)
+			}
+			if !viaNS {
+				continue
+			}
+			members++
+			if pid == sibling.init {
+				t.Errorf("the sibling namespace's init %d counts as a member", pid)
+			}
+			if st, err := ReadStatus(pid); err == nil && st.State == 'Z' {
+				zombies++
+			}
+		}
+		// sleep, the nested unshare and its sleep, sh's sleep and its zombie
+		if members != 5 || zombies != 1 {
+			t.Errorf("closed %v: %d members, %d of them zombies; want 5 and 1", closed, members, zombies)
+		}
+	}
+	check(false)
+	scope.Close()
+	check(true)
+}
+
+// waitZombieMember waits until a member of scope is a zombie.
+func waitZombieMember(t *testing.T, scope *Scope) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		members, err := scope.Members()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range members {
+			if st, err := ReadStatus(pid); err == nil && st.State == 'Z' {
+				return
+			}
+		}
+	}
+	t.Fatal("no member of the namespace became a zombie in 10 s")
+}
+
+// kernelAtLeast reports whether the running kernel is at least major.minor.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	t.Helper()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var maj, min int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min); err != nil {
+		t.Fatalf("kernel release %q: %v", unix.ByteSliceToString(u.Release[:]), err)
+	}
+	return maj > major || maj == major && min >= minor
+}

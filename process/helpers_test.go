@@ -118,5 +118,6 @@ func (ns *namespace) scope(t *testing.T) *Scope {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(scope.Close)
 	return scope
 }

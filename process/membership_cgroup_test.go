@@ -91,6 +91,7 @@ func TestCgroupScopeMembersIncludeSubCgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer scope.Close()
 	if scope.Kind != ByCgroup {
 		t.Fatalf("scope kind %s, want %s", scope.Kind, ByCgroup)
 	}
@@ -122,6 +123,7 @@ func TestCgroupScopeRefusesAncestorOfHost(t *testing.T) {
 		init := sleeper(t)
 		moveTo(t, dir, init)
 		if s, err := ScopeOf(init); err == nil {
+			s.Close()
 			t.Errorf("%s: ScopeOf(%d) = %s scope, want refused", name, init, s.Kind)
 		} else {
 			t.Logf("%s: %v", name, err)
@@ -221,6 +223,7 @@ func TestCgroupScopeKeepsAProcessWhoseMainThreadExited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer scope.Close()
 	if !scope.Contains(leaderless) {
 		t.Fatalf("a process whose main thread exited is not a member; its /proc/PID/cgroup:\n%s", cgroups)
 	}

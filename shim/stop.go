@@ -170,6 +170,9 @@ func (s *stop) open(pid int) error {
 		err = init.Signal(0)
 	}
 	if err != nil {
+		if scope != nil {
+			scope.Close()
+		}
 		init.Close()
 		return fmt.Errorf("find the processes of init %d: %w", pid, err)
 	}
@@ -354,6 +357,9 @@ func (s *stop) close() {
 	}
 	if s.init != nil {
 		s.init.Close()
+	}
+	if s.scope != nil {
+		s.scope.Close()
 	}
 	s.cancel()
 }
