@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,24 +78,31 @@ func HolderMain(args []string) int {
 // see autoreap.
 //
 // It writes HoldAttached once all threads are traced and HoldExiting when the last thread stops
-// at exit, each on its own line to out. It returns, which ends the tracer and so lets the kernel
-// detach and release every thread, when in yields a line "release" or reaches EOF. It must run
-// in a process of its own: ptrace stops are reported through wait, which the caller must not
-// share with another reaper. If the process running it dies, the kernel detaches all the same.
+// at exit, each on its own line to out. When in yields a line "release" or reaches EOF, the
+// process running it exits with status 0 at once (never in the middle of an injected syscall):
+// the tracer's death makes the kernel detach and release every thread, sooner than waking the
+// tracing thread from its wait would. RunHolder itself returns only on an error, or once no
+// traced thread is left. It must run in a process of its own, as that process's main: ptrace
+// stops are reported through wait, which the caller must not share with another reaper. If the
+// process running it dies, the kernel detaches all the same.
+//
+// The tracing thread blocks in wait4 itself, rather than waiting for SIGCHLD: each ptrace stop
+// then costs one wake-up of that thread instead of a signal handler, a goroutine and a channel
+// (a single-threaded init followed to its exit makes about ten stops between its signal and its
+// hold).
 func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 	raiseHelperPriority() // and every ptrace request must come from the tracing thread
-	children := make(chan os.Signal, 16)
-	signal.Notify(children, unix.SIGCHLD)
-	release := make(chan struct{})
+	gate := &releaseGate{}
 	go func() {
 		sc := bufio.NewScanner(in)
 		for sc.Scan() && sc.Text() != "release" {
 		}
-		close(release)
+		gate.release()
 	}()
 
 	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out,
-		syscallBudget: autoreapSyscallBudget}
+		syscallBudget: autoreapSyscallBudget, gate: gate}
+	gate.busy(true) // no exit before the attach is reported, or undone by the error
 	err := h.attach()
 	if err == nil {
 		err = verifyPidfd(pidfd, pid)
@@ -105,15 +112,37 @@ func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(out, HoldAttached)
-	for {
-		select {
-		case <-release:
-			return nil
-		case <-children:
-			if h.reap() {
-				return nil // every thread is gone: nothing left to hold
-			}
-		}
+	gate.busy(false)
+	h.follow()
+	return nil // every thread is gone: nothing left to hold
+}
+
+// releaseGate ends the holder's process on release, unless the tracing thread is in the middle of
+// something that must not be cut short (an injected syscall, whose registers are still to be put
+// back): then the tracing thread ends the process once it is done.
+type releaseGate struct {
+	mu       sync.Mutex
+	released bool
+	inFlight bool
+}
+
+func (g *releaseGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.released = true
+	if !g.inFlight {
+		os.Exit(0)
+	}
+}
+
+// busy marks the start (true) or the end (false) of work that release must wait for; a release
+// that came meanwhile takes effect at its end.
+func (g *releaseGate) busy(b bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.inFlight = b
+	if !b && g.released {
+		os.Exit(0)
 	}
 }
 
@@ -133,6 +162,8 @@ type holder struct {
 	syscallBudget  int
 	// autoreap is the injected rt_sigaction in flight, till its exit stop.
 	autoreap *autoreap
+	// gate holds a release back while autoreap is in flight.
+	gate *releaseGate
 }
 
 // verifyPidfd checks that pidfd still refers to a live process numbered pid (in the caller's PID
@@ -205,22 +236,25 @@ func (h *holder) attach() error {
 	}
 }
 
-// reap handles every ptrace stop and thread exit pending now. It reports whether no traced
-// thread is left.
-func (h *holder) reap() bool {
+// follow handles every ptrace stop and thread exit, blocking in wait4 on the tracing thread,
+// until no traced thread is left.
+func (h *holder) follow() {
 	for {
 		var ws unix.WaitStatus
-		tid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL, nil)
+		tid, err := unix.Wait4(-1, &ws, unix.WALL, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		if err != nil || tid <= 0 {
-			return len(h.threads) == 0
+		if err != nil {
+			return // ECHILD: nothing traced is left
 		}
 		switch {
 		case ws.Exited() || ws.Signaled():
 			delete(h.threads, tid)
 			delete(h.exitLetGo, tid)
+			if len(h.threads) == 0 {
+				return
+			}
 		case ws.Stopped():
 			h.stopped(tid, ws)
 		}
@@ -231,6 +265,11 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 	sig := ws.StopSignal()
 	switch event := int(uint32(ws)>>16) & 0xff; event {
 	case unix.PTRACE_EVENT_EXIT:
+		if h.autoreap != nil {
+			// Killed inside the injected syscall: its registers no longer matter.
+			h.autoreap, h.followSyscalls = nil, false
+			h.gate.busy(false)
+		}
 		if h.othersLive(tid) {
 			// One thread ends while the process lives on: not init's exit.
 			h.exitLetGo[tid] = true
@@ -296,16 +335,19 @@ func (h *holder) syscallStop(tid int) {
 			fmt.Fprintln(h.out, HoldAutoreap)
 		}
 		unix.PtraceCont(tid, 0) // on to the exit syscall again, and to the exit stop
+		h.gate.busy(false)
 		return
 	}
 	info, err := getSyscallInfo(tid)
 	if err == nil && info.Op == unix.PTRACE_SYSCALL_INFO_ENTRY && isExitSyscall(info) && h.singleThreaded() {
+		h.gate.busy(true)
 		a, err := beginAutoreap(tid)
 		if err == nil {
 			h.autoreap = a
 			unix.PtraceSyscall(tid, 0)
 			return
 		}
+		h.gate.busy(false)
 		fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
 		h.followSyscalls = false
 	}

@@ -314,3 +314,34 @@ while True:
 		t.Fatalf("the spawner did not survive being traced and let go: %v", err)
 	}
 }
+
+// A release while init is being followed through its signal handler, syscall by syscall, ends
+// the holder at once and lets init go on untraced: its handler finishes and init exits with the
+// handler's own status, not killed, not held.
+func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
+	init := exec.Command("sh", "-c", `trap 'echo handling; sleep 0.3; exit 3' TERM; echo ready; while :; do sleep 0.05; done`)
+	out, _ := init.StdoutPipe()
+	if err := init.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { init.Process.Kill(); init.Wait() })
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("init said %q", lines.Text())
+	}
+	holder, release, next := startHolder(t, init.Process.Pid)
+	expectHolder(t, next, HoldAttached)
+	init.Process.Signal(syscall.SIGTERM)
+	if !lines.Scan() || lines.Text() != "handling" {
+		t.Fatalf("init said %q, want its handler's output", lines.Text())
+	}
+	fmt.Fprintln(release, "release")
+	if err := holder.Wait(); err != nil {
+		t.Fatalf("holder after release: %v", err)
+	}
+	err := init.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("init ended with %v, want its handler's exit status 3", err)
+	}
+}
