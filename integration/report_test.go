@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	apievents "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/typeurl/v2"
 
 	"github.com/graceful-shim/graceful/integration/stack"
 )
@@ -92,6 +94,54 @@ func (s *reportStream) next(t *testing.T, id string) *stack.StopReport {
 			t.Fatalf("event stream: %v", err)
 		case <-s.ctx.Done():
 			t.Fatalf("no stop report published for %s", id)
+		}
+	}
+}
+
+// A stop's report follows the container's exit event on containerd's event stream: it is built
+// and published once the exit event has gone out, so that it does not delay it. A container
+// deleted as soon as it exits (the shim then shuts down) still gets its report.
+func TestStopReportFollowsTheExitEvent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(stackContext(), 60*time.Second)
+	defer cancel()
+	stream, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`, `topic=="/tasks/exit"`)
+	for i := 0; i < 3; i++ {
+		script := childTraps("child") + `trap "exit 0" TERM
+echo ready
+` + loop
+		c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script})
+		waitTrapped(t, c, "child")
+		stopExpect(t, c, 15*time.Second, exitOK)
+		// The task is deleted at once, as a client does on the exit event: its shim shuts down.
+		if _, err := c.Task.Delete(stackContext()); err != nil {
+			t.Fatalf("delete the task of %s at once: %v", c.ID, err)
+		}
+		var order []string
+		for len(order) < 2 {
+			select {
+			case env := <-stream:
+				ev, err := typeurl.UnmarshalAny(env.Event)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch x := ev.(type) {
+				case *apievents.TaskExit:
+					if x.ContainerID == c.ID && x.ID == c.ID {
+						order = append(order, "exit")
+					}
+				default:
+					if r, err := stack.DecodeStopReport(env.Event); err == nil && r.ContainerID == c.ID {
+						order = append(order, "report")
+					}
+				}
+			case err := <-errs:
+				t.Fatalf("event stream: %v", err)
+			case <-ctx.Done():
+				t.Fatalf("stop %d: events seen %v: want the exit event, then the stop report", i, order)
+			}
+		}
+		if order[0] != "exit" || order[1] != "report" {
+			t.Fatalf("stop %d: events in the order %v, want the exit event first", i, order)
 		}
 	}
 }

@@ -128,7 +128,10 @@ func (s *service) followMain(id string, c *container, w *mainWatch, h *process.H
 	}
 	st := newStop(id, 0, c.policy)
 	st.phase = MainExited
+	st.exitPublished = s.exits.published(id)
 	c.stop = st
+	s.reports.Add(1)
+	defer s.reports.Done()
 	s.mu.Unlock()
 	if !st.beginMainExit(initPid) {
 		s.unclaim(c, st)

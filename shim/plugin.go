@@ -33,11 +33,14 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			runc, err := task.NewTaskService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+			exits := newExitEvents(pp.(shim.Publisher))
+			runc, err := task.NewTaskService(ic.Context, exits, ss.(shutdown.Service))
 			if err != nil {
 				return nil, err
 			}
-			return newService(ic.Context, runc, pp.(shim.Publisher), ic.Properties[plugins.PropertyGRPCAddress]), nil
+			svc := newService(ic.Context, runc, pp.(shim.Publisher), exits, ic.Properties[plugins.PropertyGRPCAddress])
+			ss.(shutdown.Service).RegisterCallback(svc.awaitReports)
+			return svc, nil
 		},
 	})
 }

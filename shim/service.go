@@ -35,6 +35,12 @@ type service struct {
 	// signal that a client recorded.
 	containerdAddress, namespace string
 
+	// exits tells when a container's exit event has been published (nil: not known).
+	exits *exitEvents
+	// reports counts the stops whose report is still to be published: the shim does not shut
+	// down before they are (awaitReports).
+	reports sync.WaitGroup
+
 	mu         sync.Mutex
 	containers map[string]*container
 }
@@ -52,10 +58,28 @@ type container struct {
 }
 
 // newService wraps the runc task service; stop reports are published through publisher.
-func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher, containerdAddress string) *service {
+// exits, if not nil, is the runc service's publisher, which tells when an exit event went out.
+func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher, exits *exitEvents, containerdAddress string) *service {
 	ns, _ := namespaces.Namespace(ctx)
-	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, containers: map[string]*container{},
+	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, exits: exits, containers: map[string]*container{},
 		containerdAddress: containerdAddress, namespace: ns}
+}
+
+// awaitReports waits until every started stop has published its report, or ctx is done: a shim
+// shutdown callback, so that a container deleted right after its exit event does not lose its
+// report.
+func (s *service) awaitReports(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.reports.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		log.G(s.ctx).Warn("graceful: shutting down before every stop report was published")
+	}
+	return nil
 }
 
 // RegisterTTRPC registers the decorator, not the runc service, as the task service, in both task
@@ -137,6 +161,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		c.stop.abort()
 	case StartStop:
 		claimed = newStop(r.ID, sig, c.policy)
+		claimed.exitPublished = s.exits.published(r.ID)
 		c.stop = claimed
 	}
 	s.mu.Unlock()
@@ -201,7 +226,9 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 		}
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}
+	s.reports.Add(1)
 	go func() {
+		defer s.reports.Done()
 		s.publish(st.finish())
 		s.unclaim(c, st)
 		// Init's exit is handled, and the container deleted, right after: the collector waits
@@ -237,6 +264,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			}
 		}
 		delete(s.containers, r.ID)
+		s.exits.forget(r.ID)
 		s.mu.Unlock()
 	}
 	return resp, err

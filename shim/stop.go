@@ -36,9 +36,11 @@ type stop struct {
 	profile      func() // stops the CPU profile, if any
 	// signaller signals the whole PID namespace at once for the drain (nil: member by member).
 	signaller *signaller
-	ctx       context.Context
-	cancel    context.CancelFunc
-	aborted   atomic.Bool
+	// exitPublished is closed once the container's exit event has gone out (nil: not known).
+	exitPublished <-chan struct{}
+	ctx           context.Context
+	cancel        context.CancelFunc
+	aborted       atomic.Bool
 }
 
 // strategy carries out a started stop.
@@ -305,13 +307,28 @@ func (s *stop) finish() *StopReport {
 	if s.ctx.Err() != nil {
 		s.note("stop aborted by SIGKILL")
 	}
-	// Building and publishing the report would compete for the CPUs with init's exit, and its
-	// event with the exit event: it waits for init to exit, briefly.
-	s.init.WaitExit(reportDelay)
+	// Building and publishing the report would compete for the CPUs with init's exit and the
+	// runc service's handling of it, and its event with the exit event: it waits, briefly, until
+	// the exit event has gone out (or, where that is not known, until init has exited).
+	s.awaitExitEvent()
 	return s.log(drain)
 }
 
-// reportDelay bounds how long a stop's report waits for init's exit.
+// awaitExitEvent waits up to reportDelay for the container's exit event to be published.
+func (s *stop) awaitExitEvent() {
+	if s.exitPublished == nil {
+		s.init.WaitExit(reportDelay)
+		return
+	}
+	timer := time.NewTimer(reportDelay)
+	defer timer.Stop()
+	select {
+	case <-s.exitPublished:
+	case <-timer.C:
+	}
+}
+
+// reportDelay bounds how long a stop's report waits for init's exit and its exit event.
 const reportDelay = 500 * time.Millisecond
 
 // signalInit delivers to init what initSignal decides for the requested signal.
