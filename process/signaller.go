@@ -46,7 +46,9 @@ const (
 // namespace it must be in, which it checks before anything else, so that kill(-1) never runs in
 // the wrong namespace (in the host's it would signal every process on the machine). It then reads
 // signal numbers, one per line, from in, and answers each on out with SignallerDone or HoldError.
-// It returns at EOF.
+// It serves one signal: it returns once it has answered SignallerDone, or at EOF. As a process of
+// the namespace it must be gone before the namespace's init can finish exiting (the kernel's zap
+// waits for every process in it), so it does not wait for the caller to let it go.
 //
 // Once in its namespace, it makes itself non-dumpable, so that the container's processes, which see it in
 // their /proc while it lives, cannot reach its files or memory without CAP_SYS_PTRACE in the
@@ -83,6 +85,7 @@ func SignallerMain(args []string, in io.Reader, out io.Writer) int {
 			continue
 		}
 		fmt.Fprintf(out, "%s %d %d\n", SignallerDone, win.From, win.To)
+		return 0
 	}
 	return 0
 }

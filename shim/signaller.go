@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
@@ -17,7 +18,10 @@ import (
 )
 
 // signaller is a process.Signaller: graceful-hold -signal-all, run inside the container's PID
-// namespace, which signals the whole namespace with one kill(-1) when asked.
+// namespace, which signals the whole namespace with one kill(-1) when asked. It serves one
+// request: a drain signals the namespace at once only once, and the signaller, as a process of the
+// namespace, must be gone before init's exit can complete (the kernel's zap waits for every process
+// of the namespace), so it is let go as soon as it has answered, while the drain goes on.
 type signaller struct {
 	started chan struct{} // closed once the process is started (or could not be: err)
 	err     error
@@ -26,6 +30,7 @@ type signaller struct {
 	replies chan string   // the signaller's lines, closed when its output ends
 	done    chan struct{} // closed once it has exited and been reaped
 	ready   bool
+	closing sync.Once
 }
 
 // signallerTimeout bounds the wait for the signaller to start and to answer one request.
@@ -132,6 +137,7 @@ func (s *signaller) SignalAll(sig unix.Signal) (process.SignalWindow, error) {
 		return process.SignalWindow{}, fmt.Errorf("signaller: %w", err)
 	}
 	line, err := s.reply(timer)
+	s.close() // its one request is served
 	if err != nil {
 		return process.SignalWindow{}, err
 	}
@@ -151,8 +157,12 @@ func (s *signaller) reply(timer *time.Timer) (string, error) {
 }
 
 // close ends the signaller: EOF on its input, and SIGKILL if it is still there a moment later.
-// It does not wait for the process to go.
+// It does not wait for the process to go. Only the first call does anything.
 func (s *signaller) close() {
+	s.closing.Do(s.end)
+}
+
+func (s *signaller) end() {
 	go func() {
 		if s.wait() != nil {
 			return
