@@ -165,14 +165,19 @@ type Drainer struct {
 	startTicks uint64
 
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
-	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last read of the list,
-	// bulkGen its count and bulkBuf its buffer.
+	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
+	// of reads of the list and bulkBuf its buffer. bulkCount is the container's task count
+	// (pids.current) at the last poll, bulkBase the tasks that were no bulk member at the last
+	// read of the list, and bulkListed the bulk members then (see listDue).
 	helper     int
 	bulk       map[int]*bulkMember
 	bulkWin    SignalWindow
 	bulkPolled time.Time
 	bulkGen    uint32
 	bulkBuf    []int
+	bulkCount  int
+	bulkBase   int
+	bulkListed int
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
