@@ -47,6 +47,7 @@ type config struct {
 	reps         int           // repetitions per runtime for most measurements
 	startSamples int           // start latency samples per runtime
 	graceReps    int           // grace accuracy samples
+	stopReps     int           // stops per N (and per host size) and runtime
 	initSamples  int           // samples per variant of section 7 (no init, graceful-init, tini)
 	stopNs       []int         // extra processes for the stop latency
 	hostSizes    []int         // idle host processes for the host-size sweep
@@ -73,6 +74,7 @@ func mainCode() int {
 		out          = flag.String("out", "docs", "directory for benchmarks.md and stop-latency.svg")
 		startSamples = flag.Int("start-samples", 0, "start latency samples per runtime (default 4×reps)")
 		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
+		stopReps     = flag.Int("stop-reps", 0, "stops per N (and host size) and runtime (default 2×reps+1: a stop's time varies by ±10-15 % from run to run)")
 		initSamples  = flag.Int("init-samples", 0, "samples per variant (no init, graceful-init, tini) of the init comparison (default 4×reps)")
 		stopNs       = flag.String("stop-n", "100,500,1000,5000", "comma list of extra process counts for the stop latency")
 		hostSizes    = flag.String("host-sizes", "0,5000,20000", "comma list of idle host process counts for the host-size sweep (must fit under kernel.pid_max)")
@@ -85,7 +87,7 @@ func mainCode() int {
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, initSamples: *initSamples, manyN: *manyN, idle: *idle,
+	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, stopReps: *stopReps, initSamples: *initSamples, manyN: *manyN, idle: *idle,
 		scanN: *scanN, out: *out, profileDir: *profileDir, smoke: *smoke, only: map[string]bool{}}
 	for _, n := range strings.Split(*stopNs, ",") {
 		v, err := strconv.Atoi(strings.TrimSpace(n))
@@ -117,6 +119,7 @@ func mainCode() int {
 		pick("reps", &cfg.reps, 1)
 		pick("start-samples", &cfg.startSamples, 1)
 		pick("grace-reps", &cfg.graceReps, 1)
+		pick("stop-reps", &cfg.stopReps, 1)
 		pick("init-samples", &cfg.initSamples, 2)
 		pick("containers", &cfg.manyN, 3)
 		pick("scan-n", &cfg.scanN, 100)
@@ -144,6 +147,9 @@ func mainCode() int {
 	}
 	if cfg.graceReps <= 0 {
 		cfg.graceReps = 2 * cfg.reps
+	}
+	if cfg.stopReps <= 0 {
+		cfg.stopReps = 2*cfg.reps + 1
 	}
 	if cfg.reps < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")

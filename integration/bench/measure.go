@@ -286,9 +286,10 @@ func newStopPoint(n int) *stopPoint {
 	return &stopPoint{n: n, latency: samples{}, cpu: samples{}, orders: map[string]int{}, pidsMax: map[string]string{}}
 }
 
-// stopReps stops b.cfg.reps containers of each runtime at point p, graceful and stock taking turns.
+// stopReps stops b.cfg.stopReps containers of each runtime at point p, graceful and stock taking
+// turns.
 func (b *bench) stopReps(ctx context.Context, p *stopPoint) error {
-	for rep := 0; rep < b.cfg.reps; rep++ {
+	for rep := 0; rep < b.cfg.stopReps; rep++ {
 		for _, rt := range order {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -297,7 +298,7 @@ func (b *bench) stopReps(ctx context.Context, p *stopPoint) error {
 				return fmt.Errorf("%s, %s: %w", p.name(), short(rt), err)
 			}
 		}
-		logf("%s %d/%d: graceful %v (%d/%d TERMed), stock %v", p.name(), rep+1, b.cfg.reps,
+		logf("%s %d/%d: graceful %v (%d/%d TERMed), stock %v", p.name(), rep+1, b.cfg.stopReps,
 			time.Duration(last(p.latency[stack.GracefulRuntime])).Round(time.Millisecond), p.termed[len(p.termed)-1], p.n,
 			time.Duration(last(p.latency[stack.StockRuntime])).Round(time.Millisecond))
 	}
