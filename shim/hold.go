@@ -77,17 +77,22 @@ func startHold(init *process.Handle) (*hold, error) {
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	stdout, err := helperOutput(cmd)
 	if err != nil {
 		return nil, err
 	}
 	exits, err := reaper.Default.Start(cmd)
+	cmd.Stdout.(*os.File).Close() // the child's end
 	if err != nil {
+		stdout.Close()
 		return nil, fmt.Errorf("start the tracer: %w", err)
 	}
 	h := &hold{cmd: cmd, release: stdin, exiting: make(chan struct{}), done: make(chan struct{})}
 	attached := make(chan error, 1)
-	go h.readTracer(stdout, attached)
+	go func() {
+		defer stdout.Close()
+		h.readTracer(stdout, attached)
+	}()
 	go func() {
 		reaper.Default.Wait(cmd, exits)
 		close(h.done)
@@ -104,6 +109,19 @@ func startHold(init *process.Handle) (*hold, error) {
 		h.kill()
 		return nil, fmt.Errorf("the tracer did not attach within %s", holdAttachTimeout)
 	}
+}
+
+// helperOutput gives cmd a pipe of its own as its standard output and returns the pipe's read end,
+// which the caller reads to EOF and closes. exec.Cmd's StdoutPipe would not do: the reaper's Wait
+// closes that pipe as soon as the helper is reaped, which can be before its last line is read (a
+// signaller exits right after its answer).
+func helperOutput(cmd *exec.Cmd) (*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("helper output pipe: %w", err)
+	}
+	cmd.Stdout = w
+	return r, nil
 }
 
 // readTracer follows the tracer's messages until it exits. attached gets one value: nil once the

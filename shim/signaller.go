@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -44,7 +45,7 @@ const signallerTimeout = 5 * time.Second
 // the shim's own namespace; should that fail, its goroutine ends locked to it, so that the Go
 // runtime ends the thread rather than let another goroutine fork from it.
 func startSignaller(init *process.Handle, ns uint64) *signaller {
-	s := &signaller{started: make(chan struct{}), replies: make(chan string, 4), done: make(chan struct{})}
+	s := newSignaller()
 	go func() {
 		defer close(s.started)
 		own, err := unix.Open("/proc/thread-self/ns/pid_for_children", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -67,23 +68,35 @@ func startSignaller(init *process.Handle, ns uint64) *signaller {
 	return s
 }
 
+func newSignaller() *signaller {
+	return &signaller{started: make(chan struct{}), replies: make(chan string, 4), done: make(chan struct{})}
+}
+
 // spawn starts the signaller command from the calling thread.
 func (s *signaller) spawn(ns uint64) error {
-	s.cmd = helperCommand(process.SignallerArg, strconv.FormatUint(ns, 10))
-	in, err := s.cmd.StdinPipe()
+	return s.run(helperCommand(process.SignallerArg, strconv.FormatUint(ns, 10)))
+}
+
+// run starts cmd as the signaller and follows its replies and its exit.
+func (s *signaller) run(cmd *exec.Cmd) error {
+	s.cmd = cmd
+	in, err := cmd.StdinPipe()
 	if err != nil {
 		return err
 	}
-	out, err := s.cmd.StdoutPipe()
+	out, err := helperOutput(cmd)
 	if err != nil {
 		return err
 	}
-	exits, err := reaper.Default.Start(s.cmd)
+	exits, err := reaper.Default.Start(cmd)
+	cmd.Stdout.(*os.File).Close() // the child's end
 	if err != nil {
+		out.Close()
 		return fmt.Errorf("start the signaller: %w", err)
 	}
 	s.in = in
 	go func() {
+		defer out.Close()
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			s.replies <- sc.Text()
@@ -91,7 +104,7 @@ func (s *signaller) spawn(ns uint64) error {
 		close(s.replies)
 	}()
 	go func() {
-		reaper.Default.Wait(s.cmd, exits)
+		reaper.Default.Wait(cmd, exits)
 		close(s.done)
 	}()
 	return nil

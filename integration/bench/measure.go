@@ -395,7 +395,12 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 		p.afterDrain = append(p.afterDrain, float64(took-before)-rep.Drain.Duration)
 	}
 	if nTermed != p.n {
-		b.failf("%s: graceful TERMed %d of %d processes (outcomes %v, notes %q)", p.name(), nTermed, p.n, outcomes, rep.Notes)
+		var drainNotes []string
+		bulk := 0
+		if rep.Drain != nil {
+			drainNotes, bulk = rep.Drain.Notes, rep.Drain.Bulk
+		}
+		b.failf("%s: graceful TERMed %d of %d processes (outcomes %v, notes %q; drain: %d signalled at once, notes %q)", p.name(), nTermed, p.n, outcomes, rep.Notes, bulk, drainNotes)
 	}
 	return nil
 }
