@@ -35,19 +35,39 @@ func startTime(pid int) (uint64, bool) {
 	return start, err == nil
 }
 
-// OldestChild returns the child of pid that started first, or 0 when it has none.
+// OldestChild returns the child of pid that started first, or 0 when it has none. Start times are
+// in clock ticks (10 ms): of children started in the same tick, one that leads its own process
+// group counts as the older, then the lower PID. So graceful-init's main process, which it starts
+// in a group of its own, is told from an orphan adopted in the same tick, which comes from the
+// main process's group (the main process's shell forked a background child and exited at once).
 func OldestChild(pid int) (int, error) {
 	children, err := childrenOf(pid)
 	if err != nil {
 		return 0, err
 	}
-	oldest, oldestStart := 0, uint64(0)
+	oldest, oldestStart, oldestLeads := 0, uint64(0), false
 	for _, n := range children {
-		if start, ok := startTime(n); ok && (oldest == 0 || start < oldestStart) {
-			oldest, oldestStart = n, start
+		start, leads, ok := startAndGroup(n)
+		if !ok {
+			continue
+		}
+		if oldest == 0 || start < oldestStart ||
+			(start == oldestStart && (leads && !oldestLeads || leads == oldestLeads && n < oldest)) {
+			oldest, oldestStart, oldestLeads = n, start, leads
 		}
 	}
 	return oldest, nil
+}
+
+// startAndGroup is when pid started, in clock ticks after boot (stat field 22), and whether it
+// leads its process group (field 5).
+func startAndGroup(pid int) (start uint64, leads bool, ok bool) {
+	fields, ok := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+	if !ok || len(fields) < 20 {
+		return 0, false, false
+	}
+	start, err := strconv.ParseUint(fields[19], 10, 64)
+	return start, fields[2] == strconv.Itoa(pid), err == nil
 }
 
 // WaitExited blocks until the process exits (true) or the descriptor cancel becomes readable

@@ -3,6 +3,8 @@ package process
 import (
 	"os"
 	"os/exec"
+	"runtime"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -53,4 +55,39 @@ func TestWaitExitedEndsOnExitOrCancel(t *testing.T) {
 	if exited, err := h.WaitExited(int(never.Fd())); err != nil || !exited {
 		t.Fatalf("wait: exited %v (%v), want true", exited, err)
 	}
+}
+
+// Children started in the same clock tick are told apart by process group: the one leading its own
+// group (graceful-init's main process) counts as the older, whatever the order of the children's
+// list. graceful-init once watched an orphan adopted in its main process's first tick instead, and
+// drained the container when the orphan exited.
+func TestOldestChildTieGoesToTheGroupLeader(t *testing.T) {
+	runtime.LockOSThread() // both children in one thread's list, the other one first
+	defer runtime.UnlockOSThread()
+	for try := 0; try < 50; try++ {
+		other := exec.Command("sleep", "100")
+		leader := exec.Command("sleep", "100")
+		leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := other.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := leader.Start(); err != nil {
+			t.Fatal(err)
+		}
+		a, _, _ := startAndGroup(other.Process.Pid)
+		b, _, _ := startAndGroup(leader.Process.Pid)
+		got, err := OldestChild(os.Getpid())
+		for _, c := range []*exec.Cmd{other, leader} {
+			c.Process.Kill()
+			c.Wait()
+		}
+		if a != b {
+			continue // not a tie: try again
+		}
+		if err != nil || got != leader.Process.Pid {
+			t.Fatalf("OldestChild = %d (%v), want the group leader %d, not %d, started in the same tick", got, err, leader.Process.Pid, other.Process.Pid)
+		}
+		return
+	}
+	t.Fatal("no two children started in the same clock tick in 50 tries")
 }
