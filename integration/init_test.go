@@ -395,3 +395,31 @@ func TestInitClassicCases(t *testing.T) {
 		})
 	}
 }
+
+// A stop that comes right after the start, before the shim has found graceful-init's main
+// process, still ends: the stop waits for the search, then signals graceful-init and drains the
+// rest once the main process has exited. It used to hold graceful-init's exit with the tracer
+// instead, while graceful-init, which exits only once it is alone, waited for that drain: the stop
+// hung until the SIGKILL.
+func TestInitStopRightAfterStartEnds(t *testing.T) {
+	script := childTraps("child") + `trap "exit 0" TERM
+echo ready
+` + loop
+	for i := 0; i < 5; i++ {
+		spec := initSpec(script, true)
+		spec.ID = fmt.Sprintf("init-stop-at-start-%d-%d", i, seq.Add(1))
+		c, err := theStack.Run(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Delete() })
+		took, st, err := c.Stop(stackContext(), syscall.SIGTERM, 8*time.Second)
+		if err != nil {
+			t.Fatalf("stop %d right after the start: %v after %v", i, err, took)
+		}
+		// TERM may reach the main process before its trap is set.
+		if code := st.ExitCode(); code != exitOK && code != exitSIGTERM {
+			t.Fatalf("stop %d: exit status %d, want %d or %d", i, code, exitOK, exitSIGTERM)
+		}
+	}
+}

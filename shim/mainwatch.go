@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -14,14 +15,54 @@ import (
 )
 
 // mainWatch follows the main process of a container under graceful-init through a pidfd, for the
-// container's life: one descriptor, and no wakeup until the main process exits.
+// container's life: one descriptor, and no wakeup until the main process exits. It exists from the
+// Start on, before the main process is found, so that a stop always knows that init is
+// graceful-init (which exits only once it is alone, and so cannot be held at an exit of its own).
 type mainWatch struct {
-	pid    int
-	exited chan struct{} // closed when the main process has exited
+	exited     chan struct{} // closed when the main process has exited, or cannot be watched
+	markExited sync.Once
+	// found is closed once the search for the main process is over (found or not).
+	found chan struct{}
 
 	mu     sync.Mutex
 	wake   int // eventfd that ends the watch early (the container is deleted)
 	closed bool
+}
+
+func newMainWatch() (*mainWatch, error) {
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return &mainWatch{exited: make(chan struct{}), found: make(chan struct{}), wake: wake}, nil
+}
+
+// awaitFound waits until the search for the main process is over (at most mainStartTimeout, the
+// search's own bound). A stop waits for it before it signals graceful-init: a main process that
+// exited before it was found could not be told from the processes graceful-init adopts, and the
+// drain, which waits for its exit, would never start.
+func (w *mainWatch) awaitFound() {
+	select {
+	case <-w.found:
+	case <-time.After(mainStartTimeout):
+	}
+}
+
+// exit marks the main process as gone: it exited, or it cannot be watched, and a stop then drains
+// the rest at once.
+func (w *mainWatch) exit() { w.markExited.Do(func() { close(w.exited) }) }
+
+// cancelled reports whether cancel was called.
+func (w *mainWatch) cancelled() bool {
+	var buf [8]byte
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n, err := unix.Read(w.wake, buf[:]); err == nil && n == 8 {
+		one := [8]byte{1}
+		unix.Write(w.wake, one[:]) // still cancelled for WaitExited
+		return true
+	}
+	return false
 }
 
 // cancel ends the watch without a drain.
@@ -54,19 +95,28 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if c == nil || !c.policy.Init {
 		return resp, nil
 	}
+	w, err := newMainWatch()
+	if err != nil {
+		log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
+		return resp, nil
+	}
+	s.mu.Lock()
+	c.main = w
+	s.mu.Unlock()
 	// Found in the background, so that Start does not wait for graceful-init to start the main
-	// process. A stop that comes before the watch is set up holds graceful-init's exit with the
-	// tracer instead, as for any init that handles the signal.
+	// process. A stop that comes before then waits for the search (awaitFound).
 	go func() {
-		w, h, err := watchMain(int(resp.Pid))
+		h, err := watchMain(int(resp.Pid), w)
+		close(w.found)
 		if err != nil {
-			// The stop still works; only the drain on the main process's own exit is lost.
-			log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
+			if !errors.Is(err, errWatchCancelled) {
+				// A stop then drains at once: graceful-init exits once the rest is gone.
+				log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
+				w.exit()
+			}
+			w.close()
 			return
 		}
-		s.mu.Lock()
-		c.main = w
-		s.mu.Unlock()
 		s.followMain(r.ID, c, w, h, int(resp.Pid))
 	}()
 	return resp, nil
@@ -75,33 +125,34 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 // mainStartTimeout bounds how long graceful-init may take to start the main process.
 const mainStartTimeout = 10 * time.Second
 
+// errWatchCancelled: the container was deleted before its main process was found.
+var errWatchCancelled = errors.New("the watch was cancelled")
+
 // watchMain finds the main process, graceful-init's (initPid) first child, and opens a pidfd on
 // it. The pidfd is opened before the parent is checked, so a recycled PID is never watched.
-func watchMain(initPid int) (*mainWatch, *process.Handle, error) {
+func watchMain(initPid int, w *mainWatch) (*process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
 	for {
+		if w.cancelled() {
+			return nil, errWatchCancelled
+		}
 		pid, err := process.OldestChild(initPid)
 		if err != nil {
-			return nil, nil, fmt.Errorf("find graceful-init's main process: %w", err)
+			return nil, fmt.Errorf("find graceful-init's main process: %w", err)
 		}
 		if pid > 0 {
 			h, err := process.Open(pid)
 			if err != nil {
-				return nil, nil, fmt.Errorf("open the main process %d: %w", pid, err)
+				return nil, fmt.Errorf("open the main process %d: %w", pid, err)
 			}
 			if st, err := process.ReadStatus(pid); err != nil || st.PPid != initPid {
 				h.Close()
-				return nil, nil, fmt.Errorf("the main process %d is gone", pid)
+				return nil, fmt.Errorf("the main process %d is gone", pid)
 			}
-			wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-			if err != nil {
-				h.Close()
-				return nil, nil, fmt.Errorf("eventfd: %w", err)
-			}
-			return &mainWatch{pid: pid, exited: make(chan struct{}), wake: wake}, h, nil
+			return h, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("graceful-init %d started no main process within %s", initPid, mainStartTimeout)
+			return nil, fmt.Errorf("graceful-init %d started no main process within %s", initPid, mainStartTimeout)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -121,7 +172,7 @@ func (s *service) followMain(id string, c *container, w *mainWatch, h *process.H
 		return
 	}
 	s.mu.Lock()
-	close(w.exited)
+	w.exit()
 	if c.stop != nil || s.containers[id] != c {
 		s.mu.Unlock()
 		return

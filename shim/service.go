@@ -210,10 +210,12 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 	}
 	var mainExit <-chan struct{}
 	s.mu.Lock()
-	if c.main != nil {
-		mainExit = c.main.exited
-	}
+	main := c.main
 	s.mu.Unlock()
+	if main != nil {
+		main.awaitFound()
+		mainExit = main.exited
+	}
 	started, report := st.begin(int(state.Pid), mainExit)
 	s.mu.Lock()
 	st.phase = st.order
