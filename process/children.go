@@ -27,12 +27,8 @@ func statFields(path string) ([]string, bool) {
 
 // startTime is when pid started, in clock ticks after boot (stat field 22).
 func startTime(pid int) (uint64, bool) {
-	fields, ok := statFields(fmt.Sprintf("/proc/%d/stat", pid))
-	if !ok || len(fields) < 20 {
-		return 0, false
-	}
-	start, err := strconv.ParseUint(fields[19], 10, 64)
-	return start, err == nil
+	start, _, ok := startAndGroup(pid)
+	return start, ok
 }
 
 // OldestChild returns the child of pid that started first, or 0 when it has none. Start times are
@@ -45,18 +41,33 @@ func OldestChild(pid int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	oldest, oldestStart, oldestLeads := 0, uint64(0), false
+	var oldest child
 	for _, n := range children {
-		start, leads, ok := startAndGroup(n)
-		if !ok {
-			continue
-		}
-		if oldest == 0 || start < oldestStart ||
-			(start == oldestStart && (leads && !oldestLeads || leads == oldestLeads && n < oldest)) {
-			oldest, oldestStart, oldestLeads = n, start, leads
+		if start, leads, ok := startAndGroup(n); ok {
+			if c := (child{n, start, leads}); oldest.pid == 0 || c.olderThan(oldest) {
+				oldest = c
+			}
 		}
 	}
-	return oldest, nil
+	return oldest.pid, nil
+}
+
+// child is a child process as OldestChild compares them.
+type child struct {
+	pid   int
+	start uint64 // clock ticks after boot
+	leads bool   // it leads its process group
+}
+
+// olderThan orders by start tick, then group leaders first, then by PID.
+func (c child) olderThan(o child) bool {
+	switch {
+	case c.start != o.start:
+		return c.start < o.start
+	case c.leads != o.leads:
+		return c.leads
+	}
+	return c.pid < o.pid
 }
 
 // startAndGroup is when pid started, in clock ticks after boot (stat field 22), and whether it
