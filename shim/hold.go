@@ -49,7 +49,8 @@ type hold struct {
 	cmd     *exec.Cmd
 	release io.WriteCloser
 	// exiting is closed when init starts to exit (and is held); done when the tracer has exited.
-	exiting, done chan struct{}
+	exiting chan struct{}
+	done    <-chan struct{}
 	// startup is how long the tracer took from its start until it traced every thread of init.
 	startup time.Duration
 	// autoreap: init was made to ignore SIGCHLD on its way to exit (process.HoldAutoreap);
@@ -73,29 +74,15 @@ func startHold(init *process.Handle) (*hold, error) {
 	started := time.Now()
 	cmd := tracerCommand(init.Pid)
 	cmd.ExtraFiles = []*os.File{pidfdFile}
-	stdin, err := cmd.StdinPipe()
+	stdin, stdout, done, err := startHelper(cmd)
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := helperOutput(cmd)
-	if err != nil {
-		return nil, err
-	}
-	exits, err := reaper.Default.Start(cmd)
-	cmd.Stdout.(*os.File).Close() // the child's end
-	if err != nil {
-		stdout.Close()
 		return nil, fmt.Errorf("start the tracer: %w", err)
 	}
-	h := &hold{cmd: cmd, release: stdin, exiting: make(chan struct{}), done: make(chan struct{})}
+	h := &hold{cmd: cmd, release: stdin, exiting: make(chan struct{}), done: done}
 	attached := make(chan error, 1)
 	go func() {
 		defer stdout.Close()
 		h.readTracer(stdout, attached)
-	}()
-	go func() {
-		reaper.Default.Wait(cmd, exits)
-		close(h.done)
 	}()
 	select {
 	case err := <-attached:
@@ -111,17 +98,32 @@ func startHold(init *process.Handle) (*hold, error) {
 	}
 }
 
-// helperOutput gives cmd a pipe of its own as its standard output and returns the pipe's read end,
-// which the caller reads to EOF and closes. exec.Cmd's StdoutPipe would not do: the reaper's Wait
-// closes that pipe as soon as the helper is reaped, which can be before its last line is read (a
-// signaller exits right after its answer).
-func helperOutput(cmd *exec.Cmd) (*os.File, error) {
-	r, w, err := os.Pipe()
+// startHelper starts a helper (the tracer, the signaller) with the shim's reaper and returns its
+// standard input, its standard output, which the caller reads to EOF and closes, and a channel
+// closed once the helper has exited and been reaped. The output is a pipe of the shim's own:
+// exec.Cmd's StdoutPipe would not do, since the reaper's Wait closes it as soon as the helper is
+// reaped, which can be before its last line is read (a signaller exits right after its answer).
+func startHelper(cmd *exec.Cmd) (in io.WriteCloser, out *os.File, done <-chan struct{}, err error) {
+	if in, err = cmd.StdinPipe(); err != nil {
+		return nil, nil, nil, err
+	}
+	out, w, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("helper output pipe: %w", err)
+		return nil, nil, nil, fmt.Errorf("output pipe: %w", err)
 	}
 	cmd.Stdout = w
-	return r, nil
+	exits, err := reaper.Default.Start(cmd)
+	w.Close() // the helper's end
+	if err != nil {
+		out.Close()
+		return nil, nil, nil, err
+	}
+	exited := make(chan struct{})
+	go func() {
+		reaper.Default.Wait(cmd, exits)
+		close(exited)
+	}()
+	return in, out, exited, nil
 }
 
 // readTracer follows the tracer's messages until it exits. attached gets one value: nil once the

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/process"
@@ -28,8 +26,8 @@ type signaller struct {
 	err     error
 	cmd     *exec.Cmd
 	in      io.WriteCloser
-	replies chan string   // the signaller's lines, closed when its output ends
-	done    chan struct{} // closed once it has exited and been reaped
+	replies chan string     // the signaller's lines, closed when its output ends
+	done    <-chan struct{} // closed once it has exited and been reaped
 	ready   bool
 	closing sync.Once
 }
@@ -69,7 +67,7 @@ func startSignaller(init *process.Handle, ns uint64) *signaller {
 }
 
 func newSignaller() *signaller {
-	return &signaller{started: make(chan struct{}), replies: make(chan string, 4), done: make(chan struct{})}
+	return &signaller{started: make(chan struct{}), replies: make(chan string, 4)}
 }
 
 // spawn starts the signaller command from the calling thread.
@@ -80,21 +78,11 @@ func (s *signaller) spawn(ns uint64) error {
 // run starts cmd as the signaller and follows its replies and its exit.
 func (s *signaller) run(cmd *exec.Cmd) error {
 	s.cmd = cmd
-	in, err := cmd.StdinPipe()
+	in, out, done, err := startHelper(cmd)
 	if err != nil {
-		return err
-	}
-	out, err := helperOutput(cmd)
-	if err != nil {
-		return err
-	}
-	exits, err := reaper.Default.Start(cmd)
-	cmd.Stdout.(*os.File).Close() // the child's end
-	if err != nil {
-		out.Close()
 		return fmt.Errorf("start the signaller: %w", err)
 	}
-	s.in = in
+	s.in, s.done = in, done
 	go func() {
 		defer out.Close()
 		sc := bufio.NewScanner(out)
@@ -102,10 +90,6 @@ func (s *signaller) run(cmd *exec.Cmd) error {
 			s.replies <- sc.Text()
 		}
 		close(s.replies)
-	}()
-	go func() {
-		reaper.Default.Wait(cmd, exits)
-		close(s.done)
 	}()
 	return nil
 }
