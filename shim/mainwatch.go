@@ -24,13 +24,14 @@ type mainWatch struct {
 	// found is closed once the search for the main process is over (found or not).
 	found chan struct{}
 
-	mu     sync.Mutex
-	wake   int // eventfd that ends the watch early (the container is deleted)
-	closed bool
+	mu        sync.Mutex
+	wake      int  // eventfd that ends the watch early (the container is deleted)
+	cancelled bool // cancel was called
+	closed    bool
 }
 
 func newMainWatch() (*mainWatch, error) {
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
@@ -52,23 +53,18 @@ func (w *mainWatch) awaitFound() {
 // the rest at once.
 func (w *mainWatch) exit() { w.markExited.Do(func() { close(w.exited) }) }
 
-// cancelled reports whether cancel was called.
-func (w *mainWatch) cancelled() bool {
-	var buf [8]byte
+// isCancelled reports whether cancel was called.
+func (w *mainWatch) isCancelled() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if n, err := unix.Read(w.wake, buf[:]); err == nil && n == 8 {
-		one := [8]byte{1}
-		unix.Write(w.wake, one[:]) // still cancelled for WaitExited
-		return true
-	}
-	return false
+	return w.cancelled
 }
 
 // cancel ends the watch without a drain.
 func (w *mainWatch) cancel() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.cancelled = true
 	if !w.closed {
 		one := [8]byte{1}
 		unix.Write(w.wake, one[:])
@@ -133,7 +129,7 @@ var errWatchCancelled = errors.New("the watch was cancelled")
 func watchMain(initPid int, w *mainWatch) (*process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
 	for {
-		if w.cancelled() {
+		if w.isCancelled() {
 			return nil, errWatchCancelled
 		}
 		pid, err := process.OldestChild(initPid)
