@@ -2,13 +2,16 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 // A container with its own PID namespace is signalled at once, from inside it (the signaller's
@@ -133,4 +136,42 @@ func TestSignallerLeavesOnceItHasSignalled(t *testing.T) {
 	if r.Drain == nil || r.Drain.Bulk < children || len(r.Drain.Notes) > 0 || !r.Drain.GraceExpired {
 		t.Fatalf("drain %+v: want %d or more members signalled at once, without a fallback, and the ignoring child outlasting the grace period", r.Drain, children)
 	}
+}
+
+// A graceful shim sizes its descriptor table for a drain's pidfds soon after it starts, so that a
+// stop that opens hundreds of them does not wait for the kernel to grow a table shared by the
+// shim's threads (an RCU grace period per doubling from 64: about 10 ms each here, which a stop
+// of 1 000 processes paid before its signal).
+func TestShimHasRoomForADrainsPidfds(t *testing.T) {
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: "echo ready\n" + loop})
+	shim := shimOf(t, c)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		size, err := fdTableSize(shim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size >= process.DrainDescriptors {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the shim's descriptor table holds %d descriptors 10 s after its start, want at least %d", size, process.DrainDescriptors)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopExpect(t, c, 30*time.Second, exitSIGKILL)
+}
+
+// fdTableSize is FDSize of /proc/PID/status: the size of the process's descriptor table.
+func fdTableSize(pid int) (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "FDSize:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no FDSize in /proc/%d/status", pid)
 }

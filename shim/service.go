@@ -60,6 +60,9 @@ type container struct {
 // newService wraps the runc task service; stop reports are published through publisher.
 // exits, if not nil, is the runc service's publisher, which tells when an exit event went out.
 func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher, exits *exitEvents, containerdAddress string) *service {
+	// A stop opens up to hundreds of pidfds at once; the descriptor table grows now, aside,
+	// rather than then, on the stop's critical path (see process.ReserveDescriptors).
+	go process.ReserveDescriptors(process.DrainDescriptors)
 	ns, _ := namespaces.Namespace(ctx)
 	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, exits: exits, containers: map[string]*container{},
 		containerdAddress: containerdAddress, namespace: ns}
