@@ -31,13 +31,17 @@ import (
 type bulkMember struct {
 	detail int    // index in Report.Processes, -1 when the process is only counted
 	seen   uint32 // the last poll that listed it
+	// fd is a pidfd on a detailed member (-1: none), polled at each poll so that its report
+	// entry says when it ended to within a poll, without a read of the whole list.
+	fd int
 }
 
 // bulkPollMin and bulkPollMax bound the interval between two polls; within them it is
 // bulkPollPerMember per member left. A poll reads the container's task count (pids.current: one
-// integer), and cgroup.procs only when the count says so (see listDue): the list costs about
-// 0.65 µs a member to read (cgroup v1 builds and sorts it at each open), a third of the time a
-// poll waits, which the container's exits need on a small machine.
+// integer) and polls the detailed members' pidfds, and reads cgroup.procs only when the count says
+// so (see listDue): the list costs about 0.65 µs a member to read on a quiet machine (cgroup v1
+// builds and sorts it at each open, under the lock that every exiting task of the cgroup takes
+// too), several times that while thousands exit, which is when a drain polls.
 const (
 	bulkPollMin       = 500 * time.Microsecond
 	bulkPollMax       = 20 * time.Millisecond
@@ -150,8 +154,70 @@ func (s *Scope) bulkList() (pids []int, ok bool) {
 func (d *Drainer) addBulk(pids []int) {
 	for _, pid := range pids {
 		if !d.known(pid) {
-			d.bulk[pid] = &bulkMember{detail: d.newDetail(pid), seen: d.bulkGen}
+			d.bulk[pid] = &bulkMember{detail: d.newDetail(pid), seen: d.bulkGen, fd: -1}
 		}
+	}
+}
+
+// openDetailedFds opens a pidfd on each detailed bulk member, once the bulk signal is out (the
+// opens are not on the way to it): one already gone ended after the signal, since the list read
+// just before the signal showed it; one whose PID the container's namespace no longer sees (it
+// was recycled outside) keeps no pidfd, and the list's reads decide its end.
+func (d *Drainer) openDetailedFds() {
+	for pid, m := range d.bulk {
+		if m.detail < 0 {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				d.endBulk(pid, m, ExitedAfterSignal)
+				d.bulkEnded++
+			}
+			continue
+		}
+		// The pidfd holds the PID: a check made now concerns the process it refers to.
+		if in, known := d.scope.visible(pid); known && !in {
+			unix.Close(fd)
+			continue
+		}
+		m.fd = fd
+		d.bulkFds++
+	}
+}
+
+// pollDetailed ends, with outcome o, the detailed bulk members whose pidfd says they have exited.
+func (d *Drainer) pollDetailed(o Outcome) {
+	if d.bulkFds == 0 {
+		return
+	}
+	fds := d.bulkPollFds[:0]
+	pids := d.bulkPollPids[:0]
+	for pid, m := range d.bulk {
+		if m.fd >= 0 {
+			fds = append(fds, unix.PollFd{Fd: int32(m.fd), Events: unix.POLLIN})
+			pids = append(pids, pid)
+		}
+	}
+	d.bulkPollFds, d.bulkPollPids = fds, pids
+	n, err := unix.Poll(fds, 0)
+	if err != nil || n <= 0 {
+		return
+	}
+	for i, f := range fds {
+		if f.Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0 {
+			d.endBulk(pids[i], d.bulk[pids[i]], o)
+			d.bulkEnded++
+		}
+	}
+}
+
+// closeBulkFd closes m's pidfd, if any.
+func (d *Drainer) closeBulkFd(m *bulkMember) {
+	if m.fd >= 0 {
+		unix.Close(m.fd)
+		m.fd = -1
+		d.bulkFds--
 	}
 }
 
@@ -166,6 +232,7 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	d.helper = d.cfg.Signaller.Pid()
 	if m := d.bulk[d.helper]; m != nil {
 		delete(d.bulk, d.helper)
+		d.closeBulkFd(m)
 		d.dropDetail(m.detail)
 	}
 	if pids, ok := d.listBulk(); ok {
@@ -213,9 +280,13 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	for _, t := range outside {
 		d.markBulkSignalled(t)
 	}
-	// The first read is due at once: kill(-1) returns when the signal has reached every member,
-	// and by then, with thousands, most of them have exited.
-	d.bulkPolled = time.Time{}
+	// The list was read just before the signal: the task count now is the base against which the
+	// polls see the members go, without reading the list again until the count says so.
+	if n, ok := d.scope.taskCount(); ok {
+		d.bulkCount, d.bulkBase, d.bulkListed = n, n-len(d.bulk), len(d.bulk)
+	}
+	d.openDetailedFds()
+	d.bulkPolled = time.Time{} // the first poll is due at once
 	return true
 }
 
@@ -299,12 +370,14 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 		return due.Sub(now)
 	}
 	d.bulkPolled = now
+	d.pollDetailed(ExitedAfterSignal)
 	if !d.listDue() {
 		return interval
 	}
 	// Without the list (the cgroup is gone), nothing of it is left.
 	d.listBulk()
-	ended := 0
+	ended := d.bulkEnded // since the last read, seen through their pidfds
+	d.bulkEnded = 0
 	for pid, m := range d.bulk {
 		if m.seen != d.bulkGen {
 			d.endBulk(pid, m, ExitedAfterSignal)
@@ -322,12 +395,12 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 }
 
 // listDue reads the container's task count and reports whether cgroup.procs is to be read now.
-// It is not while the count keeps falling (the members are exiting, as they should), stays above
-// the tasks that were no bulk member (init, a helper, a member's own new process) and has not
-// halved the members since the list was last read: so a drain of N members reads the list about
-// log2(N) times instead of at every poll, and as soon as the count says that the members are gone
-// or have stopped exiting. A member's report entry says when it ended within the time between two
-// reads. Without a count (no pids controller), the list is read at every poll.
+// It is not while the count keeps falling (the members are exiting, as they should) and stays
+// above the tasks that were no bulk member (init, a helper, a member's own new process): so a
+// drain reads the list a few times in all instead of at every poll, as soon as the count says
+// that the members are gone or have stopped exiting (a zombie still counts, but is not listed).
+// A detailed member's report entry says when it ended to within a poll (its pidfd); the others
+// are only counted. Without a count (no pids controller), the list is read at every poll.
 func (d *Drainer) listDue() bool {
 	n, ok := d.scope.taskCount()
 	if !ok {
@@ -336,7 +409,7 @@ func (d *Drainer) listDue() bool {
 	prev := d.bulkCount
 	d.bulkCount = n
 	left := n - d.bulkBase
-	return prev == 0 || n >= prev || left <= 0 || 2*left <= d.bulkListed
+	return prev == 0 || n >= prev || left <= 0
 }
 
 // bulkLeft estimates the bulk members left: those of the last read of the list, fewer by what
@@ -355,6 +428,7 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 	var tracks []*tracked
 	for pid, m := range d.bulk {
 		delete(d.bulk, pid)
+		d.closeBulkFd(m)
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
 		o := AlreadyExited
 		if signalled {
@@ -382,6 +456,7 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 // endBulk records that bulk member pid ended with outcome o.
 func (d *Drainer) endBulk(pid int, m *bulkMember, o Outcome) {
 	delete(d.bulk, pid)
+	d.closeBulkFd(m)
 	d.endUntracked(pid, m.detail, o)
 }
 

@@ -178,6 +178,12 @@ type Drainer struct {
 	bulkCount  int
 	bulkBase   int
 	bulkListed int
+	// bulkFds counts the detailed bulk members' open pidfds, bulkEnded those seen ended through
+	// them since the last read of the list; bulkPollFds and bulkPollPids are poll's buffers.
+	bulkFds      int
+	bulkEnded    int
+	bulkPollFds  []unix.PollFd
+	bulkPollPids []int
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
@@ -817,6 +823,9 @@ func (d *Drainer) closeAll() {
 	d.endScan()
 	for _, t := range d.active {
 		t.h.Close()
+	}
+	for _, m := range d.bulk {
+		d.closeBulkFd(m)
 	}
 	if d.watch != nil {
 		d.watch.close()
