@@ -74,7 +74,7 @@ func mainCode() int {
 		out          = flag.String("out", "docs", "directory for benchmarks.md and stop-latency.svg")
 		startSamples = flag.Int("start-samples", 0, "start latency samples per runtime (default 4×reps)")
 		graceReps    = flag.Int("grace-reps", 0, "grace accuracy samples (default 2×reps)")
-		stopReps     = flag.Int("stop-reps", 0, "stops per N (and host size) and runtime (default 2×reps+1: a stop's time varies by ±10-15 % from run to run)")
+		stopReps     = flag.Int("stop-reps", 0, "stops per N (and host size) and runtime (default 4×reps+1: a stop's time varies by ±10-15 % from run to run, and the targets are 5 %)")
 		initSamples  = flag.Int("init-samples", 0, "samples per variant (no init, graceful-init, tini) of the init comparison (default 4×reps)")
 		stopNs       = flag.String("stop-n", "100,500,1000,5000", "comma list of extra process counts for the stop latency")
 		hostSizes    = flag.String("host-sizes", "0,5000,20000", "comma list of idle host process counts for the host-size sweep (must fit under kernel.pid_max)")
@@ -149,7 +149,7 @@ func mainCode() int {
 		cfg.graceReps = 2 * cfg.reps
 	}
 	if cfg.stopReps <= 0 {
-		cfg.stopReps = 2*cfg.reps + 1
+		cfg.stopReps = 4*cfg.reps + 1
 	}
 	if cfg.reps < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")
