@@ -183,6 +183,7 @@ func (d *Drainer) openDetailedFds() {
 		}
 		m.fd = fd
 		d.bulkFds++
+		d.bulkFdPids = append(d.bulkFdPids, pid)
 	}
 }
 
@@ -192,14 +193,14 @@ func (d *Drainer) pollDetailed(o Outcome) {
 		return
 	}
 	fds := d.bulkPollFds[:0]
-	pids := d.bulkPollPids[:0]
-	for pid, m := range d.bulk {
-		if m.fd >= 0 {
+	pids := d.bulkFdPids[:0] // compacted to the members whose pidfd is still open
+	for _, pid := range d.bulkFdPids {
+		if m := d.bulk[pid]; m != nil && m.fd >= 0 {
 			fds = append(fds, unix.PollFd{Fd: int32(m.fd), Events: unix.POLLIN})
 			pids = append(pids, pid)
 		}
 	}
-	d.bulkPollFds, d.bulkPollPids = fds, pids
+	d.bulkPollFds, d.bulkFdPids = fds, pids
 	n, err := unix.Poll(fds, 0)
 	if err != nil || n <= 0 {
 		return

@@ -178,12 +178,13 @@ type Drainer struct {
 	bulkCount  int
 	bulkBase   int
 	bulkListed int
-	// bulkFds counts the detailed bulk members' open pidfds, bulkEnded those seen ended through
-	// them since the last read of the list; bulkPollFds and bulkPollPids are poll's buffers.
-	bulkFds      int
-	bulkEnded    int
-	bulkPollFds  []unix.PollFd
-	bulkPollPids []int
+	// bulkFds counts the detailed bulk members' open pidfds and bulkFdPids lists them (with
+	// some ended since, dropped at the next poll); bulkEnded counts those seen ended through them
+	// since the last read of the list; bulkPollFds is poll's buffer.
+	bulkFds     int
+	bulkFdPids  []int
+	bulkEnded   int
+	bulkPollFds []unix.PollFd
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
