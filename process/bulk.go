@@ -176,9 +176,19 @@ func (d *Drainer) openDetailedFds() {
 			}
 			continue
 		}
-		// The pidfd holds the PID: a check made now concerns the process it refers to.
-		if in, known := d.scope.visible(pid); known && !in {
+		// The namespace is asked by PID: the answer concerns the process of the pidfd only if
+		// that is still alive after it (alive, it keeps its PID).
+		in, known := d.scope.visible(pid)
+		if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
 			unix.Close(fd)
+			if errors.Is(err, unix.ESRCH) {
+				d.endBulk(pid, m, ExitedAfterSignal)
+				d.bulkEnded++
+			}
+			continue
+		}
+		if known && !in {
+			unix.Close(fd) // recycled outside: the list decides
 			continue
 		}
 		m.fd = fd
@@ -284,7 +294,7 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	// The list was read just before the signal: the task count now is the base against which the
 	// polls see the members go, without reading the list again until the count says so.
 	if n, ok := d.scope.taskCount(); ok {
-		d.bulkCount, d.bulkBase, d.bulkListed = n, n-len(d.bulk), len(d.bulk)
+		d.bulkCount, d.bulkBase = n, n-len(d.bulk)
 	}
 	d.openDetailedFds()
 	d.bulkPolled = time.Time{} // the first poll is due at once
@@ -372,12 +382,27 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 	}
 	d.bulkPolled = now
 	d.pollDetailed(ExitedAfterSignal)
-	if !d.listDue() {
+	due, stalled := d.listDue()
+	if !due {
 		return interval
 	}
-	// Without the list (the cgroup is gone), nothing of it is left.
+	if ended := d.endUnlisted(); ended == 0 && stalled {
+		// The count stopped falling and the list shows no end since its last read.
+		d.examineBulk(true)
+	}
+	if len(d.bulk) == 0 {
+		return 0
+	}
+	return interval
+}
+
+// endUnlisted reads the list again and ends the bulk members it no longer lists (exited after
+// the signal; without the list, the cgroup is gone, and so is everything of it). It returns how
+// many ended since the list's last read, those seen through their pidfds included, and takes the
+// base of the task count anew.
+func (d *Drainer) endUnlisted() int {
 	d.listBulk()
-	ended := d.bulkEnded // since the last read, seen through their pidfds
+	ended := d.bulkEnded
 	d.bulkEnded = 0
 	for pid, m := range d.bulk {
 		if m.seen != d.bulkGen {
@@ -385,14 +410,8 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 			ended++
 		}
 	}
-	if ended == 0 {
-		d.examineBulk(true)
-	}
-	d.bulkBase, d.bulkListed = d.bulkCount-len(d.bulk), len(d.bulk)
-	if len(d.bulk) == 0 {
-		return 0
-	}
-	return interval
+	d.bulkBase = d.bulkCount - len(d.bulk)
+	return ended
 }
 
 // listDue reads the container's task count and reports whether cgroup.procs is to be read now.
@@ -402,15 +421,21 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 // that the members are gone or have stopped exiting (a zombie still counts, but is not listed).
 // A detailed member's report entry says when it ended to within a poll (its pidfd); the others
 // are only counted. Without a count (no pids controller), the list is read at every poll.
-func (d *Drainer) listDue() bool {
+//
+// stalled says that the count has stopped falling (or that there is no count to tell): only then
+// does a read that shows no end make the drain examine the members left one by one. A count that
+// only reached the floor (tasks that were no member, or a member's threads, have gone too) just
+// has the list read again.
+func (d *Drainer) listDue() (due, stalled bool) {
 	n, ok := d.scope.taskCount()
 	if !ok {
-		return true
+		return true, true
 	}
 	prev := d.bulkCount
 	d.bulkCount = n
 	left := n - d.bulkBase
-	return prev == 0 || n >= prev || left <= 0
+	stalled = prev != 0 && n >= prev
+	return prev == 0 || stalled || left <= 0, stalled
 }
 
 // bulkLeft estimates the bulk members left: those of the last read of the list, fewer by what
@@ -426,15 +451,18 @@ func (d *Drainer) bulkLeft() int {
 // whether the bulk signal reached them), once it is confirmed as a member: one that is not is
 // dropped from the report, one that has exited meanwhile is counted. It returns those it tracks.
 func (d *Drainer) examineBulk(signalled bool) []*tracked {
+	// A detailed member's pidfd tells first whether it has exited: its PID is not to be opened
+	// anew (it may be another process's by now).
+	o := AlreadyExited
+	if signalled {
+		o = ExitedAfterSignal
+	}
+	d.pollDetailed(o)
 	var tracks []*tracked
 	for pid, m := range d.bulk {
 		delete(d.bulk, pid)
 		d.closeBulkFd(m)
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
-		o := AlreadyExited
-		if signalled {
-			o = ExitedAfterSignal
-		}
 		switch {
 		case errors.Is(err, ErrNotMember):
 			d.dropDetail(m.detail)

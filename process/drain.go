@@ -167,8 +167,8 @@ type Drainer struct {
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
 	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
 	// of reads of the list and bulkBuf its buffer. bulkCount is the container's task count
-	// (pids.current) at the last poll, bulkBase the tasks that were no bulk member at the last
-	// read of the list, and bulkListed the bulk members then (see listDue).
+	// (pids.current) at the last poll and bulkBase the tasks that were no bulk member at the last
+	// read of the list (see listDue).
 	helper     int
 	bulk       map[int]*bulkMember
 	bulkWin    SignalWindow
@@ -177,7 +177,6 @@ type Drainer struct {
 	bulkBuf    []int
 	bulkCount  int
 	bulkBase   int
-	bulkListed int
 	// bulkFds counts the detailed bulk members' open pidfds and bulkFdPids lists them (with
 	// some ended since, dropped at the next poll); bulkEnded counts those seen ended through them
 	// since the last read of the list; bulkPollFds is poll's buffer.
@@ -293,6 +292,9 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 		return d.finish(Aborted)
 	}
 	if d.remaining() > 0 {
+		if len(d.bulk) > 0 {
+			d.endUnlisted() // what has exited since the list's last read is not opened anew
+		}
 		d.examineBulk(true)
 		d.report.GraceExpired = true
 		d.phaseSig = unix.SIGKILL

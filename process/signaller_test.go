@@ -282,10 +282,9 @@ func hostPid(t *testing.T, scope *Scope, nsPid int) int {
 	return 0
 }
 
-// A bulk drain's report says when each detailed member ended, to within a poll, although the
-// drain reads the container's list only when its task count stops falling: members that take
-// 0, 0.4 and 0.8 s to exit after TERM are reported in that order, each no earlier than it ended,
-// and the fast one well before the slow ones.
+// A bulk drain's report says when each detailed member ended: members that take 0, 0.4 and
+// 0.8 s to exit after TERM are reported in that order, each no earlier than it ended, and the
+// fast one well before the slow ones.
 func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	dir := benchCgroup(t)
 	script := ""
@@ -301,10 +300,18 @@ func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	}
 	after := map[string]time.Duration{}
 	for _, p := range report.Processes {
+		// The handlers' own sleeps are in the report too (unsignalled, and possibly with the
+		// command line of the shell that forked them): the members are the ones TERMed.
+		if !slices.Contains(p.Signals, "SIGTERM") {
+			continue
+		}
 		for _, delay := range []string{"0", "0.4", "0.8"} {
 			if strings.Contains(p.Command, "sleep "+delay+";") {
 				if p.Outcome != ExitedAfterSignal {
 					t.Fatalf("member %q: outcome %s, want %s", p.Command, p.Outcome, ExitedAfterSignal)
+				}
+				if _, twice := after[delay]; twice {
+					t.Fatalf("member %q is in the report twice: %+v", p.Command, report.Processes)
 				}
 				after[delay] = p.After
 			}
@@ -323,4 +330,65 @@ func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	if report.Duration < after["0.8"] {
 		t.Fatalf("the drain (%v) ended before its last member (%v)", report.Duration, after["0.8"])
 	}
+}
+
+// A detailed bulk member is followed through a pidfd of its own from the bulk signal on, so that
+// its end is seen at the next poll even while the container's count keeps falling (when no list
+// is read): one that dies is ended at once, exited after the signal, its pidfd closed (counted
+// out); the others stay followed.
+func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
+	dir := benchCgroup(t)
+	script := ""
+	// Members that neither exit on TERM nor start processes (a sleep that inherits an ignored
+	// TERM), so that the victim is the only one to end; init does not fork either.
+	for i := 0; i < 3; i++ {
+		script += `sh -c 'trap "" TERM; exec sleep 1000' &` + "\n"
+	}
+	script += "sleep 0.3; echo ready; exec sleep 1000"
+	ns := startNamespaceIn(t, dir, script)
+	sig := startTestSignaller(t, ns.init)
+	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig}).Start(time.Minute)
+	defer d.Close()
+	if d.report.Bulk == 0 || d.bulkFds == 0 {
+		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.bulkFds, d.report.Notes)
+	}
+	var victim int
+	var victimFd int
+	for pid, m := range d.bulk {
+		if m.fd >= 0 {
+			if st, err := ReadStatus(pid); err == nil && st.PPid == ns.init && strings.Contains(readCmd(pid), "sleep 1000") {
+				victim, victimFd = pid, m.fd
+				break
+			}
+		}
+	}
+	if victim == 0 {
+		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.bulkFdPids)
+	}
+	fds, followed := d.bulkFds, len(d.bulk)
+	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Wait on the drain's own pidfd of the victim, then let the drain look once.
+	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(victimFd), Events: unix.POLLIN}}, 10000); n != 1 || err != nil {
+		t.Fatalf("the victim's pidfd did not become readable: %d, %v", n, err)
+	}
+	d.pollDetailed(ExitedAfterSignal)
+	if _, still := d.bulk[victim]; still {
+		t.Fatalf("member %d, SIGKILLed, is still followed after a poll", victim)
+	}
+	if d.bulkFds != fds-1 || len(d.bulk) != followed-1 {
+		t.Fatalf("pidfds %d → %d, followed %d → %d: want exactly the victim's gone", fds, d.bulkFds, followed, len(d.bulk))
+	}
+	for _, p := range d.report.Processes {
+		if p.Pid == victim && (p.Outcome != ExitedAfterSignal || p.After <= 0) {
+			t.Fatalf("the victim's entry: %+v", p)
+		}
+	}
+}
+
+// readCmd is /proc/PID/cmdline with spaces, "" when unreadable.
+func readCmd(pid int) string {
+	s, _ := readCmdline(pid)
+	return s
 }
