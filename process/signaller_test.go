@@ -282,56 +282,6 @@ func hostPid(t *testing.T, scope *Scope, nsPid int) int {
 	return 0
 }
 
-// A bulk drain's report says when each detailed member ended: members that take 0, 0.4 and
-// 0.8 s to exit after TERM are reported in that order, each no earlier than it ended, and the
-// fast one well before the slow ones.
-func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
-	dir := benchCgroup(t)
-	script := ""
-	for i, delay := range []string{"0", "0.4", "0.8"} {
-		script += fmt.Sprintf(`sh -c 'trap "sleep %s; exit 0" TERM; echo m%d; while :; do sleep 0.05; done' &`+"\n", delay, i)
-	}
-	script += "sleep 0.3; echo ready; while :; do sleep 0.05; done"
-	ns := startNamespaceIn(t, dir, script)
-	sig := startTestSignaller(t, ns.init)
-	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
-	if report.Bulk == 0 || len(report.Notes) > 0 {
-		t.Fatalf("bulk %d, notes %q: want a bulk drain", report.Bulk, report.Notes)
-	}
-	after := map[string]time.Duration{}
-	for _, p := range report.Processes {
-		// The handlers' own sleeps are in the report too (unsignalled, and possibly with the
-		// command line of the shell that forked them): the members are the ones TERMed.
-		if !slices.Contains(p.Signals, "SIGTERM") {
-			continue
-		}
-		for _, delay := range []string{"0", "0.4", "0.8"} {
-			if strings.Contains(p.Command, "sleep "+delay+";") {
-				if p.Outcome != ExitedAfterSignal {
-					t.Fatalf("member %q: outcome %s, want %s", p.Command, p.Outcome, ExitedAfterSignal)
-				}
-				if _, twice := after[delay]; twice {
-					t.Fatalf("member %q is in the report twice: %+v", p.Command, report.Processes)
-				}
-				after[delay] = p.After
-			}
-		}
-	}
-	if len(after) != 3 {
-		t.Fatalf("found %d of the 3 members in the report: %+v", len(after), report.Processes)
-	}
-	t.Logf("ended after %v, %v, %v; drain %v", after["0"], after["0.4"], after["0.8"], report.Duration)
-	if after["0.4"] < 400*time.Millisecond || after["0.8"] < 800*time.Millisecond {
-		t.Fatalf("a member is reported ended before it could have: %v", after)
-	}
-	if !(after["0"] < after["0.4"] && after["0.4"] < after["0.8"]) || after["0"] > 300*time.Millisecond {
-		t.Fatalf("the members' ends are not told apart: %v", after)
-	}
-	if report.Duration < after["0.8"] {
-		t.Fatalf("the drain (%v) ended before its last member (%v)", report.Duration, after["0.8"])
-	}
-}
-
 // A detailed bulk member is followed through a pidfd of its own from the bulk signal on, so that
 // its end is seen at the next poll even while the container's count keeps falling (when no list
 // is read): one that dies is ended at once, exited after the signal, its pidfd closed (counted
