@@ -93,6 +93,9 @@ func HolderMain(args []string) int {
 func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 	raiseHelperPriority() // and every ptrace request must come from the tracing thread
 	gate := &releaseGate{}
+	// No exit before the attach is reported, or undone by the error: busy before the reader can
+	// see an EOF (an input closed at once).
+	gate.busy(true)
 	go func() {
 		sc := bufio.NewScanner(in)
 		for sc.Scan() && sc.Text() != "release" {
@@ -102,7 +105,6 @@ func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 
 	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out,
 		syscallBudget: autoreapSyscallBudget, gate: gate}
-	gate.busy(true) // no exit before the attach is reported, or undone by the error
 	err := h.attach()
 	if err == nil {
 		err = verifyPidfd(pidfd, pid)
