@@ -31,9 +31,9 @@ import (
 type bulkMember struct {
 	detail int    // index in Report.Processes, -1 when the process is only counted
 	seen   uint32 // the last poll that listed it
-	// fd is a pidfd on a detailed member (-1: none), polled at each poll so that its report
+	// h is a pidfd on a detailed member (nil: none), polled at each poll so that its report
 	// entry says when it ended to within a poll, without a read of the whole list.
-	fd int
+	h *Handle
 }
 
 // bulkPollMin and bulkPollMax bound the interval between two polls; within them it is
@@ -154,63 +154,47 @@ func (s *Scope) bulkList() (pids []int, ok bool) {
 func (d *Drainer) addBulk(pids []int) {
 	for _, pid := range pids {
 		if !d.known(pid) {
-			d.bulk[pid] = &bulkMember{detail: d.newDetail(pid), seen: d.bulkGen, fd: -1}
+			d.bulk[pid] = &bulkMember{detail: d.newDetail(pid), seen: d.bulkGen}
 		}
 	}
 }
 
-// openDetailedFds opens a pidfd on each detailed bulk member, once the bulk signal is out (the
-// opens are not on the way to it): one already gone ended after the signal, since the list read
-// just before the signal showed it; one whose PID the container's namespace no longer sees (it
+// openDetailedHandles opens a pidfd on each detailed bulk member, confirmed as a member, once the
+// bulk signal is out (the opens are not on the way to it): one already gone ended after the
+// signal, since the list read just before the signal showed it; one that is no member (its PID
 // was recycled outside) keeps no pidfd, and the list's reads decide its end.
-func (d *Drainer) openDetailedFds() {
+func (d *Drainer) openDetailedHandles() {
 	for pid, m := range d.bulk {
 		if m.detail < 0 {
 			continue
 		}
-		fd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			if errors.Is(err, unix.ESRCH) {
-				d.endBulk(pid, m, ExitedAfterSignal)
-				d.bulkEnded++
-			}
-			continue
+		h, _, err := d.scope.openMember(pid)
+		switch {
+		case errors.Is(err, ErrGone):
+			d.endBulk(pid, m, ExitedAfterSignal)
+			d.bulkEnded++
+		case err == nil:
+			m.h = h
+			d.bulkHandles++
+			d.bulkHandlePids = append(d.bulkHandlePids, pid)
 		}
-		// The namespace is asked by PID: the answer concerns the process of the pidfd only if
-		// that is still alive after it (alive, it keeps its PID).
-		in, known := d.scope.visible(pid)
-		if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
-			unix.Close(fd)
-			if errors.Is(err, unix.ESRCH) {
-				d.endBulk(pid, m, ExitedAfterSignal)
-				d.bulkEnded++
-			}
-			continue
-		}
-		if known && !in {
-			unix.Close(fd) // recycled outside: the list decides
-			continue
-		}
-		m.fd = fd
-		d.bulkFds++
-		d.bulkFdPids = append(d.bulkFdPids, pid)
 	}
 }
 
 // pollDetailed ends, with outcome o, the detailed bulk members whose pidfd says they have exited.
 func (d *Drainer) pollDetailed(o Outcome) {
-	if d.bulkFds == 0 {
+	if d.bulkHandles == 0 {
 		return
 	}
 	fds := d.bulkPollFds[:0]
-	pids := d.bulkFdPids[:0] // compacted to the members whose pidfd is still open
-	for _, pid := range d.bulkFdPids {
-		if m := d.bulk[pid]; m != nil && m.fd >= 0 {
-			fds = append(fds, unix.PollFd{Fd: int32(m.fd), Events: unix.POLLIN})
+	pids := d.bulkHandlePids[:0] // compacted to the members whose pidfd is still open
+	for _, pid := range d.bulkHandlePids {
+		if m := d.bulk[pid]; m != nil && m.h != nil {
+			fds = append(fds, unix.PollFd{Fd: int32(m.h.Fd()), Events: unix.POLLIN})
 			pids = append(pids, pid)
 		}
 	}
-	d.bulkPollFds, d.bulkFdPids = fds, pids
+	d.bulkPollFds, d.bulkHandlePids = fds, pids
 	n, err := unix.Poll(fds, 0)
 	if err != nil || n <= 0 {
 		return
@@ -223,12 +207,12 @@ func (d *Drainer) pollDetailed(o Outcome) {
 	}
 }
 
-// closeBulkFd closes m's pidfd, if any.
-func (d *Drainer) closeBulkFd(m *bulkMember) {
-	if m.fd >= 0 {
-		unix.Close(m.fd)
-		m.fd = -1
-		d.bulkFds--
+// closeBulkHandle closes m's pidfd, if any.
+func (d *Drainer) closeBulkHandle(m *bulkMember) {
+	if m.h != nil {
+		m.h.Close()
+		m.h = nil
+		d.bulkHandles--
 	}
 }
 
@@ -243,7 +227,7 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	d.helper = d.cfg.Signaller.Pid()
 	if m := d.bulk[d.helper]; m != nil {
 		delete(d.bulk, d.helper)
-		d.closeBulkFd(m)
+		d.closeBulkHandle(m)
 		d.dropDetail(m.detail)
 	}
 	if pids, ok := d.listBulk(); ok {
@@ -296,7 +280,7 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	if n, ok := d.scope.taskCount(); ok {
 		d.bulkCount, d.bulkBase = n, n-len(d.bulk)
 	}
-	d.openDetailedFds()
+	d.openDetailedHandles()
 	d.bulkPolled = time.Time{} // the first poll is due at once
 	return true
 }
@@ -461,7 +445,7 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 	var tracks []*tracked
 	for pid, m := range d.bulk {
 		delete(d.bulk, pid)
-		d.closeBulkFd(m)
+		d.closeBulkHandle(m)
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
 		switch {
 		case errors.Is(err, ErrNotMember):
@@ -485,7 +469,7 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 // endBulk records that bulk member pid ended with outcome o.
 func (d *Drainer) endBulk(pid int, m *bulkMember, o Outcome) {
 	delete(d.bulk, pid)
-	d.closeBulkFd(m)
+	d.closeBulkHandle(m)
 	d.endUntracked(pid, m.detail, o)
 }
 

@@ -177,13 +177,13 @@ type Drainer struct {
 	bulkBuf    []int
 	bulkCount  int
 	bulkBase   int
-	// bulkFds counts the detailed bulk members' open pidfds and bulkFdPids lists them (with
-	// some ended since, dropped at the next poll); bulkEnded counts those seen ended through them
-	// since the last read of the list; bulkPollFds is poll's buffer.
-	bulkFds     int
-	bulkFdPids  []int
-	bulkEnded   int
-	bulkPollFds []unix.PollFd
+	// bulkHandles counts the detailed bulk members' open pidfds and bulkHandlePids lists them
+	// (with some ended since, dropped at the next poll); bulkEnded counts those seen ended through
+	// them since the last read of the list; bulkPollFds is poll's buffer.
+	bulkHandles    int
+	bulkHandlePids []int
+	bulkEnded      int
+	bulkPollFds    []unix.PollFd
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
@@ -828,7 +828,7 @@ func (d *Drainer) closeAll() {
 		t.h.Close()
 	}
 	for _, m := range d.bulk {
-		d.closeBulkFd(m)
+		d.closeBulkHandle(m)
 	}
 	if d.watch != nil {
 		d.watch.close()

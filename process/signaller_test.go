@@ -299,23 +299,23 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	sig := startTestSignaller(t, ns.init)
 	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig}).Start(time.Minute)
 	defer d.Close()
-	if d.report.Bulk == 0 || d.bulkFds == 0 {
-		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.bulkFds, d.report.Notes)
+	if d.report.Bulk == 0 || d.bulkHandles == 0 {
+		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.bulkHandles, d.report.Notes)
 	}
 	var victim int
 	var victimFd int
 	for pid, m := range d.bulk {
-		if m.fd >= 0 {
+		if m.h != nil {
 			if st, err := ReadStatus(pid); err == nil && st.PPid == ns.init && strings.Contains(readCmd(pid), "sleep 1000") {
-				victim, victimFd = pid, m.fd
+				victim, victimFd = pid, m.h.Fd()
 				break
 			}
 		}
 	}
 	if victim == 0 {
-		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.bulkFdPids)
+		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.bulkHandlePids)
 	}
-	fds, followed := d.bulkFds, len(d.bulk)
+	fds, followed := d.bulkHandles, len(d.bulk)
 	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -327,8 +327,8 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	if _, still := d.bulk[victim]; still {
 		t.Fatalf("member %d, SIGKILLed, is still followed after a poll", victim)
 	}
-	if d.bulkFds != fds-1 || len(d.bulk) != followed-1 {
-		t.Fatalf("pidfds %d → %d, followed %d → %d: want exactly the victim's gone", fds, d.bulkFds, followed, len(d.bulk))
+	if d.bulkHandles != fds-1 || len(d.bulk) != followed-1 {
+		t.Fatalf("pidfds %d → %d, followed %d → %d: want exactly the victim's gone", fds, d.bulkHandles, followed, len(d.bulk))
 	}
 	for _, p := range d.report.Processes {
 		if p.Pid == victim && (p.Outcome != ExitedAfterSignal || p.After <= 0) {
