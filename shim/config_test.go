@@ -17,7 +17,7 @@ import (
 func TestParseConfigFileGracefulAndRuncKeys(t *testing.T) {
 	cfg, err := ParseConfigFile([]byte(`
 grace_period = "30s"
-stop_signals = ["SIGTERM", "INT"]
+stop_signals = ["SIGTERM", "INT", "SIGRTMIN+3"]
 drain_signal = "SIGUSR1"
 BinaryName = "/usr/local/bin/runc"
 systemd_cgroup = true
@@ -27,7 +27,7 @@ root = "/run/other-runc"
 		t.Fatal(err)
 	}
 	p := cfg.Policy
-	if p.GracePeriod != 30*time.Second || p.DrainSignal != unix.SIGUSR1 || !p.IsStopSignal(unix.SIGINT) || !p.IsStopSignal(unix.SIGTERM) {
+	if p.GracePeriod != 30*time.Second || p.DrainSignal != unix.SIGUSR1 || !p.IsStopSignal(unix.SIGINT) || !p.IsStopSignal(unix.SIGTERM) || !p.IsStopSignal(37) {
 		t.Fatalf("policy %s", p)
 	}
 	if cfg.Runc.BinaryName != "/usr/local/bin/runc" || !cfg.Runc.SystemdCgroup || cfg.Runc.Root != "/run/other-runc" {
@@ -72,6 +72,11 @@ func TestApplyAnnotations(t *testing.T) {
 	}
 	if p.GracePeriod != 2*time.Minute || !p.IsStopSignal(unix.SIGQUIT) || p.DrainSignal != unix.SIGTERM {
 		t.Fatalf("policy %s", p)
+	}
+	// Real-time signals, as systemd-in-a-container images stop.
+	p, err = ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationStopSignals: "SIGRTMIN+3,RTMAX-1", AnnotationDrainSignal: "SIGRTMIN+4"})
+	if err != nil || !p.IsStopSignal(37) || !p.IsStopSignal(63) || p.DrainSignal != 38 {
+		t.Fatalf("real-time signals: policy %s, %v", p, err)
 	}
 	_, err = ApplyAnnotations(DefaultPolicy(), map[string]string{AnnotationPrefix + "grace": "1s"})
 	if err == nil || !strings.Contains(err.Error(), AnnotationGracePeriod) {

@@ -22,6 +22,11 @@ func TestStopSignalOfTheContainerRecord(t *testing.T) {
 		{"CRI image StopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"ID":"x","StopSignal":"SIGINT"}}`)}, unix.SIGINT},
 		// lifecycle.stopSignal (runtime.v1.Signal SIGNAL_SIGUSR1 = 29) wins over the image's.
 		{"CRI lifecycle.stopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":29},"StopSignal":"SIGINT"}}`)}, unix.SIGUSR1},
+		// systemd images: the label as ctr and nerdctl record it, CRI's name (SIGNAL_SIGRTMINPLUS3 =
+		// 38) and the image's StopSignal as CRI keeps it.
+		{"real-time label", &containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGRTMIN+3"}}, 37},
+		{"CRI real-time lifecycle.stopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":38}}}`)}, 37},
+		{"CRI real-time image StopSignal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"StopSignal":"RTMIN+3"}}`)}, 37},
 		{"CRI without a stop signal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{}}}`)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
