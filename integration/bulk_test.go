@@ -97,13 +97,16 @@ func TestSignallerLeavesOnceItHasSignalled(t *testing.T) {
 	const children = 150 // enough to signal at once (see TestBulkDrainSignalsTheNamespaceAtOnce)
 	reports := subscribeReports(t)
 	script := ignoringChild + `sh -c 'trap "echo got-term; exit 0" TERM; echo trapped quick; ` + loop + `' &` + "\n"
+	// A handler that forks: its own sleep, started after its TERM, must not be TERMed (its status
+	// would be 143), whatever the kill(-1) walk and the drain's fork tracking see.
+	script += `sh -c 'trap "sleep 1; echo \$? > /out/slow; exit 0" TERM; echo trapped slow; ` + loop + `' &` + "\n"
 	for i := 0; i < children; i++ {
 		script += `sh -c 'trap "exit 0" TERM; ` + loop + `' &` + "\n"
 	}
 	script += `trap "exit 0" TERM` + "\necho ready\n" + loop
 	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
 		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "3s"}})
-	waitTrapped(t, c, "ignoring", "quick")
+	waitTrapped(t, c, "ignoring", "quick", "slow")
 	stopped := make(chan error, 1)
 	go func() {
 		_, st, err := c.Stop(stackContext(), syscall.SIGTERM, 30*time.Second)
@@ -131,6 +134,9 @@ func TestSignallerLeavesOnceItHasSignalled(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+	if got := c.Marker("slow"); got != "0" {
+		t.Fatalf("the forking handler's own sleep ended with status %q, want \"0\" (143: it was TERMed)", got)
 	}
 	r := reports.next(t, c.ID)
 	if r.Drain == nil || r.Drain.Bulk < children || len(r.Drain.Notes) > 0 || !r.Drain.GraceExpired {

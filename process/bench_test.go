@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -171,6 +172,9 @@ func bulkMembers(b *testing.B, scope *Scope) []int {
 	return out
 }
 
+// benchCgroups numbers the cgroups benchCgroup creates, so that one test may create several.
+var benchCgroups atomic.Int64
+
 // benchCgroup creates a cgroup for the benchmark's member namespace, removed at cleanup (after
 // the processes of anything launched later, whose cleanups run first): under the unified
 // hierarchy when /sys/fs/cgroup is cgroup v2, else under the v1 pids controller, as
@@ -183,7 +187,7 @@ func benchCgroup(tb testing.TB) string {
 	} else if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
 		tb.Fatalf("no cgroup hierarchy for the benchmark's container: %v", err)
 	}
-	dir := filepath.Join(root, "graceful-bench-"+strconv.Itoa(os.Getpid()))
+	dir := filepath.Join(root, fmt.Sprintf("graceful-bench-%d-%d", os.Getpid(), benchCgroups.Add(1)))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}

@@ -347,8 +347,11 @@ func (d *Drainer) recordDetail(i int, sig unix.Signal) {
 }
 
 // bulkSignalled reports whether a process created at ts (CLOCK_MONOTONIC) got the bulk signal:
-// it existed before the signaller's kill(-1). One created while kill(-1) ran may have; it is
-// reported as not, so that it is signalled (possibly a second time) rather than left out.
+// it existed before the signaller's kill(-1). One created later needs no signal from the drain
+// either: kill(-1) walks the task list under tasklist_lock, which a fork takes to add its child,
+// so a child created once kill(-1) had begun was either there before the walk (and reached) or
+// forked after the walk had signalled its parent (and, as under a drain member by member, left
+// alone: a TERM handler's own cleanup command must not be TERMed).
 func (d *Drainer) bulkSignalled(ts int64) bool {
 	return d.bulkWin.From != 0 && ts < d.bulkWin.From
 }

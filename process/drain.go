@@ -615,7 +615,8 @@ func (d *Drainer) forked(forks []fork) {
 		} else if p, ok := d.finished[f.parent]; ok {
 			sigAt = p.sigAt
 		} else if d.bulk[f.parent] != nil {
-			sigAt = d.bulkWin.To // created after kill(-1) began: see bulkSignalled
+			// Created once kill(-1) had begun: see bulkSignalled. Not signalled by the drain.
+			sigAt = d.bulkWin.From
 		} else {
 			continue
 		}

@@ -282,6 +282,58 @@ func hostPid(t *testing.T, scope *Scope, nsPid int) int {
 	return 0
 }
 
+// A bulk drain's report says when each detailed member ended: members that take 0, 0.4 and
+// 0.8 s to exit after TERM are reported in that order, each no earlier than it ended, and the
+// fast one well before the slow ones.
+func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
+	dir := benchCgroup(t)
+	script := ""
+	for i, delay := range []string{"0", "0.4", "0.8"} {
+		script += fmt.Sprintf(`sh -c 'trap "sleep %s; exit 0" TERM; echo m%d; sleep 1000 & wait' &`+"\n", delay, i)
+	}
+	// Nothing forks before the signal: a fork caught before its exec would carry its parent's
+	// command line into the report.
+	script += "sleep 0.3; echo ready; exec sleep 1000"
+	ns := startNamespaceIn(t, dir, script)
+	sig := startTestSignaller(t, ns.init)
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+	if report.Bulk == 0 || len(report.Notes) > 0 {
+		t.Fatalf("bulk %d, notes %q: want a bulk drain", report.Bulk, report.Notes)
+	}
+	after := map[string]time.Duration{}
+	for _, p := range report.Processes {
+		// The handlers' own sleeps are in the report too (unsignalled, and possibly with the
+		// command line of the shell that forked them): the members are the ones TERMed.
+		if !slices.Contains(p.Signals, "SIGTERM") {
+			continue
+		}
+		for _, delay := range []string{"0", "0.4", "0.8"} {
+			if strings.Contains(p.Command, "sleep "+delay+";") {
+				if p.Outcome != ExitedAfterSignal {
+					t.Fatalf("member %q: outcome %s, want %s", p.Command, p.Outcome, ExitedAfterSignal)
+				}
+				if _, twice := after[delay]; twice {
+					t.Fatalf("member %q is in the report twice: %+v", p.Command, report.Processes)
+				}
+				after[delay] = p.After
+			}
+		}
+	}
+	if len(after) != 3 {
+		t.Fatalf("found %d of the 3 members in the report: %+v", len(after), report.Processes)
+	}
+	t.Logf("ended after %v, %v, %v; drain %v", after["0"], after["0.4"], after["0.8"], report.Duration)
+	if after["0.4"] < 400*time.Millisecond || after["0.8"] < 800*time.Millisecond {
+		t.Fatalf("a member is reported ended before it could have: %v", after)
+	}
+	if !(after["0"] < after["0.4"] && after["0.4"] < after["0.8"]) || after["0"] > 300*time.Millisecond {
+		t.Fatalf("the members' ends are not told apart: %v", after)
+	}
+	if report.Duration < after["0.8"] {
+		t.Fatalf("the drain (%v) ended before its last member (%v)", report.Duration, after["0.8"])
+	}
+}
+
 // A detailed bulk member is followed through a pidfd of its own from the bulk signal on, so that
 // its end is seen at the next poll even while the container's count keeps falling (when no list
 // is read): one that dies is ended at once, exited after the signal, its pidfd closed (counted
@@ -341,4 +393,76 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 func readCmd(pid int) string {
 	s, _ := readCmdline(pid)
 	return s
+}
+
+// A member's TERM handler may start a process of its own (a cleanup command) right after the
+// bulk signal. That process was started after its parent got TERM, so nobody TERMs it: the
+// handler's `sleep` exits 0, the handler ends cleanly, and the drain waits for it. The idle host
+// processes make each kill(-1) walk (which looks at every task on the host) long enough for the
+// handlers' forks to land while the signaller is still at work.
+func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
+	startIdleHostProcesses(t, 3000)
+	const members, stops = 40, 3
+	for stop := 0; stop < stops; stop++ {
+		dir := benchCgroup(t)
+		marks := t.TempDir()
+		script := ""
+		for i := 0; i < members; i++ {
+			script += fmt.Sprintf(`sh -c 'trap "sleep 0.3; echo \$? > %s/m%d; exit 0" TERM; sleep 1000 & wait' &`+"\n", marks, i)
+		}
+		script += "sleep 0.3; echo ready; exec sleep 1000"
+		ns := startNamespaceIn(t, dir, script)
+		sig := startTestSignaller(t, ns.init)
+		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+		if report.Bulk == 0 || len(report.Notes) > 0 {
+			t.Fatalf("stop %d: bulk %d, notes %q: want a bulk drain", stop, report.Bulk, report.Notes)
+		}
+		var killed []string
+		for i := 0; i < members; i++ {
+			if got := readMarker(t, filepath.Join(marks, fmt.Sprintf("m%d", i))); got != "0" {
+				killed = append(killed, fmt.Sprintf("m%d: %q", i, got))
+			}
+		}
+		if len(killed) > 0 {
+			t.Fatalf("stop %d: %d of %d handlers' own sleeps did not exit 0 (143: TERMed) %v; report %+v", stop, len(killed), members, killed, report.Totals)
+		}
+		if report.Duration < 300*time.Millisecond {
+			t.Fatalf("stop %d: the drain ended after %v, before the handlers (0.3 s) could have", stop, report.Duration)
+		}
+		if n := report.Totals[Killed]; n != 0 {
+			t.Fatalf("stop %d: the drain killed %d processes at its grace's end: %+v", stop, n, report.Totals)
+		}
+	}
+}
+
+// startIdleHostProcesses starts n idle processes on the host (outside any test namespace): shells
+// blocked opening a FIFO nobody writes to, as blockers starts them. They are SIGKILLed at cleanup.
+func startIdleHostProcesses(t *testing.T, n int) {
+	t.Helper()
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spawner := func(k, i int) string {
+		return fmt.Sprintf("(for i in $(seq %d); do read x < %q & done; echo spawned%d; read x < %q) &\n", k-1, fifo, i, fifo)
+	}
+	cmd := exec.Command("sh", "-c", spawner(n/2, 0)+spawner(n-n/2, 1)+"wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(out)
+	for i := 0; i < 2; i++ {
+		if !lines.Scan() {
+			t.Fatalf("the idle host processes' spawners ended early: %v", lines.Err())
+		}
+	}
 }
