@@ -290,26 +290,3 @@ func (c *commandReader) collect(procs []ProcessReport) {
 	}
 	c.pending, c.got = map[int]pendingCommand{}, map[int]string{}
 }
-
-// WillHandle reports whether the process pid will act on sig if it is sent now: it has a handler,
-// or keeps sig blocked for a sigwait loop (as tini does). Shells block every signal for a moment
-// around fork, so a signal seen only as blocked is sampled again a few times before it counts.
-func WillHandle(pid int, sig unix.Signal) (bool, error) {
-	const samples = 4
-	for i := 0; ; i++ {
-		st, err := ReadStatus(pid)
-		if err != nil {
-			return false, err
-		}
-		if st.Caught&bit(sig) != 0 {
-			return true, nil
-		}
-		if st.Blocked&bit(sig) == 0 {
-			return false, nil
-		}
-		if i == samples-1 {
-			return true, nil
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

@@ -66,8 +66,11 @@ func decideKill(p Policy, sig unix.Signal, inProgress StopOrder) KillAction {
 
 // InitStatus is what a stop observes of init before it starts.
 type InitStatus struct {
-	// Handles: init will act on the stop signal (a handler, or blocked for a sigwait loop).
+	// Handles: init will act on the stop signal (a handler, a thread waiting for it in sigwait,
+	// a signalfd, or blocked for the process to take).
 	Handles bool
+	// Disposition is how init's treatment of the stop signal was read (process.ReadDisposition).
+	Disposition process.Disposition
 	// Ignores: init explicitly ignores the stop signal.
 	Ignores bool
 	// NamespaceInit: init is PID 1 of its PID namespace, so the kernel drops a signal it does not
@@ -182,9 +185,19 @@ func observeInit(pid int, sig unix.Signal) (InitStatus, error) {
 	if err != nil {
 		return InitStatus{}, err
 	}
-	handles, err := process.WillHandle(pid, sig)
+	disposition, err := process.ReadDisposition(pid, sig)
 	if err != nil {
 		return InitStatus{}, err
 	}
-	return InitStatus{Handles: handles, Ignores: st.Ignores(sig), NamespaceInit: st.NamespaceInit()}, nil
+	return InitStatus{Handles: disposition.Handles(), Disposition: disposition, Ignores: disposition == process.Ignored,
+		NamespaceInit: st.NamespaceInit()}, nil
+}
+
+// reportedDisposition is how a report names init's disposition: as read, except that a PID 1
+// with the default action "drops" the signal.
+func reportedDisposition(init InitStatus) string {
+	if init.Disposition == process.Default && init.NamespaceInit {
+		return "drops"
+	}
+	return string(init.Disposition)
 }

@@ -29,6 +29,8 @@ type stop struct {
 	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
+	// initDisposition is how init's treatment of the stop signal was read before the stop.
+	initDisposition string
 	// tracerStart is how long the tracer took to start, for an init-first stop.
 	tracerStart time.Duration
 	// initAutoreap: the held init ignored SIGCHLD, so its children released themselves.
@@ -59,7 +61,11 @@ type StopReport struct {
 	GracePeriod string    `json:"grace_period"`
 	Order       StopOrder `json:"order"`
 	InitSignal  string    `json:"init_signal,omitempty"`
-	Notes       []string  `json:"notes,omitempty"`
+	// InitDisposition is how init's treatment of the requested signal was read when the stop
+	// began: caught, sigwait, signalfd, blocked, ignored, drops (PID 1 without any of these) or
+	// default.
+	InitDisposition string   `json:"init_disposition,omitempty"`
+	Notes           []string `json:"notes,omitempty"`
 	// TracerStart is how long the init-first tracer took to start and trace init.
 	TracerStart time.Duration `json:"tracer_start_ns,omitempty"`
 	// InitAutoreap: init, held at its exit, had been made to ignore SIGCHLD on its way there, so
@@ -105,6 +111,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		return false, s.closeForwarded()
 	}
 	status.InjectedInit = mainExit != nil
+	s.initDisposition = reportedDisposition(status)
 	plan := decideStop(s.policy, s.signal, status)
 	if plan.Strategy == HoldInitThenDrain || plan.Strategy == DrainThenInit {
 		// Started first, so that it gets ready while the tracer starts and init exits.
@@ -387,9 +394,9 @@ func (s *stop) log(drain *process.Report) *StopReport {
 		requested = process.SignalName(s.signal)
 	}
 	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
-		InitSignal: s.initSignal, Notes: s.notes, TracerStart: s.tracerStart,
+		InitSignal: s.initSignal, InitDisposition: s.initDisposition, Notes: s.notes, TracerStart: s.tracerStart,
 		InitAutoreap: s.initAutoreap, Drain: drain}
-	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "report": string(r.encode())}
+	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "init_disposition": r.InitDisposition, "report": string(r.encode())}
 	if drain != nil {
 		fields["processes"] = len(drain.Processes)
 		fields["exited"] = drain.Count(process.ExitedAfterSignal) + drain.Count(process.ExitedUnsignalled) + drain.Count(process.AlreadyExited)

@@ -13,12 +13,15 @@ import (
 // and the benchmark read. Numbers arrive as JSON numbers through a structpb.Struct, so durations
 // are float64 nanoseconds.
 type StopReport struct {
-	ContainerID string   `json:"container_id"`
-	Requested   string   `json:"requested_signal"`
-	Order       string   `json:"order"`
-	InitSignal  string   `json:"init_signal"`
-	Notes       []string `json:"notes"`
-	TracerStart float64  `json:"tracer_start_ns"` // init-first: the tracer's start until it traced init
+	ContainerID string `json:"container_id"`
+	Requested   string `json:"requested_signal"`
+	Order       string `json:"order"`
+	InitSignal  string `json:"init_signal"`
+	// InitDisposition: how init's treatment of the requested signal was read (caught, sigwait,
+	// signalfd, blocked, ignored, drops, default).
+	InitDisposition string   `json:"init_disposition"`
+	Notes           []string `json:"notes"`
+	TracerStart     float64  `json:"tracer_start_ns"` // init-first: the tracer's start until it traced init
 	// InitAutoreap: init-first, init ignored SIGCHLD on its way to exit, so its children released
 	// themselves while it was held.
 	InitAutoreap bool `json:"init_autoreap"`

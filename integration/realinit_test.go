@@ -1,0 +1,124 @@
+package integration
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// tiniStatic is Debian's static tini (the init behind `docker run --init` and many images'
+// ENTRYPOINT ["tini", "--"]), bind-mounted into the busybox containers at tiniAt.
+const (
+	tiniStatic = "/usr/bin/tini-static"
+	tiniAt     = "/dev/.tini"
+)
+
+// tiniMount bind-mounts tini-static, read-only, at tiniAt.
+func tiniMount() specs.Mount {
+	return specs.Mount{Destination: tiniAt, Type: "bind", Source: tiniStatic, Options: []string{"bind", "ro", "nosuid", "nodev"}}
+}
+
+// helperTraps starts a helper whose TERM handler needs 0.3 s to flush, then writes "clean".
+func helperTraps(name string) string {
+	return `sh -c 'trap "sleep 0.3; echo clean > /out/` + name + `; exit 0" TERM; echo trapped ` + name + `; ` + loop + `' &` + "\n"
+}
+
+// tini as PID 1: the app exits at once on the TERM tini forwards to it, and tini exits with it,
+// while a helper the app started still flushes. tini waits for signals in sigtimedwait, where /proc
+// shows TERM neither caught nor blocked: graceful reads it as waiting for TERM, holds tini at its
+// exit (init-first) and lets the helper finish; the stock shim's stop zaps the helper.
+func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
+	app := helperTraps("helper") + `trap "exit 0" TERM; echo ready; ` + loop
+	for _, runtime := range runtimes {
+		t.Run(short(runtime), func(t *testing.T) {
+			reports := subscribeReports(t)
+			c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "--", "sh", "-c", app}, Mounts: []specs.Mount{tiniMount()}})
+			waitTrapped(t, c, "helper")
+			took := stopExpect(t, c, 15*time.Second, exitOK)
+			got := c.Marker("helper")
+			t.Logf("%s: stop took %v, helper marker %q", short(runtime), took, got)
+			if runtime == stack.StockRuntime {
+				if got != "" {
+					t.Fatalf("stock shim: the helper finished (%q), expected the zap to cut it", got)
+				}
+				return
+			}
+			if got != "clean" {
+				t.Fatal("graceful: the helper's handler did not finish")
+			}
+			r := reports.next(t, c.ID)
+			if r.InitDisposition != "sigwait" || r.Order != "init-first" || r.InitSignal != "SIGTERM" {
+				t.Fatalf("report: init %q, order %q, init signal %q; want sigwait, init-first, SIGTERM", r.InitDisposition, r.Order, r.InitSignal)
+			}
+		})
+	}
+}
+
+// buildSigwaitInit builds process/testdata/sigwaitinit.c (static, for the busybox image) into a
+// directory to bind-mount at /sw.
+func buildSigwaitInit(t *testing.T) string {
+	t.Helper()
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Fatalf("gcc is needed to build sigwaitinit (make stack installs it): %v", err)
+	}
+	dir := t.TempDir()
+	out, err := exec.Command(gcc, "-static", "-O2", "-Wall", "-pthread", "-o", filepath.Join(dir, "sigwaitinit"),
+		filepath.Join("..", "process", "testdata", "sigwaitinit.c")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("build sigwaitinit: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// A multithreaded C daemon as PID 1 blocks TERM in every thread and waits for it in sigwaitinfo,
+// in its main thread or in another one. Graceful gives it TERM (never a SIGKILL in its place):
+// its own 0.3 s shutdown completes, it exits 0, and its child is drained only after that (the
+// child's handler sees the daemon's shutdown mark). Under the stock shim the daemon's shutdown
+// completes too, and the kernel zaps the child.
+func TestSigwaitDaemonShutsDownBeforeItsChildIsDrained(t *testing.T) {
+	dir := buildSigwaitInit(t)
+	child := `trap "[ -e /out/init-done ] && echo after > /out/order || echo before > /out/order; sleep 0.3; echo clean > /out/child; exit 0" TERM; echo trapped child; ` + loop
+	for _, mode := range []string{"main", "worker"} {
+		for _, runtime := range runtimes {
+			t.Run(mode+"/"+short(runtime), func(t *testing.T) {
+				reports := subscribeReports(t)
+				c := start(t, stack.Spec{Runtime: runtime,
+					Args:   []string{"env", "SHUTDOWN_MARK=/out/init-done", "/sw/sigwaitinit", mode, "sh", "-c", child},
+					Mounts: []specs.Mount{{Destination: "/sw", Type: "bind", Source: dir, Options: []string{"rbind", "ro"}}}})
+				waitTrapped(t, c, "child")
+				if threads := countThreads(t, int(c.Task.Pid())); threads < 2 {
+					t.Fatalf("init has %d threads, want a multithreaded init", threads)
+				}
+				took := stopExpect(t, c, 15*time.Second, exitOK)
+				if got := c.Marker("init-done"); got != "done" {
+					t.Fatalf("%s: the daemon's own shutdown did not complete (mark %q)", short(runtime), got)
+				}
+				got := c.Marker("child")
+				t.Logf("%s: stop took %v, child marker %q", short(runtime), took, got)
+				if runtime == stack.StockRuntime {
+					if got != "" {
+						t.Fatalf("stock shim: the child finished (%q), expected the zap to cut it", got)
+					}
+					return
+				}
+				if got != "clean" {
+					t.Fatal("graceful: the child's handler did not finish")
+				}
+				if order := c.Marker("order"); order != "after" {
+					t.Fatalf("the child was signalled %q the daemon's shutdown, want after", order)
+				}
+				r := reports.next(t, c.ID)
+				if r.InitDisposition != "sigwait" || r.Order != "init-first" || r.InitSignal != "SIGTERM" {
+					t.Fatalf("report: init %q, order %q, init signal %q, notes %q; want sigwait, init-first, SIGTERM",
+						r.InitDisposition, r.Order, r.InitSignal, r.Notes)
+				}
+			})
+		}
+	}
+}

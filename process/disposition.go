@@ -1,0 +1,221 @@
+package process
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Disposition is how a process will treat a signal sent to it now, and how that was read.
+type Disposition string
+
+const (
+	// Caught: the process has a handler for the signal (SigCgt).
+	Caught Disposition = "caught"
+	// Sigwait: a thread waits for the signal in rt_sigtimedwait (sigwait, sigwaitinfo,
+	// sigtimedwait: tini's loop), with the signal in the set it passed. While it waits the kernel
+	// takes the set out of its blocked mask, so /proc shows the signal neither caught nor blocked.
+	Sigwait Disposition = "sigwait"
+	// Signalfd: the signal is blocked and a signalfd of the process reads it (catatonit).
+	Signalfd Disposition = "signalfd"
+	// Blocked: the signal is blocked, so it stays pending until the process takes it (a sigwait
+	// loop between two waits, or a shell around a fork).
+	Blocked Disposition = "blocked"
+	// Ignored: the signal is explicitly ignored.
+	Ignored Disposition = "ignored"
+	// Default: none of the above; the default action applies, which PID 1 of a namespace drops.
+	Default Disposition = "default"
+)
+
+// Handles reports whether a process with this disposition acts on the signal: it is caught,
+// awaited, read from a signalfd or left pending for the process to take.
+func (d Disposition) Handles() bool {
+	return d == Caught || d == Sigwait || d == Signalfd || d == Blocked
+}
+
+// ReadDisposition reads how process pid will treat sig if it is sent now, as the kernel decides
+// it: a signal sent to a process is checked against its main thread's masks (a PID 1 drops it
+// unless that thread blocks it, is waiting for it, or a handler is installed), then delivered to
+// a thread that does not block it, or left pending for one that waits for it.
+//
+//   - caught: a handler is installed (for every thread).
+//   - sigwait: a thread is blocked in rt_sigtimedwait with sig in its set, read from
+//     /proc/PID/task/TID/syscall and the set from the process's memory; it counts when that
+//     thread is the main thread, or the main thread blocks sig (else the kernel would drop sig
+//     at a PID 1 before any thread could take it).
+//   - signalfd: the main thread blocks sig and a signalfd of the process has it in its mask
+//     (/proc/PID/fdinfo).
+//   - blocked: the main thread blocks sig; shells block every signal for a moment around a
+//     fork, so a signal seen only as blocked is sampled again a few times before it counts.
+//   - ignored, default: otherwise.
+func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
+	const samples = 4
+	for i := 0; ; i++ {
+		st, err := ReadStatus(pid)
+		if err != nil {
+			return "", err
+		}
+		if st.Caught&bit(sig) != 0 {
+			return Caught, nil
+		}
+		blocked := st.Blocked&bit(sig) != 0
+		if waiting, err := sigwaitingThread(pid, sig); err != nil {
+			return "", err
+		} else if waiting == pid || (waiting != 0 && blocked) {
+			return Sigwait, nil
+		}
+		if blocked {
+			if readsSignalfd(pid, sig) {
+				return Signalfd, nil
+			}
+			if i == samples-1 {
+				return Blocked, nil
+			}
+		} else if i > 0 || !mayBeBetweenWaits(pid) {
+			if st.Ignored&bit(sig) != 0 {
+				return Ignored, nil
+			}
+			return Default, nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// WillHandle reports whether the process pid will act on sig if it is sent now (ReadDisposition).
+func WillHandle(pid int, sig unix.Signal) (bool, error) {
+	d, err := ReadDisposition(pid, sig)
+	return d.Handles(), err
+}
+
+// mayBeBetweenWaits reports whether a thread of pid is running (not blocked in a system call),
+// so that a sigwait loop may be between two waits: its next look may find it waiting.
+func mayBeBetweenWaits(pid int) bool {
+	tids, err := threadsOf(pid)
+	if err != nil {
+		return false
+	}
+	for _, tid := range tids {
+		if nr, _, ok := threadSyscall(pid, tid); !ok || nr < 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// sigwaitingThread returns a thread of pid (the main thread first) that is blocked in
+// rt_sigtimedwait with sig in its set, 0 when none is.
+func sigwaitingThread(pid int, sig unix.Signal) (int, error) {
+	if len(sigwaitSyscalls) == 0 {
+		return 0, nil
+	}
+	tids, err := threadsOf(pid)
+	if err != nil {
+		return 0, err
+	}
+	for _, tid := range tids {
+		nr, set, ok := threadSyscall(pid, tid)
+		if !ok || !isSigwait(nr) || set == 0 {
+			continue
+		}
+		var mask [8]byte
+		local := []unix.Iovec{{Base: &mask[0], Len: uint64(len(mask))}}
+		remote := []unix.RemoteIovec{{Base: uintptr(set), Len: len(mask)}}
+		if n, err := unix.ProcessVMReadv(pid, local, remote, 0); err != nil || n != len(mask) {
+			continue // the thread left the wait, or its set is unreadable
+		}
+		// A sigset_t is little-endian on every architecture read here; a compat (32-bit) one
+		// is two 32-bit words, the same bytes.
+		var waited uint64
+		for i := len(mask) - 1; i >= 0; i-- {
+			waited = waited<<8 | uint64(mask[i])
+		}
+		if waited&bit(sig) != 0 {
+			return tid, nil
+		}
+	}
+	return 0, nil
+}
+
+func isSigwait(nr int) bool {
+	for _, n := range sigwaitSyscalls {
+		if n == nr {
+			return true
+		}
+	}
+	return false
+}
+
+// threadsOf lists the threads of pid, the main thread first.
+func threadsOf(pid int) ([]int, error) {
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("threads of %d: %w", pid, ErrGone)
+		}
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	tids := []int{pid}
+	for _, e := range entries {
+		if tid, err := strconv.Atoi(e.Name()); err == nil && tid != pid {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// threadSyscall reads the system call that thread tid of pid is blocked in, from
+// /proc/PID/task/TID/syscall: its number (-1 when blocked outside a system call) and first
+// argument. ok is false when the thread is running or cannot be read.
+func threadSyscall(pid, tid int) (nr int, arg0 uint64, ok bool) {
+	var buf [256]byte
+	data, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/task/"+strconv.Itoa(tid)+"/syscall", buf[:])
+	if err != nil {
+		return 0, 0, false
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 || fields[0] == "running" {
+		return 0, 0, false
+	}
+	if nr, err = strconv.Atoi(fields[0]); err != nil {
+		return 0, 0, false
+	}
+	if nr < 0 || len(fields) < 2 {
+		return nr, 0, true
+	}
+	if arg0, err = strconv.ParseUint(strings.TrimPrefix(fields[1], "0x"), 16, 64); err != nil {
+		return 0, 0, false
+	}
+	return nr, arg0, true
+}
+
+// readsSignalfd reports whether a signalfd of pid has sig in its mask (fdinfo's sigmask).
+func readsSignalfd(pid int, sig unix.Signal) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if link, err := os.Readlink(dir + "/" + e.Name()); err != nil || link != "anon_inode:[signalfd]" {
+			continue
+		}
+		var buf [512]byte
+		data, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/fdinfo/"+e.Name(), buf[:])
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "sigmask:"); ok {
+				if mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && mask&bit(sig) != 0 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
