@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"errors"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,5 +124,49 @@ func TestSigwaitDaemonShutsDownBeforeItsChildIsDrained(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// An entrypoint script without a trap starts a helper in the background and runs its server in
+// the foreground (no exec). The script drops TERM (PID 1 without a handler), so the stop is
+// children-first: the server exits at once on its TERM, the script ends, and init exits during
+// the drain while the helper still flushes. Graceful holds init at its exit until the drain is
+// over: the helper finishes and the script's exit status (the server's, 0) is kept. The stock
+// shim's TERM is dropped by the script: the container runs on until a SIGKILL, which cuts the
+// helper.
+func TestTraplessScriptWhoseServerExitsFirst(t *testing.T) {
+	script := helperTraps("helper") + `sh -c 'trap "exit 0" TERM; echo trapped server; ` + loop + `'` + "\n"
+	for _, runtime := range runtimes {
+		t.Run(short(runtime), func(t *testing.T) {
+			reports := subscribeReports(t)
+			c := startUntil(t, stack.Spec{Runtime: runtime, Script: script}, "trapped server")
+			waitTrapped(t, c, "helper")
+			if runtime == stack.StockRuntime {
+				took, _, err := c.Stop(stackContext(), syscall.SIGTERM, 2*time.Second)
+				if !errors.Is(err, stack.ErrStillRunning) {
+					t.Fatalf("stock shim: want the script to drop TERM and run on, got an exit after %v (%v)", took, err)
+				}
+				if _, _, err := c.Stop(stackContext(), syscall.SIGKILL, 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if got := c.Marker("helper"); got != "" {
+					t.Fatalf("stock shim: the helper finished (%q) although only SIGKILL reached it", got)
+				}
+				return
+			}
+			took := stopExpect(t, c, 15*time.Second, exitOK)
+			t.Logf("graceful: stop took %v", took)
+			if got := c.Marker("helper"); got != "clean" {
+				t.Fatal("graceful: the helper's handler did not finish: init's exit was not held")
+			}
+			r := reports.next(t, c.ID)
+			if r.Order != "children-first" || r.InitDisposition != "drops" || r.TracerStart == 0 {
+				t.Fatalf("report: order %q, init %q, tracer start %v, notes %q; want children-first, drops, a tracer",
+					r.Order, r.InitDisposition, r.TracerStart, r.Notes)
+			}
+			if !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "held at its exit") }) {
+				t.Fatalf("report notes %q: want init's exit during the drain noted", r.Notes)
+			}
+		})
 	}
 }

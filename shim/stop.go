@@ -146,8 +146,47 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
 		s.signalInit(status)
 	case DrainThenInit:
-		s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig()), thenInit: true}
+		return s.beginChildrenFirst(status)
 	}
+	return true, nil
+}
+
+// beginChildrenFirst starts a children-first drain. When init is PID 1 of the container's own
+// namespace, the tracer attaches to it first, while the drain is prepared: init exiting by itself
+// during the drain (a script whose foreground server ended, tini whose child exited) is then held
+// at its exit, so that the kernel does not zap a member still in its handler, until the drain
+// ends.
+func (s *stop) beginChildrenFirst(status InitStatus) (bool, *StopReport) {
+	d := &drainThenInit{thenInit: true}
+	if status.NamespaceInit {
+		type attached struct {
+			h   *hold
+			err error
+		}
+		tracer := make(chan attached, 1)
+		go func() {
+			h, err := startHold(s.init)
+			tracer <- attached{h, err}
+		}()
+		drainer := process.PrepareDrain(s.scope, s.drainSetup())
+		switch a := <-tracer; {
+		case a.err != nil:
+			s.note("cannot hold init's exit during the drain (init exiting by itself would let the kernel kill the rest): %v", a.err)
+		default:
+			d.hold, s.tracerStart = a.h, a.h.startup
+			context.AfterFunc(s.ctx, a.h.abort)
+		}
+		s.strategy = d
+		if s.ctx.Err() != nil {
+			drainer.Close()
+			s.note("stop aborted by SIGKILL before it began")
+			return false, s.closeForwarded()
+		}
+		d.drainer = drainer.Start(s.grace())
+		return true, nil
+	}
+	d.drainer = process.StartDrain(s.scope, s.drainConfig())
+	s.strategy = d
 	return true, nil
 }
 
@@ -194,11 +233,26 @@ func (s *stop) open(pid int) error {
 type drainThenInit struct {
 	drainer  *process.Drainer
 	thenInit bool
+	// hold, when not nil, traces init during the drain, so that init exiting by itself is held
+	// at its exit until the drain ends.
+	hold *hold
 }
 
 func (d *drainThenInit) finish(s *stop) *process.Report {
 	drain := d.drainer.Finish(s.ctx)
 	s.closeSignaller()
+	if d.hold != nil {
+		select {
+		case <-d.hold.exiting:
+			s.note("init exited by itself during the drain: it was held at its exit until the drain ended")
+			s.initAutoreap = d.hold.autoreap
+		default:
+		}
+		if s.ctx.Err() == nil {
+			// Released before init is signalled: init finishes exiting, or runs on untraced.
+			d.hold.Release()
+		}
+	}
 	if d.thenInit && s.ctx.Err() == nil {
 		if status, err := observeInit(s.init.Pid, s.signal); err == nil {
 			s.signalInit(status)
@@ -209,7 +263,11 @@ func (d *drainThenInit) finish(s *stop) *process.Report {
 	return drain
 }
 
-func (d *drainThenInit) close() {}
+func (d *drainThenInit) close() {
+	if d.hold != nil {
+		d.hold.kill()
+	}
+}
 
 // holdInitThenDrain is the init-first strategy: init, traced, has been signalled; when it starts
 // to exit it is held there while the rest is drained, then released.
