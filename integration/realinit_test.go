@@ -170,3 +170,92 @@ func TestTraplessScriptWhoseServerExitsFirst(t *testing.T) {
 		})
 	}
 }
+
+// An image whose STOPSIGNAL is SIGQUIT (nginx, php-fpm: a graceful quit; SIGTERM is their fast
+// shutdown) behind an entrypoint script without a trap: the server, in the foreground, quits
+// gracefully on QUIT (0.3 s) and drops its work on TERM; a helper handles TERM only. Graceful gives
+// QUIT to the server and TERM to the helper: the server's work completes, the helper finishes, and
+// the script's exit is held until both are done. The stock shim's QUIT is dropped by the script:
+// the container runs on until a SIGKILL.
+func TestStopSignalReachesTheProcessesThatHandleIt(t *testing.T) {
+	server := `sh -c 'trap "sleep 0.3; echo graceful > /out/server; exit 0" QUIT; trap "echo fast > /out/server; exit 0" TERM; echo trapped server; ` + loop + `'`
+	script := helperTraps("helper") + server + "\n"
+	for _, runtime := range runtimes {
+		t.Run(short(runtime), func(t *testing.T) {
+			reports := subscribeReports(t)
+			c := startUntil(t, stack.Spec{Runtime: runtime, Script: script,
+				Labels: map[string]string{"io.containerd.image.config.stop-signal": "SIGQUIT"}}, "trapped server")
+			waitTrapped(t, c, "helper")
+			if runtime == stack.StockRuntime {
+				took, _, err := c.Stop(stackContext(), syscall.SIGQUIT, 2*time.Second)
+				if !errors.Is(err, stack.ErrStillRunning) {
+					t.Fatalf("stock shim: want the script to drop QUIT and run on, got an exit after %v (%v)", took, err)
+				}
+				if _, _, err := c.Stop(stackContext(), syscall.SIGKILL, 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if got := c.Marker("server"); got != "" {
+					t.Fatalf("stock shim: the server quit (%q) although only SIGKILL reached it", got)
+				}
+				return
+			}
+			took, st, err := c.Stop(stackContext(), syscall.SIGQUIT, 15*time.Second)
+			if err != nil || st.ExitCode() != exitOK {
+				t.Fatalf("stop: %v, exit code %d, want %d", err, st.ExitCode(), exitOK)
+			}
+			t.Logf("graceful: stop took %v", took)
+			if got := c.Marker("server"); got != "graceful" {
+				t.Fatalf("the server's shutdown was %q, want graceful (it got TERM, not its stop signal QUIT)", got)
+			}
+			if got := c.Marker("helper"); got != "clean" {
+				t.Fatal("the helper's TERM handler did not finish")
+			}
+			r := reports.next(t, c.ID)
+			if r.Requested != "SIGQUIT" || r.Drain == nil || r.Drain.StopSignal != "SIGQUIT" || r.Drain.Totals["killed"] != 0 {
+				t.Fatalf("report: requested %q, drain %+v", r.Requested, r.Drain)
+			}
+			for _, p := range r.Drain.Processes {
+				if slices.Contains(p.Signals, "SIGQUIT") && slices.Contains(p.Signals, "SIGTERM") {
+					t.Fatalf("%q got both SIGQUIT and SIGTERM: %v", p.Command, p.Signals)
+				}
+			}
+		})
+	}
+}
+
+// The same with enough processes to signal the namespace at once: one kill(-1) cannot give each
+// process its own signal, so the drain goes member by member and says so; the server still gets
+// QUIT and no process gets both.
+func TestStopSignalReachesTheProcessesThatHandleItAmongMany(t *testing.T) {
+	const children = 150 // enough to signal at once (see TestBulkDrainSignalsTheNamespaceAtOnce)
+	server := `sh -c 'trap "sleep 0.3; echo graceful > /out/server; exit 0" QUIT; trap "echo fast > /out/server; exit 0" TERM; echo trapped server; ` + loop + `'`
+	script := helperTraps("helper")
+	for i := 0; i < children; i++ {
+		script += `sh -c 'trap "exit 0" TERM; ` + loop + `' &` + "\n"
+	}
+	script += server + "\n"
+	reports := subscribeReports(t)
+	c := startUntil(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script,
+		Labels: map[string]string{"io.containerd.image.config.stop-signal": "SIGQUIT"}}, "trapped server")
+	waitTrapped(t, c, "helper")
+	_, st, err := c.Stop(stackContext(), syscall.SIGQUIT, 15*time.Second)
+	if err != nil || st.ExitCode() != exitOK {
+		t.Fatalf("stop: %v, exit code %d, want %d", err, st.ExitCode(), exitOK)
+	}
+	if got := c.Marker("server"); got != "graceful" {
+		t.Fatalf("the server's shutdown was %q, want graceful", got)
+	}
+	if got := c.Marker("helper"); got != "clean" {
+		t.Fatal("the helper's TERM handler did not finish")
+	}
+	r := reports.next(t, c.ID)
+	if r.Drain == nil || r.Drain.Bulk != 0 || r.Drain.StopSignal != "SIGQUIT" || r.Drain.Totals["killed"] != 0 ||
+		!slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "member by member") }) {
+		t.Fatalf("report: notes %q, drain %+v: want a drain member by member with SIGQUIT for those that handle it", r.Notes, r.Drain)
+	}
+	for _, p := range r.Drain.Processes {
+		if slices.Contains(p.Signals, "SIGQUIT") && slices.Contains(p.Signals, "SIGTERM") {
+			t.Fatalf("%q got both SIGQUIT and SIGTERM: %v", p.Command, p.Signals)
+		}
+	}
+}

@@ -54,7 +54,7 @@ const (
 func (d *Drainer) prepareBulk() {
 	sig := d.cfg.Signal
 	if d.cfg.Signaller == nil || d.scope.Kind != ByPIDNamespace || d.scope.cgroupDir == "" ||
-		sig == 0 || sig == unix.SIGKILL {
+		sig == 0 || sig == unix.SIGKILL || d.cfg.chooses() {
 		return
 	}
 	pids, ok := d.scope.bulkList()

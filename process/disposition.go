@@ -92,6 +92,25 @@ func WillHandle(pid int, sig unix.Signal) (bool, error) {
 	return d.Handles(), err
 }
 
+// Catches reports, from one look, whether process pid takes sig itself: a handler, a thread
+// waiting for it in sigwait, or a signalfd reading it while it is blocked. Unlike
+// ReadDisposition it does not sample again a signal seen only as blocked: it is meant for a
+// drain's members, which get another signal when they do not.
+func Catches(pid int, sig unix.Signal) bool {
+	st, err := ReadStatus(pid)
+	if err != nil {
+		return false
+	}
+	if st.Caught&bit(sig) != 0 {
+		return true
+	}
+	blocked := st.Blocked&bit(sig) != 0
+	if waiting, err := sigwaitingThread(pid, sig); err == nil && (waiting == pid || (waiting != 0 && blocked)) {
+		return true
+	}
+	return blocked && readsSignalfd(pid, sig)
+}
+
 // mayBeBetweenWaits reports whether a thread of pid is running (not blocked in a system call),
 // so that a sigwait loop may be between two waits: its next look may find it waiting.
 func mayBeBetweenWaits(pid int) bool {

@@ -25,6 +25,17 @@ type DrainConfig struct {
 	// once from inside the namespace (see bulk.go); else each member is signalled through its
 	// pidfd.
 	Signaller Signaller
+	// StopSignal, when set and not Signal, goes instead of Signal to each member that handles it
+	// (Catches: nginx and php-fpm quit gracefully only on their image's SIGQUIT), while the rest
+	// get Signal (SIGQUIT would dump a shell's core). No member gets both. It needs a signal
+	// chosen member by member, so a drain with it never signals at once.
+	StopSignal unix.Signal
+}
+
+// chooses reports whether the drain picks each member's signal: it has a StopSignal apart from
+// its Signal.
+func (c DrainConfig) chooses() bool {
+	return c.StopSignal != 0 && c.StopSignal != c.Signal
 }
 
 // Outcome is how one process ended during a drain.
@@ -57,8 +68,11 @@ type ProcessReport struct {
 
 // Report is the result of one drain.
 type Report struct {
-	Scope        ScopeKind     `json:"scope"`
-	Signal       string        `json:"signal"`
+	Scope  ScopeKind `json:"scope"`
+	Signal string    `json:"signal"`
+	// StopSignal is the container's stop signal, sent instead of Signal to the members that
+	// handle it (DrainConfig.StopSignal); each process's Signals say which one it got.
+	StopSignal   string        `json:"stop_signal,omitempty"`
 	Grace        time.Duration `json:"grace_ns"`
 	Started      time.Time     `json:"started"`
 	Duration     time.Duration `json:"duration_ns"`
@@ -251,6 +265,9 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 	d.report.Grace = grace
 	d.report.Started = time.Now()
 	d.startTicks = bootTicks()
+	if d.cfg.chooses() {
+		d.report.StopSignal = SignalName(d.cfg.StopSignal)
+	}
 	if !d.signalBulk(d.cfg.Signal) {
 		d.sweep(d.cfg.Signal)
 	}
@@ -631,8 +648,13 @@ func (d *Drainer) forked(forks []fork) {
 }
 
 // signal sends sig to t, followed by SIGCONT unless sig is SIGKILL or SIGCONT, and records it.
+// The drain signal goes as the stop signal to a member that handles that (DrainConfig.StopSignal).
 func (d *Drainer) signal(t *tracked, sig unix.Signal) {
-	if sig == d.cfg.Signal && t.sigAt == 0 {
+	drainSig := sig == d.cfg.Signal
+	if drainSig && d.cfg.chooses() && Catches(t.h.Pid, d.cfg.StopSignal) {
+		sig = d.cfg.StopSignal
+	}
+	if drainSig && t.sigAt == 0 {
 		var ts unix.Timespec
 		if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
 			t.sigAt = ts.Nano()

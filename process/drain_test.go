@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,5 +139,61 @@ func TestDispositionsOfNamespaceInit(t *testing.T) {
 		if got != c.want {
 			t.Errorf("init %d handles TERM = %v, want %v", c.ns.init, got, c.want)
 		}
+	}
+}
+
+// A drain with a stop signal apart from its drain signal (an image's STOPSIGNAL SIGQUIT, for
+// nginx) gives the stop signal to each member that handles it and the drain signal to the rest:
+// a process trapping QUIT runs its QUIT handler only, one trapping TERM its TERM handler only, and
+// a plain sleep dies of TERM (QUIT would have dumped its core). No process gets both, and the
+// report says which each got.
+func TestDrainGivesTheStopSignalToThoseThatHandleIt(t *testing.T) {
+	dir := t.TempDir()
+	script := fmt.Sprintf(`
+env --default-signal=QUIT sh -c 'trap "echo quit >> %[1]s/q; exit 0" QUIT; trap "echo term >> %[1]s/q; exit 0" TERM; echo trapped q; while :; do sleep 0.05; done' &
+sh -c 'trap "echo term >> %[1]s/t; exit 0" TERM; echo trapped t; while :; do sleep 0.05; done' &
+sleep 1000 &
+echo ready; wait`, dir)
+	// A background job of a shell starts with QUIT ignored, which a shell cannot then trap: env
+	// restores the default first, as a service's own process would have it.
+	ns := startNamespace(t, script)
+	ns.expect(t, "trapped q")
+	ns.expect(t, "trapped t")
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, StopSignal: unix.SIGQUIT, Grace: 10 * time.Second})
+	if got := readMarker(t, filepath.Join(dir, "q")); got != "quit" {
+		t.Errorf("the QUIT-trapping process's handlers ran %q, want its QUIT handler only", got)
+	}
+	if got := readMarker(t, filepath.Join(dir, "t")); got != "term" {
+		t.Errorf("the TERM-trapping process's handlers ran %q, want its TERM handler only", got)
+	}
+	if report.StopSignal != "SIGQUIT" || report.GraceExpired || report.Count(Killed) != 0 {
+		t.Fatalf("report stop signal %q, grace expired %v, killed %d", report.StopSignal, report.GraceExpired, report.Count(Killed))
+	}
+	got := map[string]int{}
+	for _, p := range report.Processes {
+		quit, term := slices.Contains(p.Signals, "SIGQUIT"), slices.Contains(p.Signals, "SIGTERM")
+		if quit && term {
+			t.Fatalf("%q got both signals: %v", p.Command, p.Signals)
+		}
+		switch {
+		case strings.HasPrefix(p.Command, "sleep 1000"):
+			if !term {
+				t.Errorf("the plain sleep got %v, want SIGTERM", p.Signals)
+			}
+			got["sleep"]++
+		case strings.Contains(p.Command, "/q; exit 0\" QUIT"):
+			if !quit {
+				t.Errorf("the QUIT-trapping process got %v, want SIGQUIT", p.Signals)
+			}
+			got["q"]++
+		case strings.Contains(p.Command, "/t; exit 0\" TERM"):
+			if !term {
+				t.Errorf("the TERM-trapping process got %v, want SIGTERM", p.Signals)
+			}
+			got["t"]++
+		}
+	}
+	if got["sleep"] != 1 || got["q"] != 1 || got["t"] != 1 {
+		t.Fatalf("found %v in the report: %+v", got, report.Processes)
 	}
 }

@@ -71,6 +71,10 @@ type Policy struct {
 	StopSignalsSet bool
 	// DrainSignal is sent to every process of the container other than init.
 	DrainSignal unix.Signal
+	// DrainSignalSet: DrainSignal comes from an options file or an annotation, and goes to every
+	// process; else a stop signal other than it goes to the processes that handle that (see
+	// DrainStopSignal).
+	DrainSignalSet bool
 	// StopOrder says whether init or the other processes get the stop first.
 	StopOrder StopOrder
 	// StopBudget, when not 0, is how long a whole stop may take before kubelet SIGKILLs the
@@ -104,6 +108,17 @@ func (p Policy) WithRecordedStopSignal(sig unix.Signal) (_ Policy, changed bool)
 	}
 	p.StopSignals = append(slices.Clone(p.StopSignals), sig)
 	return p, true
+}
+
+// DrainStopSignal is what a drain for a stop on sig gives the processes that handle sig instead of
+// the drain signal: sig itself, when it is not the drain signal and no drain signal was set
+// explicitly (nginx behind an entrypoint script, stopped with its image's SIGQUIT, quits
+// gracefully on SIGQUIT only); 0 when every process gets the drain signal.
+func (p Policy) DrainStopSignal(sig unix.Signal) unix.Signal {
+	if p.DrainSignalSet || sig == 0 || sig == p.DrainSignal || sig == unix.SIGKILL || sig == unix.SIGSTOP {
+		return 0
+	}
+	return sig
 }
 
 // IsStopSignal reports whether sig starts a graceful stop.
@@ -193,6 +208,7 @@ func ParseConfigFile(data []byte, source string) (*FileConfig, error) {
 				break
 			}
 			cfg.Policy.DrainSignal, err = parseDrainSignal(s)
+			cfg.Policy.DrainSignalSet = true
 		case "stop_order":
 			s, ok := value.(string)
 			if !ok {
@@ -279,6 +295,7 @@ func ApplyAnnotations(p Policy, annotations map[string]string) (Policy, error) {
 			p.StopSignalsSet = true
 		case AnnotationDrainSignal:
 			p.DrainSignal, err = parseDrainSignal(value)
+			p.DrainSignalSet = true
 		case AnnotationStopOrder:
 			p.StopOrder, err = parseStopOrder(value)
 		case AnnotationInit:

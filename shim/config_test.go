@@ -201,3 +201,29 @@ func TestContribDefaultsFileParses(t *testing.T) {
 		t.Fatalf("documented defaults differ from the built-in ones: %s", cfg.Policy)
 	}
 }
+
+// A stop signal other than the drain signal goes to the processes that handle it, unless a drain
+// signal was set explicitly (annotation or options file), which then goes to all.
+func TestDrainStopSignal(t *testing.T) {
+	p := DefaultPolicy()
+	if got := p.DrainStopSignal(unix.SIGQUIT); got != unix.SIGQUIT {
+		t.Fatalf("default policy, stop on SIGQUIT: %v, want SIGQUIT", got)
+	}
+	if got := p.DrainStopSignal(unix.SIGTERM); got != 0 {
+		t.Fatalf("default policy, stop on SIGTERM: %v, want 0", got)
+	}
+	explicit, err := ApplyAnnotations(p, map[string]string{AnnotationDrainSignal: "SIGTERM"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := explicit.DrainStopSignal(unix.SIGQUIT); got != 0 {
+		t.Fatalf("explicit drain signal, stop on SIGQUIT: %v, want 0", got)
+	}
+	cfg, err := ParseConfigFile([]byte(`drain_signal = "SIGTERM"`), "f.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Policy.DrainStopSignal(unix.SIGQUIT); got != 0 {
+		t.Fatalf("drain signal from the options file, stop on SIGQUIT: %v, want 0", got)
+	}
+}

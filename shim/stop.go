@@ -323,9 +323,9 @@ func (s *stop) drainConfig() process.DrainConfig {
 	return cfg
 }
 
-// drainSetup is the drain's signal and signaller, what PrepareDrain needs.
+// drainSetup is the drain's signals and signaller, what PrepareDrain needs.
 func (s *stop) drainSetup() process.DrainConfig {
-	cfg := process.DrainConfig{Signal: s.policy.DrainSignal}
+	cfg := process.DrainConfig{Signal: s.policy.DrainSignal, StopSignal: s.policy.DrainStopSignal(s.signal)}
 	if s.signaller != nil {
 		cfg.Signaller = s.signaller
 	}
@@ -352,6 +352,12 @@ func (s *stop) grace() time.Duration {
 func (s *stop) startSignaller() {
 	ns := s.scope.Namespace()
 	if ns == 0 || s.signaller != nil || !s.scope.SignalsAtOnce() {
+		return
+	}
+	if sig := s.policy.DrainStopSignal(s.signal); sig != 0 {
+		// One kill(-1) cannot give each process its own signal.
+		s.note("signalled member by member: the processes that handle %s get it, the rest %s",
+			process.SignalName(sig), process.SignalName(s.policy.DrainSignal))
 		return
 	}
 	s.signaller = startSignaller(s.init, ns)

@@ -40,9 +40,12 @@ type StopReport struct {
 		HostScanFound int  `json:"host_scan_found"`
 		// Bulk: members signalled at once from inside the PID namespace; Notes: why not, if
 		// that failed.
-		Bulk      int      `json:"bulk"`
-		Notes     []string `json:"notes"`
-		Processes []struct {
+		Bulk  int      `json:"bulk"`
+		Notes []string `json:"notes"`
+		// StopSignal: the stop signal given to the members that handle it instead of the drain
+		// signal.
+		StopSignal string `json:"stop_signal"`
+		Processes  []struct {
 			Pid     int      `json:"pid"`
 			Command string   `json:"command"`
 			Signals []string `json:"signals"`
