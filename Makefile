@@ -9,7 +9,7 @@ INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
-.PHONY: all build install stack bench bench-smoke test test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke check-test-names test test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -32,7 +32,7 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
-	$(GO) test -race -count=1 ./process/... ./shim/... ./integration/stack/
+	$(GO) test -race -count=1 -timeout 15m ./process/... ./shim/... ./initproc/... ./integration/stack/
 
 test-integration: stack
 	$(GO) test -count=1 -v -timeout 20m ./integration/
@@ -87,21 +87,45 @@ test-kubernetes: stack
 # mounted over /sys/fs/cgroup, where containerd and runc see unified mode (GRACEFUL_CGROUP2=1 makes
 # the stack refuse anything else and check every container's cgroups), and the process package's
 # cgroup membership tests in the same hierarchy.
-CGROUP2_TESTS := ^($(COMPAT_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestSharedPIDProcessWithExitedMainThreadIsDrained|TestCRI)$$/.*/^(shared-pid|host-pid)$$
+CGROUP2_NAMES := $(COMPAT_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestSharedPIDProcessWithExitedMainThreadIsDrained|TestCRI
+CGROUP2_TESTS := ^($(CGROUP2_NAMES))$$/.*/^(shared-pid|host-pid)$$
 test-cgroup2: stack
 	GRACEFUL_RUN='$(CGROUP2_TESTS)' GRACEFUL_CGROUP2=1 unshare -m sh -ec ' \
 		mount --make-rprivate /; \
 		mount -t cgroup2 none /sys/fs/cgroup; \
-		$(GO) test -count=1 -v -run "Cgroup" ./process/; \
+		$(GO) test -count=1 -v -timeout 10m -run "Cgroup" ./process/; \
 		$(GO) test -count=1 -v -timeout 15m -run "$$GRACEFUL_RUN" ./integration/'
 
-test: stack vet test-unit test-integration test-oldest test-cgroup2
+# Stability: the process/, shim/ and initproc/ suites STRESS_COUNT times and the core integration
+# stop tests (and every integration test the history records as flaky) STRESS_INTEGRATION_COUNT
+# times, one package at a time; prints each test that failed at least once, with its count. CI
+# runs the short version (make test-stress STRESS_COUNT=3 STRESS_INTEGRATION_COUNT=3).
+STRESS_COUNT ?= 20
+STRESS_INTEGRATION_COUNT ?= 5
+STRESS_NAMES := $(COMPAT_NAMES)|TestSigkillDuringDrainStopsAtOnce|TestInitClassicCases|TestInitStopRightAfterStartEnds|TestInitReapsAnOrphanThatPID1NeverWaitsFor|TestStopReportFollowsTheExitEvent|TestSignallerLeavesOnceItHasSignalled|TestTiniAsInitLetsTheHelperFinish|TestTraplessScriptWhoseServerExitsFirst
+test-stress: stack
+	bash integration/stack/stress.sh $(STRESS_COUNT) $(STRESS_INTEGRATION_COUNT) '$(STRESS_NAMES)'
+
+# An interrupted run leaves nothing behind: the process and integration test binaries are
+# SIGKILLed in the middle of their runs; what they started dies with them or is removed by the
+# next run's TestMain, and `ps aux` still answers within 5 s.
+test-interrupt: stack
+	bash integration/stack/interrupt-check.sh
+
+# Every test-name list above must name existing tests: a rename would otherwise empty a -run
+# regex silently (and the process package's cgroup tests must still match "Cgroup").
+check-test-names:
+	bash integration/stack/check-test-names.sh ./integration $(subst |, ,$(CGROUP2_NAMES)) $(subst |, ,$(STRESS_NAMES)) \
+		TestConcurrentStopsUnderLoad TestComparePassSets TestCritestPassSetMatchesRunc TestDocker TestKubernetes
+	@$(GO) test -list 'Cgroup' ./process/ | grep -q '^Test' || { echo "check-test-names: no test in ./process matches Cgroup"; exit 1; }
+
+test: stack check-test-names vet test-unit test-integration test-oldest test-cgroup2
 
 # A short fuzz pass over the annotation and options-file parsers (FUZZTIME each).
 FUZZTIME ?= 10s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseConfigFile$$' -fuzztime $(FUZZTIME) ./shim/
-	$(GO) test -run '^$$' -fuzz '^FuzzApplyAnnotations$$' -fuzztime $(FUZZTIME) ./shim/
+	$(GO) test -timeout 10m -run '^$$' -fuzz '^FuzzParseConfigFile$$' -fuzztime $(FUZZTIME) ./shim/
+	$(GO) test -timeout 10m -run '^$$' -fuzz '^FuzzApplyAnnotations$$' -fuzztime $(FUZZTIME) ./shim/
 
 # Benchmarks against the stock runc shim in the same run, and of graceful-init against tini (not a
 # CI gate): writes docs/benchmarks.md, docs/stop-latency.svg, docs/init-start-latency.svg and

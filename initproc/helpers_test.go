@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // testVersion is the version the test binary is built with.
@@ -33,7 +35,7 @@ func TestMain(m *testing.M) {
 			os.Stderr.WriteString("building graceful-init: " + err.Error() + "\n")
 			return 1
 		}
-		return m.Run()
+		return testguard.Main(m)
 	}())
 }
 
@@ -95,7 +97,7 @@ func startInitWith(t *testing.T, setup func(*exec.Cmd), script string) *initNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	ns.pid = cmd.Process.Pid

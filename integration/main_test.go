@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // theStack is shared by every test in the package: one daemon, many containers.
@@ -27,7 +28,10 @@ var theStack *stack.Stack
 var defaultsFile string
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	for _, r := range testguard.SweepStacks() {
+		fmt.Fprintln(os.Stderr, "testguard:", r)
+	}
+	os.Exit(testguard.Run(func() int { return run(m) }))
 }
 
 func run(m *testing.M) int {

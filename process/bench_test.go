@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // benchScanN is how many processes each namespace of BenchmarkMembers holds: GRACEFUL_BENCH_SCAN_N,
@@ -238,7 +240,7 @@ func launchBenchNamespaceIn(b *testing.B, dir, script string) *benchNamespace {
 		b.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		b.Fatal(err)
 	}
 	bn := &benchNamespace{cmd: cmd, ready: make(chan error, 1)}

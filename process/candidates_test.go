@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // A container in its own cgroup: its members are found from the cgroup (and its sub-cgroups),
@@ -111,7 +113,7 @@ sleep 0.2; echo ready; wait`, dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nsenter.Start(); err != nil {
+	if err := testguard.Start(nsenter); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nsenter.Process.Kill() })

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // namespace is a real PID namespace whose PID 1 runs a shell script.
@@ -45,7 +47,7 @@ func startNamespaceIn(t *testing.T, dir, script string) *namespace {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	ns := &namespace{cmd: cmd, out: bufio.NewReader(stdout), seen: map[string]bool{}}

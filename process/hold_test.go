@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 const holderEnv = "GRACEFUL_TEST_HOLDER_PID"
@@ -36,7 +38,8 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	// The tests themselves: in a cgroup of their own, after removing what killed runs left.
+	os.Exit(testguard.Main(m))
 }
 
 // The holder keeps a namespace's init in its exit while the rest of the namespace is drained;
@@ -90,7 +93,7 @@ func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteClose
 	holder = holderCommand(t, pid, h)
 	release, _ = holder.StdinPipe()
 	stdout, _ := holder.StdoutPipe()
-	if err := holder.Start(); err != nil {
+	if err := testguard.Start(holder); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
@@ -168,7 +171,7 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 	cmd.Env = append(os.Environ(), threadInitEnv+"="+marker)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
@@ -194,7 +197,7 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 // to hold it, and leaves it untraced.
 func TestHolderRefusesARecycledPID(t *testing.T) {
 	gone := exec.Command("true")
-	if err := gone.Start(); err != nil {
+	if err := testguard.Start(gone); err != nil {
 		t.Fatal(err)
 	}
 	h, err := Open(gone.Process.Pid)
@@ -203,7 +206,7 @@ func TestHolderRefusesARecycledPID(t *testing.T) {
 	}
 	gone.Wait()
 	live := exec.Command("sleep", "30")
-	if err := live.Start(); err != nil {
+	if err := testguard.Start(live); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
@@ -293,7 +296,7 @@ while True:
     for x in ts: x.join()
 `)
 	out, _ := spawner.StdoutPipe()
-	if err := spawner.Start(); err != nil {
+	if err := testguard.Start(spawner); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { spawner.Process.Kill(); spawner.Wait() })
@@ -321,7 +324,7 @@ while True:
 func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 	init := exec.Command("sh", "-c", `trap 'echo handling; sleep 0.3; exit 3' TERM; echo ready; while :; do sleep 0.05; done`)
 	out, _ := init.StdoutPipe()
-	if err := init.Start(); err != nil {
+	if err := testguard.Start(init); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { init.Process.Kill(); init.Wait() })

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // cgroupRoot returns a mounted hierarchy to create test cgroups in: the unified one when
@@ -69,7 +71,7 @@ func moveTo(t *testing.T, dir string, pid int) {
 func sleeper(t *testing.T) int {
 	t.Helper()
 	cmd := exec.Command("sleep", "1000")
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
@@ -119,7 +121,7 @@ func TestCgroupScopeRefusesAncestorOfHost(t *testing.T) {
 	}
 	moveTo(t, filepath.Join(base, "self"), os.Getpid())
 	t.Cleanup(func() { moveTo(t, origin, os.Getpid()) })
-	for name, dir := range map[string]string{"root": origin, "ancestor-of-caller": base} {
+	for name, dir := range map[string]string{"root": root, "ancestor-of-caller": base} {
 		init := sleeper(t)
 		moveTo(t, dir, init)
 		if s, err := ScopeOf(init); err == nil {
@@ -191,7 +193,7 @@ func TestCgroupScopeKeepsAProcessWhoseMainThreadExited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // startWithPid starts `sleep 60` as PID pid by setting the kernel's last PID just below it. Other
@@ -23,7 +25,7 @@ func startWithPid(t *testing.T, pid int) *exec.Cmd {
 			t.Fatalf("set ns_last_pid: %v", err)
 		}
 		cmd := exec.Command("sleep", "60")
-		if err := cmd.Start(); err != nil {
+		if err := cmd.Start(); err != nil { // not testguard.Start: its thread handoff can take the PID
 			t.Fatal(err)
 		}
 		if cmd.Process.Pid == pid {
@@ -40,7 +42,7 @@ func startWithPid(t *testing.T, pid int) *exec.Cmd {
 // A handle opened before the PID was recycled never reaches the new process.
 func TestHandleNeverSignalsARecycledPid(t *testing.T) {
 	old := exec.Command("sleep", "60")
-	if err := old.Start(); err != nil {
+	if err := testguard.Start(old); err != nil {
 		t.Fatal(err)
 	}
 	pid := old.Process.Pid

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 const signallerEnv = "GRACEFUL_TEST_SIGNALLER_NS"
@@ -113,7 +115,7 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 	// Outside the namespace, in the container's cgroup: must be left alone.
 	outsider := exec.Command("sh", "-c", fmt.Sprintf(`echo $$ > %s/cgroup.procs; trap "echo signalled > %s/outsider; exit 3" TERM; echo in; while :; do sleep 0.05; done`, dir, marks))
 	outOut, _ := outsider.StdoutPipe()
-	if err := outsider.Start(); err != nil {
+	if err := testguard.Start(outsider); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { outsider.Process.Kill(); outsider.Wait() })
@@ -435,8 +437,8 @@ func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
 	}
 }
 
-// startIdleHostProcesses starts n idle processes on the host (outside any test namespace): shells
-// blocked opening a FIFO nobody writes to, as blockers starts them. They are SIGKILLed at cleanup.
+// startIdleHostProcesses starts n idle processes outside any namespace under test: shells blocked
+// opening a FIFO nobody writes to, as blockers starts them. They are SIGKILLed at cleanup.
 func startIdleHostProcesses(t *testing.T, n int) {
 	t.Helper()
 	fifo := filepath.Join(t.TempDir(), "fifo")
@@ -446,13 +448,15 @@ func startIdleHostProcesses(t *testing.T, n int) {
 	spawner := func(k, i int) string {
 		return fmt.Sprintf("(for i in $(seq %d); do read x < %q & done; echo spawned%d; read x < %q) &\n", k-1, fifo, i, fifo)
 	}
-	cmd := exec.Command("sh", "-c", spawner(n/2, 0)+spawner(n-n/2, 1)+"wait")
+	// In a PID namespace of their own, so that they die with it (and with the test binary): the
+	// kill(-1) walk looks at every task on the host all the same.
+	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", "sh", "-c", spawner(n/2, 0)+spawner(n-n/2, 1)+"wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := testguard.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
