@@ -229,6 +229,23 @@ func fdCount(t *testing.T, pid int) int {
 	return len(entries)
 }
 
+// pidfdCount counts pid's pidfds.
+func pidfdCount(t *testing.T, pid int) int {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("descriptors of the shim %d: %v", pid, err)
+	}
+	n := 0
+	for _, e := range entries {
+		if target, _ := os.Readlink(filepath.Join(dir, e.Name())); target == "anon_inode:[pidfd]" {
+			n++
+		}
+	}
+	return n
+}
+
 // fdList describes pid's descriptors, for a failure message.
 func fdList(pid int) string {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
@@ -236,7 +253,17 @@ func fdList(pid int) string {
 	var b strings.Builder
 	for _, e := range entries {
 		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
-		b.WriteString(e.Name() + " -> " + target + "\n")
+		b.WriteString(e.Name() + " -> " + target)
+		if target == "anon_inode:[pidfd]" {
+			// Which process the pidfd refers to (-1: it has exited).
+			info, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + e.Name())
+			for _, line := range strings.Split(string(info), "\n") {
+				if strings.HasPrefix(line, "Pid:") {
+					b.WriteString(" (" + strings.Join(strings.Fields(line), " ") + ")")
+				}
+			}
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
@@ -284,6 +311,51 @@ func TestRecordedStopSignalDrains(t *testing.T) {
 			}
 			if got := c.Marker("child"); got != "clean" {
 				t.Fatalf("the TERM stop did not drain: child marker %q", got)
+			}
+		})
+	}
+}
+
+// Concurrent stop signals, then a SIGKILL while the stop drains (a 30 s grace, a child that
+// outlives its TERM): the container ends at once, and the shim, which runs on until the task is
+// deleted, keeps no descriptor of the stop (no pidfd of a member, init or the tracer), in either
+// order.
+func TestSigkillDuringConcurrentStopsLeaksNothing(t *testing.T) {
+	script := `sh -c 'trap "echo got >> /out/stubborn" TERM; echo trapped stubborn; ` + loop + `' &` + "\n"
+	for i := 0; i < 20; i++ {
+		script += `sh -c 'trap "" TERM; ` + loop + `' &` + "\n"
+	}
+	script += `trap "exit 0" TERM
+echo ready
+` + loop
+	for _, order := range []string{"init-first", "children-first"} {
+		t.Run(order, func(t *testing.T) {
+			annotations := orderAnnotation(order)
+			annotations["io.containerd.graceful.v2.grace-period"] = "30s"
+			c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: script, Annotations: annotations})
+			waitTrapped(t, c, "stubborn")
+			shim := shimOf(t, c)
+			before := pidfdCount(t, shim)
+			start := time.Now()
+			killConcurrently(t, c, 20, -1)
+			waitMarker(t, c, "stubborn", "got") // the drain is under way
+			kill(t, c, syscall.SIGKILL)
+			took, st, err := c.WaitExit(start, 20*time.Second)
+			if err != nil || took > 15*time.Second {
+				t.Fatalf("exit %d (%v) after %v: want an end at once, well before the 30 s grace", st.ExitCode(), err, took)
+			}
+			// The stop closes what it holds once it has been aborted; the pidfds of the runc
+			// commands that the runc service ran (the forwarded SIGKILL's) are closed by the
+			// collection that ends the shim's collector pause, 10 s after the stop: wait for
+			// that, bounded (well below the collector's own two minutes).
+			deadline := time.Now().Add(20 * time.Second)
+			after := pidfdCount(t, shim)
+			for after > before && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+				after = pidfdCount(t, shim)
+			}
+			if after > before {
+				t.Fatalf("the shim holds %d pidfds after the stop, %d before it: the stop leaked\n%s", after, before, fdList(shim))
 			}
 		})
 	}

@@ -121,6 +121,9 @@ func startHelper(cmd *exec.Cmd) (in io.WriteCloser, out *os.File, done <-chan st
 	exited := make(chan struct{})
 	go func() {
 		reaper.Default.Wait(cmd, exits)
+		// The reaper waited for it, not cmd.Wait: the os.Process still holds a pidfd of the
+		// helper, which the Go collector (paused during stops) would close only much later.
+		cmd.Process.Release()
 		close(exited)
 	}()
 	return in, out, exited, nil
