@@ -3,6 +3,7 @@ package process
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -230,7 +231,7 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 		d.closeBulkHandle(m)
 		d.dropDetail(m.detail)
 	}
-	if pids, ok := d.listBulk(); ok {
+	if pids, err := d.listBulk(); err == nil {
 		for pid, m := range d.bulk {
 			if m.seen != d.bulkGen {
 				d.endBulk(pid, m, AlreadyExited)
@@ -286,19 +287,20 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 }
 
 // listBulk reads the container's cgroup.procs and marks the bulk members it lists as seen by a
-// new generation (bulkGen). It returns false when the list cannot be read (the cgroup is gone).
-func (d *Drainer) listBulk() ([]int, bool) {
+// new generation (bulkGen). It returns an error when the list cannot be read: one wrapping
+// fs.ErrNotExist when the cgroup is gone.
+func (d *Drainer) listBulk() ([]int, error) {
 	d.bulkGen++
-	pids, ok := appendCgroupProcs(d.bulkBuf[:0], d.scope.cgroupDir)
+	pids, err := readCgroupTree(d.bulkBuf[:0], d.scope.cgroupDir)
 	d.bulkBuf = pids
-	if ok {
+	if err == nil {
 		for _, pid := range pids {
 			if m := d.bulk[pid]; m != nil {
 				m.seen = d.bulkGen
 			}
 		}
 	}
-	return pids, ok
+	return pids, err
 }
 
 // ownChildren lists the shim's children and, with init, init's: with the cgroup, the candidates
@@ -384,11 +386,20 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 }
 
 // endUnlisted reads the list again and ends the bulk members it no longer lists (exited after
-// the signal; without the list, the cgroup is gone, and so is everything of it). It returns how
-// many ended since the list's last read, those seen through their pidfds included, and takes the
-// base of the task count anew.
+// the signal; when the cgroup is gone, so is everything of it). A read that fails otherwise (too
+// many open files, no memory) ends nobody: it says nothing of the members, which are followed on,
+// and is noted once. It returns how many ended since the list's last read, those seen through
+// their pidfds included, and takes the base of the task count anew.
 func (d *Drainer) endUnlisted() int {
-	d.listBulk()
+	if _, err := d.listBulk(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if !d.listFailed {
+			d.listFailed = true
+			d.report.Notes = append(d.report.Notes, "reading the container's process list failed ("+err.Error()+"): its members were followed on, not taken for exited")
+		}
+		ended := d.bulkEnded
+		d.bulkEnded = 0
+		return ended
+	}
 	ended := d.bulkEnded
 	d.bulkEnded = 0
 	for pid, m := range d.bulk {
@@ -446,27 +457,48 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 	}
 	d.pollDetailed(o)
 	var tracks []*tracked
+	kept := map[int]*bulkMember{}
 	for pid, m := range d.bulk {
 		delete(d.bulk, pid)
-		d.closeBulkHandle(m)
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
 		switch {
 		case errors.Is(err, ErrNotMember):
+			d.closeBulkHandle(m)
 			d.dropDetail(m.detail)
 			continue
 		case errors.Is(err, errExited):
+			d.closeBulkHandle(m)
 			d.end(pid, t, o)
 			continue
-		case err != nil:
+		case errors.Is(err, ErrGone):
+			d.closeBulkHandle(m)
 			d.endUntracked(pid, m.detail, o)
+			continue
+		case err != nil:
+			// Not opened (too many open files, say), which says nothing of its end: it stays a
+			// bulk member, followed through the list, and is examined again later.
+			kept[pid] = m
+			d.noteOpenFailure(err)
 			continue
 		case signalled:
 			t.signalled = true
 			t.sigAt = d.bulkWin.From
 		}
+		d.closeBulkHandle(m)
 		tracks = append(tracks, t)
 	}
+	for pid, m := range kept {
+		d.bulk[pid] = m
+	}
 	return tracks
+}
+
+// noteOpenFailure notes, once, that a member could not be opened for a reason other than its end.
+func (d *Drainer) noteOpenFailure(err error) {
+	if !d.openFailed {
+		d.openFailed = true
+		d.report.Notes = append(d.report.Notes, "a member could not be followed through a pidfd ("+err.Error()+"): it was waited for all the same")
+	}
 }
 
 // endBulk records that bulk member pid ended with outcome o.
@@ -498,4 +530,4 @@ func (d *Drainer) dropDetail(i int) {
 }
 
 // remaining is how many members the drain still waits for.
-func (d *Drainer) remaining() int { return len(d.active) + len(d.bulk) }
+func (d *Drainer) remaining() int { return len(d.active) + len(d.bulk) + len(d.unopened) }

@@ -2,7 +2,9 @@ package process
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -83,23 +85,37 @@ func (s *Scope) candidates() (pids []int, ok bool) {
 }
 
 // appendCgroupProcs appends the processes of cgroup dir and of every cgroup below it. It reports
-// false when dir cannot be read (the cgroup is gone, or is not a cgroup directory).
+// false when they cannot all be read (the cgroup is gone, or is not a cgroup directory).
 func appendCgroupProcs(pids []int, dir string) ([]int, bool) {
+	pids, err := readCgroupTree(pids, dir)
+	return pids, err == nil
+}
+
+// readCgroupTree is listCgroupProcs, through which every read of a container's processes goes (a
+// test injects its failures here).
+var readCgroupTree = listCgroupProcs
+
+// listCgroupProcs appends the processes of cgroup dir and of every cgroup below it. Its error
+// wraps fs.ErrNotExist when dir is gone (and so is every process of it); any other error (too many
+// open files, no memory) says nothing about the processes, which may all still be there.
+func listCgroupProcs(pids []int, dir string) ([]int, error) {
 	pids, err := appendFileInts(pids, filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
-		return pids, false
+		return pids, fmt.Errorf("list %s: %w", dir, err)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return pids, false
+		return pids, fmt.Errorf("list %s: %w", dir, err)
 	}
 	for _, e := range entries {
 		if e.IsDir() {
 			// A sub-cgroup removed meanwhile holds no process.
-			pids, _ = appendCgroupProcs(pids, filepath.Join(dir, e.Name()))
+			if pids, err = listCgroupProcs(pids, filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return pids, err
+			}
 		}
 	}
-	return pids, true
+	return pids, nil
 }
 
 // appendChildren appends the children of every thread of process pid (none when it is gone).

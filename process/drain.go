@@ -198,6 +198,13 @@ type Drainer struct {
 	bulkHandlePids []int
 	bulkEnded      int
 	bulkPollFds    []unix.PollFd
+	// unopened are members that could not be opened other than for their end (too many open
+	// files), with the signal each is owed: waited for, and opened again at each wake-up.
+	unopened map[int]unix.Signal
+	// listFailed: a read of the list failed other than for a gone cgroup (noted once);
+	// openFailed: a member could not be opened other than for its end (noted once).
+	listFailed bool
+	openFailed bool
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
@@ -235,6 +242,7 @@ func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 		finished: map[int]finishedPid{},
 		pruneAt:  pruneMin,
 		initsOwn: map[int]bool{},
+		unopened: map[int]unix.Signal{},
 		byFd:     map[int32]int{},
 		commands: newCommandReader(),
 		report: &Report{
@@ -340,6 +348,7 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 			return false
 		}
 		d.releaseDeferred()
+		d.retryUnopened()
 		now := time.Now()
 		nextPoll := d.pollBulk(now)
 		since := now.Sub(lastScan)
@@ -375,6 +384,9 @@ func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool 
 		} else if d.watch == nil {
 			timeout = min(timeout, interval-since)
 		}
+		if len(d.unopened) > 0 {
+			timeout = min(timeout, rescanMin) // nothing wakes the drain for them
+		}
 		exited, lost := d.wait(wake, timeout)
 		if lost || (exited > 0 && d.watch == nil) {
 			dirty = true
@@ -397,13 +409,16 @@ func (d *Drainer) sweep(sig unix.Signal) int {
 	if pids, ok := d.scope.candidates(); ok {
 		return d.sweepPids(pids, sig, false)
 	}
-	pids, err := allPIDs()
+	pids, err := readProcDir()
 	if err != nil {
 		return 0
 	}
 	d.prune(pids)
 	return d.sweepPids(pids, sig, true)
 }
+
+// readProcDir is allPIDs for a sweep (a test injects its failures here).
+var readProcDir = allPIDs
 
 // sweepPids is sweep over the listed PIDs. filter says that most of them are not members (the
 // whole process table), so that each is checked cheaply before a pidfd is opened for it.
@@ -480,11 +495,38 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 // It returns nil when pid is not tracked.
 func (d *Drainer) open(pid int, sig unix.Signal) *tracked {
 	t, err := d.openDetailed(pid, sig, newEntry)
-	if errors.Is(err, errExited) {
+	switch {
+	case errors.Is(err, errExited):
 		d.end(pid, t, AlreadyExited)
 		return nil
+	case err != nil && !errors.Is(err, ErrGone) && !errors.Is(err, ErrNotMember):
+		// Not opened (too many open files, say), which says nothing of its end: it is waited
+		// for, and opened again at each wake-up (retryUnopened), signalled with sig then.
+		d.unopened[pid] = sig
+		d.noteOpenFailure(err)
 	}
 	return t
+}
+
+// retryUnopened opens again the processes that could not be opened, each signalled as it would
+// have been (SIGKILL once the grace is over). One that is gone has ended, never signalled.
+func (d *Drainer) retryUnopened() {
+	if len(d.unopened) == 0 {
+		return
+	}
+	retry := d.unopened
+	d.unopened = map[int]unix.Signal{}
+	for pid, sig := range retry {
+		if d.phaseSig != 0 {
+			sig = d.phaseSig
+		}
+		if d.track(pid, sig) {
+			continue
+		}
+		if _, again := d.unopened[pid]; !again {
+			d.report.Totals[AlreadyExited]++
+		}
+	}
 }
 
 // errExited: the member has exited (it may be a zombie).
@@ -837,6 +879,11 @@ func (d *Drainer) finish(o Outcome) *Report {
 	}
 	for pid, m := range d.bulk {
 		d.endBulk(pid, m, o)
+	}
+	if n := len(d.unopened); n > 0 {
+		// Never opened, so never signalled nor killed: the kernel's SIGKILL will end them.
+		d.report.Totals[o] += n
+		d.unopened = map[int]unix.Signal{}
 	}
 	d.commands.collect(d.report.Processes)
 	// Entries dropped by dropDetail (listed, but not members) are left out.

@@ -21,7 +21,7 @@ var ErrGone = errors.New("process is gone")
 
 // Open returns a pidfd for pid. It returns ErrGone when no such process exists.
 func Open(pid int) (*Handle, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := pidfdOpen(pid, 0)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return nil, ErrGone
@@ -30,6 +30,9 @@ func Open(pid int) (*Handle, error) {
 	}
 	return &Handle{Pid: pid, fd: fd}, nil
 }
+
+// pidfdOpen is pidfd_open(2) (a test injects its failures here).
+var pidfdOpen = unix.PidfdOpen
 
 // Signal delivers sig to the process the handle refers to. It returns ErrGone when that process has
 // been reaped.
