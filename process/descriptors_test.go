@@ -2,12 +2,16 @@ package process
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
+
+// freshTableEnv marks a test binary run only to test ReserveDescriptors with a fresh table.
+const freshTableEnv = "GRACEFUL_TEST_FRESH_FD_TABLE"
 
 // fdSize is the size of the calling process's descriptor table (FDSize in /proc/self/status).
 func fdSize(t *testing.T) int {
@@ -46,6 +50,16 @@ func openFrom(t *testing.T, min int) []int {
 }
 
 func TestReserveDescriptorsSizesTheTableAndLeavesNothingOpen(t *testing.T) {
+	if os.Getenv(freshTableEnv) == "" && fdSize(t) >= 4096 {
+		// An earlier run (-count) has grown this binary's table, which never shrinks: run in a
+		// fresh process, whose table is as small as a shim's at its start.
+		cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), freshTableEnv+"=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("in a fresh process: %v\n%s", err, out)
+		}
+		return
+	}
 	// Beyond what the test binary's table holds already (it never shrinks).
 	n := max(4096, 4*fdSize(t))
 	var lim unix.Rlimit

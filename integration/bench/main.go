@@ -57,8 +57,11 @@ type config struct {
 	scanBench    string        // go test -benchtime for the scan
 	out          string
 	profileDir   string
-	smoke        bool
-	only         map[string]bool
+	// stopOrder, when set, is the graceful runtime's stop order for the stop latency and
+	// host-size sections (annotation io.containerd.graceful.v2.stop-order); "" leaves it auto.
+	stopOrder string
+	smoke     bool
+	only      map[string]bool
 }
 
 func (c *config) runs(section string) bool { return len(c.only) == 0 || c.only[section] }
@@ -82,6 +85,7 @@ func mainCode() int {
 		idle         = flag.Duration("idle", 30*time.Second, "idle window for the idle cost")
 		scanN        = flag.Int("scan-n", 5000, "processes per namespace for the membership scan (GRACEFUL_BENCH_SCAN_N)")
 		profileDir   = flag.String("cpuprofile-dir", "", "passed to the shims as GRACEFUL_CPUPROFILE_DIR: a shim that supports it writes a CPU profile of each stop there")
+		stopOrder    = flag.String("stop-order", "", "the graceful runtime's stop order for the stop sections: auto (default), init-first or children-first")
 		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,hostsize,scan,grace,idle,init); default all")
 	)
 	flag.Parse()
@@ -89,6 +93,13 @@ func mainCode() int {
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	cfg := &config{reps: *reps, startSamples: *startSamples, graceReps: *graceReps, stopReps: *stopReps, initSamples: *initSamples, manyN: *manyN, idle: *idle,
 		scanN: *scanN, out: *out, profileDir: *profileDir, smoke: *smoke, only: map[string]bool{}}
+	switch *stopOrder {
+	case "", "auto", "init-first", "children-first":
+		cfg.stopOrder = strings.TrimPrefix(*stopOrder, "auto")
+	default:
+		fmt.Fprintf(os.Stderr, "bench: -stop-order %q: want auto, init-first or children-first\n", *stopOrder)
+		os.Exit(2)
+	}
 	for _, n := range strings.Split(*stopNs, ",") {
 		v, err := strconv.Atoi(strings.TrimSpace(n))
 		if err != nil || v < 1 {

@@ -320,7 +320,11 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 	if p.sweep {
 		kind = fmt.Sprintf("hostsize%d", p.hosts)
 	}
-	c, err := b.stack.Run(ctx, stack.Spec{ID: b.nextID(kind, rt), Runtime: rt, Script: stopScript(p.n)})
+	spec := stack.Spec{ID: b.nextID(kind, rt), Runtime: rt, Script: stopScript(p.n)}
+	if rt == stack.GracefulRuntime && b.cfg.stopOrder != "" {
+		spec.Annotations = map[string]string{"io.containerd.graceful.v2.stop-order": b.cfg.stopOrder}
+	}
+	c, err := b.stack.Run(ctx, spec)
 	if err != nil {
 		return err
 	}
