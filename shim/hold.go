@@ -175,3 +175,40 @@ func (h *hold) kill() {
 
 // abort ends the tracer without waiting; the kernel detaches it from init.
 func (h *hold) abort() { h.cmd.Process.Kill() }
+
+// attachedTracer is the outcome of a tracer started aside: the hold, or why there is none.
+type attachedTracer struct {
+	h   *hold
+	err error
+}
+
+// startTracer starts the tracer for init aside (startHold) and returns where its outcome comes.
+func startTracer(init *process.Handle) <-chan attachedTracer {
+	ch := make(chan attachedTracer, 1)
+	go func() {
+		h, err := startHold(init)
+		ch <- attachedTracer{h, err}
+	}()
+	return ch
+}
+
+// awaitTracer waits for a tracer started by startTracer to attach.
+func awaitTracer(tracer <-chan attachedTracer) (*hold, error) {
+	if tracer == nil {
+		return nil, errors.New("no tracer was started")
+	}
+	a := <-tracer
+	return a.h, a.err
+}
+
+// discardTracer ends a tracer started by startTracer that the stop does not use, aside.
+func discardTracer(tracer <-chan attachedTracer) {
+	if tracer == nil {
+		return
+	}
+	go func() {
+		if a := <-tracer; a.h != nil {
+			a.h.kill()
+		}
+	}()
+}

@@ -105,8 +105,21 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.note("cannot drain, the signal was forwarded: %v", err)
 		return false, s.closeForwarded()
 	}
+	st, err := process.ReadStatus(pid)
+	if err != nil {
+		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
+		return false, s.closeForwarded()
+	}
+	// The tracer takes a few milliseconds to start: it is started first, aside, whenever the plan
+	// may hold init (every order but an explicit children-first of a container without a PID
+	// namespace of its own; graceful-init holds the namespace itself).
+	var tracer <-chan attachedTracer
+	if mainExit == nil && (s.policy.StopOrder != ChildrenFirst || st.NamespaceInit()) {
+		tracer = startTracer(s.init)
+	}
 	status, err := observeInit(pid, s.signal)
 	if err != nil {
+		discardTracer(tracer)
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
 		return false, s.closeForwarded()
 	}
@@ -118,11 +131,19 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.startSignaller()
 	}
 	var h *hold
-	if plan.Strategy == HoldInitThenDrain {
-		if h, err = startHold(s.init); err != nil {
+	switch plan.Strategy {
+	case HoldInitThenDrain:
+		if h, err = awaitTracer(tracer); err != nil {
 			status.TracerFailed = err
 			plan = decideStop(s.policy, s.signal, status)
+			if plan.Strategy == DrainThenInit {
+				tracer = nil // it failed: children-first runs without it
+			}
 		}
+	case DrainThenInit:
+		// beginChildrenFirst takes it.
+	default:
+		discardTracer(tracer)
 	}
 	s.order = plan.Order
 	s.notes = append(s.notes, plan.Notes...)
@@ -132,6 +153,9 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.strategy = &holdInitThenDrain{hold: h}
 		// A SIGKILL (abort) ends the tracer, which lets a held init finish exiting.
 		context.AfterFunc(s.ctx, h.abort)
+	}
+	if plan.Strategy == DrainThenInit {
+		return s.beginChildrenFirst(status, tracer)
 	}
 	if s.ctx.Err() != nil {
 		s.note("stop aborted by SIGKILL before it began")
@@ -145,48 +169,40 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case SignalInitAwaitMain:
 		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
 		s.signalInit(status)
-	case DrainThenInit:
-		return s.beginChildrenFirst(status)
 	}
 	return true, nil
 }
 
 // beginChildrenFirst starts a children-first drain. When init is PID 1 of the container's own
-// namespace, the tracer attaches to it first, while the drain is prepared: init exiting by itself
-// during the drain (a script whose foreground server ended, tini whose child exited) is then held
-// at its exit, so that the kernel does not zap a member still in its handler, until the drain
-// ends.
-func (s *stop) beginChildrenFirst(status InitStatus) (bool, *StopReport) {
+// namespace, the drain is prepared while the tracer (started by begin) attaches to it, and
+// signals once it has: init exiting by itself during the drain (a script whose foreground server
+// ended, tini whose child exited) is then held at its exit, so that the kernel does not zap a
+// member still in its handler, until the drain ends.
+func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTracer) (bool, *StopReport) {
 	d := &drainThenInit{thenInit: true}
-	if status.NamespaceInit {
-		type attached struct {
-			h   *hold
-			err error
-		}
-		tracer := make(chan attached, 1)
-		go func() {
-			h, err := startHold(s.init)
-			tracer <- attached{h, err}
-		}()
-		drainer := process.PrepareDrain(s.scope, s.drainSetup())
-		switch a := <-tracer; {
-		case a.err != nil:
-			s.note("cannot hold init's exit during the drain (init exiting by itself would let the kernel kill the rest): %v", a.err)
-		default:
-			d.hold, s.tracerStart = a.h, a.h.startup
-			context.AfterFunc(s.ctx, a.h.abort)
-		}
-		s.strategy = d
+	s.strategy = d
+	if !status.NamespaceInit || tracer == nil {
+		discardTracer(tracer)
 		if s.ctx.Err() != nil {
-			drainer.Close()
 			s.note("stop aborted by SIGKILL before it began")
 			return false, s.closeForwarded()
 		}
-		d.drainer = drainer.Start(s.grace())
+		d.drainer = process.StartDrain(s.scope, s.drainConfig())
 		return true, nil
 	}
-	d.drainer = process.StartDrain(s.scope, s.drainConfig())
-	s.strategy = d
+	drainer := process.PrepareDrain(s.scope, s.drainSetup())
+	if h, err := awaitTracer(tracer); err != nil {
+		s.note("cannot hold init's exit during the drain (init exiting by itself would let the kernel kill the rest): %v", err)
+	} else {
+		d.hold, s.tracerStart = h, h.startup
+		context.AfterFunc(s.ctx, h.abort)
+	}
+	if s.ctx.Err() != nil {
+		drainer.Close()
+		s.note("stop aborted by SIGKILL before it began")
+		return false, s.closeForwarded()
+	}
+	d.drainer = drainer.Start(s.grace())
 	return true, nil
 }
 
@@ -249,7 +265,9 @@ func (d *drainThenInit) finish(s *stop) *process.Report {
 		default:
 		}
 		if s.ctx.Err() == nil {
-			// Released before init is signalled: init finishes exiting, or runs on untraced.
+			// Released, and the tracer gone, before init is signalled: init finishes exiting,
+			// or runs on untraced (a tracer still there would follow it to its exit, for the
+			// autoreap, at two ptrace stops a syscall).
 			d.hold.Release()
 		}
 	}
