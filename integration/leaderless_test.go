@@ -16,15 +16,21 @@ import (
 // to bind-mount at /leaderless.
 func buildLeaderless(t *testing.T) string {
 	t.Helper()
+	return buildStatic(t, "leaderless", filepath.Join("testdata", "leaderless", "leaderless.c"))
+}
+
+// buildStatic builds the C program src, static (for the busybox image), as name into a
+// directory of its own, and returns the directory.
+func buildStatic(t *testing.T, name, src string) string {
+	t.Helper()
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
-		t.Fatalf("gcc is needed to build testdata/leaderless (make stack installs it): %v", err)
+		t.Fatalf("gcc is needed to build %s (make stack installs it): %v", src, err)
 	}
 	dir := t.TempDir()
-	out, err := exec.Command(gcc, "-static", "-O2", "-Wall", "-pthread", "-o", filepath.Join(dir, "leaderless"),
-		filepath.Join("testdata", "leaderless", "leaderless.c")).CombinedOutput()
+	out, err := exec.Command(gcc, "-static", "-O2", "-Wall", "-pthread", "-o", filepath.Join(dir, name), src).CombinedOutput()
 	if err != nil {
-		t.Fatalf("build testdata/leaderless: %v\n%s", err, out)
+		t.Fatalf("build %s: %v\n%s", src, err, out)
 	}
 	return dir
 }

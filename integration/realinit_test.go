@@ -2,7 +2,6 @@ package integration
 
 import (
 	"errors"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -67,17 +66,24 @@ func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
 // directory to bind-mount at /sw.
 func buildSigwaitInit(t *testing.T) string {
 	t.Helper()
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to build sigwaitinit (make stack installs it): %v", err)
+	return buildStatic(t, "sigwaitinit", filepath.Join("..", "process", "testdata", "sigwaitinit.c"))
+}
+
+// expectDroppedThenKilled stops c, under the stock shim, with sig, which its PID 1 (a script
+// without a trap) drops: the container runs on for 2 s, until a SIGKILL, and the work marked by
+// marker is lost.
+func expectDroppedThenKilled(t *testing.T, c *stack.Container, sig syscall.Signal, marker string) {
+	t.Helper()
+	took, _, err := c.Stop(stackContext(), sig, 2*time.Second)
+	if !errors.Is(err, stack.ErrStillRunning) {
+		t.Fatalf("stock shim: want the script to drop %v and run on, got an exit after %v (%v)", sig, took, err)
 	}
-	dir := t.TempDir()
-	out, err := exec.Command(gcc, "-static", "-O2", "-Wall", "-pthread", "-o", filepath.Join(dir, "sigwaitinit"),
-		filepath.Join("..", "process", "testdata", "sigwaitinit.c")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("build sigwaitinit: %v\n%s", err, out)
+	if _, _, err := c.Stop(stackContext(), syscall.SIGKILL, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	return dir
+	if got := c.Marker(marker); got != "" {
+		t.Fatalf("stock shim: %s finished (%q) although only SIGKILL reached it", marker, got)
+	}
 }
 
 // A multithreaded C daemon as PID 1 blocks TERM in every thread and waits for it in sigwaitinfo,
@@ -142,16 +148,7 @@ func TestTraplessScriptWhoseServerExitsFirst(t *testing.T) {
 			c := startUntil(t, stack.Spec{Runtime: runtime, Script: script}, "trapped server")
 			waitTrapped(t, c, "helper")
 			if runtime == stack.StockRuntime {
-				took, _, err := c.Stop(stackContext(), syscall.SIGTERM, 2*time.Second)
-				if !errors.Is(err, stack.ErrStillRunning) {
-					t.Fatalf("stock shim: want the script to drop TERM and run on, got an exit after %v (%v)", took, err)
-				}
-				if _, _, err := c.Stop(stackContext(), syscall.SIGKILL, 10*time.Second); err != nil {
-					t.Fatal(err)
-				}
-				if got := c.Marker("helper"); got != "" {
-					t.Fatalf("stock shim: the helper finished (%q) although only SIGKILL reached it", got)
-				}
+				expectDroppedThenKilled(t, c, syscall.SIGTERM, "helper")
 				return
 			}
 			took := stopExpect(t, c, 15*time.Second, exitOK)
@@ -187,16 +184,7 @@ func TestStopSignalReachesTheProcessesThatHandleIt(t *testing.T) {
 				Labels: map[string]string{"io.containerd.image.config.stop-signal": "SIGQUIT"}}, "trapped server")
 			waitTrapped(t, c, "helper")
 			if runtime == stack.StockRuntime {
-				took, _, err := c.Stop(stackContext(), syscall.SIGQUIT, 2*time.Second)
-				if !errors.Is(err, stack.ErrStillRunning) {
-					t.Fatalf("stock shim: want the script to drop QUIT and run on, got an exit after %v (%v)", took, err)
-				}
-				if _, _, err := c.Stop(stackContext(), syscall.SIGKILL, 10*time.Second); err != nil {
-					t.Fatal(err)
-				}
-				if got := c.Marker("server"); got != "" {
-					t.Fatalf("stock shim: the server quit (%q) although only SIGKILL reached it", got)
-				}
+				expectDroppedThenKilled(t, c, syscall.SIGQUIT, "server")
 				return
 			}
 			took, st, err := c.Stop(stackContext(), syscall.SIGQUIT, 15*time.Second)
