@@ -393,7 +393,9 @@ func (s *stop) closeSignaller() {
 func (s *stop) finish() *StopReport {
 	defer s.close()
 	drain := s.strategy.finish(s)
-	if s.ctx.Err() != nil {
+	// Aborted: a SIGKILL (or the task's Delete) ended the stop before its drain was over. One
+	// that came once the drain had ended (a Delete right after init's release, say) did not.
+	if s.ctx.Err() != nil && (drain == nil || drain.Cancelled) {
 		s.note("stop aborted by SIGKILL")
 	}
 	// Building and publishing the report would compete for the CPUs with init's exit and the
