@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -230,7 +231,11 @@ func (s *stop) open(pid int) error {
 	}
 	scope, err := process.ScopeOf(pid)
 	if err == nil {
-		// init was alive after its scope was read, so the scope is init's and not a recycled PID's.
+		err = checkShimChild(pid)
+	}
+	if err == nil {
+		// The process the pidfd refers to was alive after its scope and parent were read, so
+		// they are its own, not those of a process that got its PID later.
 		err = init.Signal(0)
 	}
 	if err != nil {
@@ -241,6 +246,21 @@ func (s *stop) open(pid int) error {
 		return fmt.Errorf("find the processes of init %d: %w", pid, err)
 	}
 	s.init, s.scope = init, scope
+	return nil
+}
+
+// checkShimChild checks that pid is a child of this shim, as a container's init is (runc's init
+// is reparented to the shim, its subreaper). The PID came from the runc service's state: if init
+// exited and was reaped since, the PID may be another process's by now, another container's init
+// even, whose processes a drain must never touch.
+func checkShimChild(pid int) error {
+	st, err := process.ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	if st.PPid != os.Getpid() {
+		return fmt.Errorf("process %d is not this shim's child (its parent is %d): init has exited and its PID went to another process", pid, st.PPid)
+	}
 	return nil
 }
 

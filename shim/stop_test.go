@@ -1,8 +1,15 @@
 package shim
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -54,4 +61,54 @@ func TestStopReportsAnAbortOnlyWhenItCutTheDrain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startInit starts `sleep 60` as PID 1 of a new PID namespace: through unshare (so that its
+// parent is unshare, as a recycled PID's process would not be the shim's child), or as the
+// test binary's own child (as a container's init is the shim's).
+func startInit(t *testing.T, viaUnshare bool) int {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+	if viaUnshare {
+		cmd = exec.Command("unshare", "--pid", "--fork", "--kill-child", "sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if !viaUnshare {
+		return cmd.Process.Pid
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		if f := strings.Fields(string(data)); len(f) == 1 {
+			pid, _ := strconv.Atoi(f[0])
+			if st, err := process.ReadStatus(pid); err == nil && st.Name == "sleep" {
+				return pid
+			}
+		}
+	}
+	t.Fatal("unshare started no sleep")
+	return 0
+}
+
+// A stop opens init only while the PID the runc service gave is still its child: a PID that
+// init's exit freed may by now be another process's, another container's init even, which must
+// never be drained. Here the other container's init is a PID namespace's PID 1 whose parent is
+// not the shim (the test binary): refused; one whose parent is, accepted.
+func TestStopRefusesAnInitThatIsNotTheShimsChild(t *testing.T) {
+	other := startInit(t, true)
+	s := newStop("c", unix.SIGTERM, DefaultPolicy())
+	if err := s.open(other); err == nil || !strings.Contains(err.Error(), "not this shim's child") {
+		s.close()
+		t.Fatalf("open(%d), another namespace's init, not the shim's child: %v, want refused", other, err)
+	}
+	own := startInit(t, false)
+	s = newStop("c", unix.SIGTERM, DefaultPolicy())
+	if err := s.open(own); err != nil {
+		t.Fatalf("open(%d), the shim's own child: %v", own, err)
+	}
+	s.close()
 }
