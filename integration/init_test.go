@@ -423,3 +423,28 @@ echo ready
 		}
 	}
 }
+
+// A main process that starts a daemon and exits at once (`sh -c 'daemon &'`), before the shim
+// could look for it: the daemon, an orphan of graceful-init, is never taken for the main process.
+// The main process's exit drains the rest (the daemon runs its handler) and the task exits 0, the
+// main process's status, by itself.
+func TestInitMainThatExitsAtOnceIsNotMistaken(t *testing.T) {
+	script := `sh -c 'trap "echo clean > /out/daemon; exit 0" TERM; echo trapped daemon; ` + loop + `' &
+echo ready
+exit 0`
+	for i := 0; i < 3; i++ {
+		reports := subscribeReports(t)
+		c := start(t, initSpec(script, true))
+		start := time.Now()
+		_, st, err := c.WaitExit(start, 20*time.Second)
+		if err != nil || st.ExitCode() != 0 {
+			t.Fatalf("run %d: exit %d (%v): want the task to end by itself with the main process's 0 (the daemon taken for the main process keeps it running)", i, st.ExitCode(), err)
+		}
+		if got := c.Marker("daemon"); got != "clean" {
+			t.Fatalf("run %d: the daemon was not drained (marker %q)", i, got)
+		}
+		if r := reports.next(t, c.ID); r.Order != "main-exit" {
+			t.Fatalf("run %d: report %+v: want order main-exit", i, r)
+		}
+	}
+}

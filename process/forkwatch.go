@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -164,3 +165,57 @@ func (w *forkWatcher) close() {
 	_ = w.control(procCnMcastIgnore)
 	unix.Close(w.fd)
 }
+
+// ForkWatch follows process creations on the host from the moment it is made, to tell exactly
+// which process another one created first (the proc connector; see forkWatcher).
+type ForkWatch struct{ w *forkWatcher }
+
+// NewForkWatch starts following process creations. Close it when done.
+func NewForkWatch() (*ForkWatch, error) {
+	w, err := newForkWatcher()
+	if err != nil {
+		return nil, err
+	}
+	return &ForkWatch{w: w}, nil
+}
+
+// ErrForksLost reports that the kernel dropped creation events while the watch was behind: the
+// first child cannot be told exactly.
+var ErrForksLost = errors.New("process creation events were lost")
+
+// FirstChild returns the first process that parent created since the watch was made, waiting for
+// it until deadline, or until cancel (an eventfd, -1 for none) becomes readable
+// (ErrWatchCancelled).
+func (f *ForkWatch) FirstChild(parent int, deadline time.Time, cancel int) (int, error) {
+	fds := []unix.PollFd{{Fd: int32(f.w.fd), Events: unix.POLLIN}, {Fd: int32(cancel), Events: unix.POLLIN}}
+	if cancel < 0 {
+		fds = fds[:1]
+	}
+	for {
+		forks, lost := f.w.read()
+		for _, fk := range forks {
+			if fk.parent == parent {
+				return fk.child, nil
+			}
+		}
+		if lost {
+			return 0, ErrForksLost
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return 0, fmt.Errorf("process %d created no process within the time allowed", parent)
+		}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return 0, fmt.Errorf("wait for process creations: %w", err)
+		}
+		if len(fds) > 1 && fds[1].Revents != 0 {
+			return 0, ErrWatchCancelled
+		}
+	}
+}
+
+// ErrWatchCancelled: FirstChild's wait was cancelled.
+var ErrWatchCancelled = errors.New("the watch was cancelled")
+
+// Close ends the watch.
+func (f *ForkWatch) Close() { f.w.close() }

@@ -81,18 +81,31 @@ func (w *mainWatch) close() {
 // Start starts the container with the runc service and, under graceful-init, begins to watch the
 // main process.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	resp, err := s.TTRPCTaskService.Start(ctx, r)
-	if err != nil || r.ExecID != "" {
-		return resp, err
-	}
 	s.mu.Lock()
 	c := s.containers[r.ID]
 	s.mu.Unlock()
-	if c == nil || !c.policy.Init {
-		return resp, nil
+	// Under graceful-init, the main process is graceful-init's first child: process creations
+	// are followed from before the start, so that it is known exactly, even when it has started
+	// something and exited before Start returns.
+	var forks *process.ForkWatch
+	if r.ExecID == "" && c != nil && c.policy.Init {
+		var err error
+		if forks, err = process.NewForkWatch(); err != nil {
+			log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot follow process creations: the main process under graceful-init is looked for instead")
+		}
+	}
+	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	if err != nil || r.ExecID != "" || c == nil || !c.policy.Init {
+		if forks != nil {
+			forks.Close()
+		}
+		return resp, err
 	}
 	w, err := newMainWatch()
 	if err != nil {
+		if forks != nil {
+			forks.Close()
+		}
 		log.G(s.ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot watch the main process under graceful-init")
 		return resp, nil
 	}
@@ -102,8 +115,16 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	// Found in the background, so that Start does not wait for graceful-init to start the main
 	// process. A stop that comes before then waits for the search (awaitFound).
 	go func() {
-		h, err := watchMain(int(resp.Pid), w)
+		h, err := watchMain(int(resp.Pid), w, forks)
+		if forks != nil {
+			forks.Close()
+		}
 		close(w.found)
+		if errors.Is(err, errMainGone) {
+			// It has exited already (and been reaped): the rest is drained now.
+			s.followMain(r.ID, c, w, nil, int(resp.Pid))
+			return
+		}
 		if err != nil {
 			if !errors.Is(err, errWatchCancelled) {
 				// A stop then drains at once: graceful-init exits once the rest is gone.
@@ -124,10 +145,38 @@ const mainStartTimeout = 10 * time.Second
 // errWatchCancelled: the container was deleted before its main process was found.
 var errWatchCancelled = errors.New("the watch was cancelled")
 
+// errMainGone: the main process has exited and been reaped already.
+var errMainGone = errors.New("the main process has exited")
+
 // watchMain finds the main process, graceful-init's (initPid) first child, and opens a pidfd on
-// it. The pidfd is opened before the parent is checked, so a recycled PID is never watched.
-func watchMain(initPid int, w *mainWatch) (*process.Handle, error) {
+// it. The pidfd is opened before the parent is checked, so a recycled PID is never watched. With
+// forks (following process creations since before the start) the first child is known exactly;
+// errMainGone says that it has exited already. Without, it is looked for as the oldest child.
+func watchMain(initPid int, w *mainWatch, forks *process.ForkWatch) (*process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
+	if forks != nil {
+		pid, err := forks.FirstChild(initPid, deadline, w.wake)
+		switch {
+		case errors.Is(err, process.ErrWatchCancelled):
+			return nil, errWatchCancelled
+		case err == nil:
+			h, err := process.Open(pid)
+			if errors.Is(err, process.ErrGone) {
+				return nil, errMainGone
+			}
+			if err != nil {
+				return nil, fmt.Errorf("open the main process %d: %w", pid, err)
+			}
+			if st, err := process.ReadStatus(pid); err != nil || st.PPid != initPid {
+				h.Close() // exited and reaped, its PID perhaps another's
+				return nil, errMainGone
+			}
+			return h, nil
+		case !errors.Is(err, process.ErrForksLost):
+			return nil, fmt.Errorf("find graceful-init's main process: %w", err)
+		}
+		// Events were lost: look for the oldest child instead.
+	}
 	for {
 		if w.isCancelled() {
 			return nil, errWatchCancelled
@@ -159,10 +208,14 @@ func watchMain(initPid int, w *mainWatch) (*process.Handle, error) {
 // the same policy and report as any stop. graceful-init exits once the rest is gone.
 func (s *service) followMain(id string, c *container, w *mainWatch, h *process.Handle, initPid int) {
 	defer w.close()
-	exited, err := h.WaitExited(w.wake)
-	h.Close()
-	if err != nil {
-		log.L.WithError(err).WithField("id", id).Warn("graceful: watch the main process")
+	exited := true // h nil: the main process has exited already
+	if h != nil {
+		var err error
+		exited, err = h.WaitExited(w.wake)
+		h.Close()
+		if err != nil {
+			log.L.WithError(err).WithField("id", id).Warn("graceful: watch the main process")
+		}
 	}
 	if !exited {
 		return
