@@ -17,7 +17,7 @@ export PATH=/usr/local/go/bin:$PATH
 log() { echo "stack: $*" >&2; }
 
 need_apt=()
-for pkg in libseccomp-dev pkg-config busybox-static gcc libc6-dev linux-libc-dev make python3 tini; do
+for pkg in libseccomp-dev pkg-config busybox-static gcc libc6-dev linux-libc-dev make python3 tini procps; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
