@@ -181,10 +181,11 @@ echo ready; wait`, dir)
 		// traps' own command lines are matched, at their start.
 		switch {
 		case strings.HasPrefix(p.Command, `sh -c trap "echo quit`):
-			if !quit {
-				t.Errorf("the QUIT-trapping process got %v, want SIGQUIT", p.Signals)
+			// The trapping shell gets QUIT; a fork of it caught before its exec (its loop's
+			// sleep, which resets the traps first) may get TERM: the marker tells which ran.
+			if quit {
+				got["q"]++
 			}
-			got["q"]++
 		case quit:
 			t.Errorf("%q got SIGQUIT, which it does not handle (a plain sleep would dump its core)", p.Command)
 		case strings.HasPrefix(p.Command, `sh -c trap "echo term`):

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -16,11 +17,13 @@ import (
 )
 
 // startWithPid starts `sleep 60` as PID pid by setting the kernel's last PID just below it. Other
-// processes and threads on the host may take the PID first, so it retries; it fails the test if
-// the PID never comes round.
+// processes and threads on the host may take the PID first (a namespace's own `sleep 1`, forked
+// right after the write, holds it for a second), so it retries for up to 15 s, pausing a little
+// once the PID has been found taken, until the holder is gone; it fails the test if the PID never
+// comes round (a thread that keeps it).
 func startWithPid(t *testing.T, pid int) *exec.Cmd {
 	t.Helper()
-	for try := 0; try < 500; try++ {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
 		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644); err != nil {
 			t.Fatalf("set ns_last_pid: %v", err)
 		}
@@ -34,8 +37,11 @@ func startWithPid(t *testing.T, pid int) *exec.Cmd {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+			time.Sleep(5 * time.Millisecond) // a retry's pause: another task holds the PID now
+		}
 	}
-	t.Fatalf("could not recycle PID %d", pid)
+	t.Fatalf("could not recycle PID %d within 15 s", pid)
 	return nil
 }
 
