@@ -81,13 +81,7 @@ echo ready
 		t.Errorf("the child was sent TERM %d times, want once", terms)
 	}
 	// The stop closes what it holds just after init is signalled: wait for that, bounded.
-	deadline := time.Now().Add(10 * time.Second)
-	after := fdCount(t, shim)
-	for after > before && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		after = fdCount(t, shim)
-	}
-	if after > before {
+	if after := countDownTo(before, 10*time.Second, func() int { return fdCount(t, shim) }); after > before {
 		t.Fatalf("the shim holds %d descriptors after the stop, %d before it: a losing stop leaked\n%s", after, before, fdList(shim))
 	}
 }
@@ -229,6 +223,18 @@ func fdCount(t *testing.T, pid int) int {
 	return len(entries)
 }
 
+// countDownTo polls count (every 20 ms) until it is at most want or timeout passes, and returns
+// its last value: a shim closes what a stop held at its own pace.
+func countDownTo(want int, timeout time.Duration, count func() int) int {
+	deadline := time.Now().Add(timeout)
+	n := count()
+	for n > want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		n = count()
+	}
+	return n
+}
+
 // pidfdCount counts pid's pidfds.
 func pidfdCount(t *testing.T, pid int) int {
 	t.Helper()
@@ -348,13 +354,7 @@ echo ready
 			// commands that the runc service ran (the forwarded SIGKILL's) are closed by the
 			// collection that ends the shim's collector pause, 10 s after the stop: wait for
 			// that, bounded (well below the collector's own two minutes).
-			deadline := time.Now().Add(20 * time.Second)
-			after := pidfdCount(t, shim)
-			for after > before && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-				after = pidfdCount(t, shim)
-			}
-			if after > before {
+			if after := countDownTo(before, 20*time.Second, func() int { return pidfdCount(t, shim) }); after > before {
 				t.Fatalf("the shim holds %d pidfds after the stop, %d before it: the stop leaked\n%s", after, before, fdList(shim))
 			}
 		})
