@@ -47,12 +47,15 @@ func TestDrainRunsEveryHandlerAndKillsAtGrace(t *testing.T) {
 	dir := t.TempDir()
 	// init has no TERM trap (as run.sh); children clean up on TERM, one ignores TERM.
 	script := fmt.Sprintf(`
-child() { trap "echo \$1 > %[1]s/\$1; exit 0" TERM; while :; do sleep 0.05; done; }
+child() { trap "echo \$1 > %[1]s/\$1; exit 0" TERM; echo trapped $1; while :; do sleep 0.05; done; }
 child a & child b &
 sh -c 'trap "" TERM; echo ignoring; while :; do sleep 0.05; done' &
-setsid sh -c 'trap "echo c > %[1]s/c; exit 0" TERM; while :; do sleep 0.05; done' &
-sleep 0.2; echo ready; wait`, dir)
+setsid sh -c 'trap "echo c > %[1]s/c; exit 0" TERM; echo trapped c; while :; do sleep 0.05; done' &
+echo ready; wait`, dir)
 	ns := startNamespace(t, script)
+	for _, line := range []string{"trapped a", "trapped b", "ignoring", "trapped c"} {
+		ns.expect(t, line) // each trap is set
+	}
 	scope := ns.scope(t)
 	grace := 700 * time.Millisecond
 	start := time.Now()
@@ -96,9 +99,10 @@ func TestDrainWaitsForProcessesStartedByCleanupWithoutSignallingThem(t *testing.
 	dir := t.TempDir()
 	// On TERM the process starts a cleanup helper and exits at once; the helper needs 300ms.
 	script := fmt.Sprintf(`
-sh -c 'trap "sh -c \"sleep 0.3; echo late > %[1]s/late\" & exit 0" TERM; while :; do sleep 0.05; done' &
-sleep 0.1; echo ready; while :; do sleep 0.01; done`, dir)
+sh -c 'trap "sh -c \"sleep 0.3; echo late > %[1]s/late\" & exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
+echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
+	ns.expect(t, "trapped")
 	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
@@ -110,7 +114,8 @@ sleep 0.1; echo ready; while :; do sleep 0.01; done`, dir)
 }
 
 func TestDrainCancelStopsAtOnce(t *testing.T) {
-	ns := startNamespace(t, `sh -c 'trap "" TERM; while :; do sleep 0.05; done' & sleep 0.1; echo ready; wait`)
+	ns := startNamespace(t, `sh -c 'trap "" TERM; echo trapped; while :; do sleep 0.05; done' & echo ready; wait`)
+	ns.expect(t, "trapped")
 	scope := ns.scope(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
