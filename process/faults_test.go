@@ -72,10 +72,13 @@ func TestBulkDrainSurvivesAFailedListRead(t *testing.T) {
 	marks := t.TempDir()
 	script := ""
 	for i := 0; i < 20; i++ {
-		script += fmt.Sprintf(`sh -c 'trap "sleep 0.5; echo done > %s/m%d; exit 0" TERM; sleep 1000 & wait' &`+"\n", marks, i)
+		script += fmt.Sprintf(`sh -c 'trap "sleep 0.5; echo done > %s/m%d; exit 0" TERM; echo trapped%d; sleep 1000 & wait' &`+"\n", marks, i, i)
 	}
-	script += "sleep 0.3; echo ready; exec sleep 1000"
+	script += "echo ready; exec sleep 1000"
 	ns := startNamespaceIn(t, dir, script)
+	for i := 0; i < 20; i++ {
+		ns.expect(t, fmt.Sprintf("trapped%d", i)) // its trap is set
+	}
 	sig := startTestSignaller(t, ns.init)
 	// The first read (at the signal) succeeds; every later one fails, and so does the
 	// fallback's listing of /proc (as they would at the descriptor limit).

@@ -418,10 +418,13 @@ func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
 		marks := t.TempDir()
 		script := ""
 		for i := 0; i < members; i++ {
-			script += fmt.Sprintf(`sh -c 'trap "sleep 0.3; echo \$? > %s/m%d; exit 0" TERM; sleep 1000 & wait' &`+"\n", marks, i)
+			script += fmt.Sprintf(`sh -c 'trap "sleep 0.3; echo \$? > %s/m%d; exit 0" TERM; echo trapped%d; sleep 1000 & wait' &`+"\n", marks, i, i)
 		}
-		script += "sleep 0.3; echo ready; exec sleep 1000"
+		script += "echo ready; exec sleep 1000"
 		ns := startNamespaceIn(t, dir, script)
+		for i := 0; i < members; i++ {
+			ns.expect(t, fmt.Sprintf("trapped%d", i)) // its trap is set
+		}
 		sig := startTestSignaller(t, ns.init)
 		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
 		if report.Bulk == 0 || len(report.Notes) > 0 {
