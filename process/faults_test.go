@@ -79,6 +79,7 @@ func TestBulkDrainSurvivesAFailedListRead(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		ns.expect(t, fmt.Sprintf("trapped%d", i)) // its trap is set
 	}
+	ns.awaitExeced(t, "sleep", 20) // and its sleep started
 	sig := startTestSignaller(t, ns.init)
 	// The first read (at the signal) succeeds; every later one fails, and so does the
 	// fallback's listing of /proc (as they would at the descriptor limit).

@@ -123,3 +123,31 @@ func (ns *namespace) scope(t *testing.T) *Scope {
 	t.Cleanup(scope.Close)
 	return scope
 }
+
+// awaitExeced waits until n members of the namespace run a program named comm (their fork has
+// exec'd it): a signal that reaches a fork of a trapping shell before its exec runs the shell's
+// inherited handler, and is lost to the program it then becomes.
+func (ns *namespace) awaitExeced(t *testing.T, comm string, n int) {
+	t.Helper()
+	scope := ns.scope(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		members, err := scope.Members()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for _, pid := range members {
+			if st, err := ReadStatus(pid); err == nil && st.Name == comm {
+				got++
+			}
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d members run %s after 10 s", got, n, comm)
+		}
+		time.Sleep(time.Millisecond) // a poll of /proc: no event tells of an exec here
+	}
+}

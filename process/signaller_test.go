@@ -425,6 +425,7 @@ func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
 		for i := 0; i < members; i++ {
 			ns.expect(t, fmt.Sprintf("trapped%d", i)) // its trap is set
 		}
+		ns.awaitExeced(t, "sleep", members) // and its sleep started
 		sig := startTestSignaller(t, ns.init)
 		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
 		if report.Bulk == 0 || len(report.Notes) > 0 {
