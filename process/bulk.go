@@ -391,17 +391,15 @@ func (d *Drainer) pollBulk(now time.Time) time.Duration {
 // and is noted once. It returns how many ended since the list's last read, those seen through
 // their pidfds included, and takes the base of the task count anew.
 func (d *Drainer) endUnlisted() int {
+	ended := d.bulkEnded
+	d.bulkEnded = 0
 	if _, err := d.listBulk(); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		if !d.listFailed {
 			d.listFailed = true
 			d.report.Notes = append(d.report.Notes, "reading the container's process list failed ("+err.Error()+"): its members were followed on, not taken for exited")
 		}
-		ended := d.bulkEnded
-		d.bulkEnded = 0
 		return ended
 	}
-	ended := d.bulkEnded
-	d.bulkEnded = 0
 	for pid, m := range d.bulk {
 		if m.seen != d.bulkGen {
 			d.endBulk(pid, m, ExitedAfterSignal)
@@ -457,38 +455,30 @@ func (d *Drainer) examineBulk(signalled bool) []*tracked {
 	}
 	d.pollDetailed(o)
 	var tracks []*tracked
-	kept := map[int]*bulkMember{}
 	for pid, m := range d.bulk {
-		delete(d.bulk, pid)
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
-		switch {
-		case errors.Is(err, ErrNotMember):
-			d.closeBulkHandle(m)
-			d.dropDetail(m.detail)
-			continue
-		case errors.Is(err, errExited):
-			d.closeBulkHandle(m)
-			d.end(pid, t, o)
-			continue
-		case errors.Is(err, ErrGone):
-			d.closeBulkHandle(m)
-			d.endUntracked(pid, m.detail, o)
-			continue
-		case err != nil:
+		if err != nil && !errors.Is(err, ErrNotMember) && !errors.Is(err, errExited) && !errors.Is(err, ErrGone) {
 			// Not opened (too many open files, say), which says nothing of its end: it stays a
 			// bulk member, followed through the list, and is examined again later.
-			kept[pid] = m
 			d.noteOpenFailure(err)
 			continue
-		case signalled:
-			t.signalled = true
-			t.sigAt = d.bulkWin.From
 		}
+		delete(d.bulk, pid)
 		d.closeBulkHandle(m)
-		tracks = append(tracks, t)
-	}
-	for pid, m := range kept {
-		d.bulk[pid] = m
+		switch {
+		case errors.Is(err, ErrNotMember):
+			d.dropDetail(m.detail)
+		case errors.Is(err, errExited):
+			d.end(pid, t, o)
+		case err != nil: // ErrGone
+			d.endUntracked(pid, m.detail, o)
+		default:
+			if signalled {
+				t.signalled = true
+				t.sigAt = d.bulkWin.From
+			}
+			tracks = append(tracks, t)
+		}
 	}
 	return tracks
 }

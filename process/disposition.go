@@ -1,9 +1,11 @@
 package process
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,34 +58,44 @@ func (d Disposition) Handles() bool {
 func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
 	const samples = 4
 	for i := 0; ; i++ {
-		st, err := ReadStatus(pid)
-		if err != nil {
+		d, st, err := lookDisposition(pid, sig)
+		switch {
+		case err != nil:
 			return "", err
-		}
-		if st.Caught&bit(sig) != 0 {
-			return Caught, nil
-		}
-		blocked := st.Blocked&bit(sig) != 0
-		if waiting, err := sigwaitingThread(pid, sig); err != nil {
-			return "", err
-		} else if waiting == pid || (waiting != 0 && blocked) {
-			return Sigwait, nil
-		}
-		if blocked {
-			if readsSignalfd(pid, sig) {
-				return Signalfd, nil
-			}
-			if i == samples-1 {
-				return Blocked, nil
-			}
-		} else if i > 0 || !mayBeBetweenWaits(pid) {
-			if st.Ignored&bit(sig) != 0 {
-				return Ignored, nil
-			}
-			return Default, nil
+		case d == Blocked && i < samples-1:
+		case d == Default && i == 0 && mayBeBetweenWaits(pid):
+		case d == Default && st.Ignored&bit(sig) != 0:
+			return Ignored, nil
+		default:
+			return d, nil
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// lookDisposition is one look at how pid treats sig (see ReadDisposition), without Ignored (a
+// Default then), and the status it read.
+func lookDisposition(pid int, sig unix.Signal) (Disposition, Status, error) {
+	st, err := ReadStatus(pid)
+	if err != nil {
+		return "", st, err
+	}
+	if st.Caught&bit(sig) != 0 {
+		return Caught, st, nil
+	}
+	blocked := st.Blocked&bit(sig) != 0
+	waiting, err := sigwaitingThread(pid, sig)
+	switch {
+	case err != nil:
+		return "", st, err
+	case waiting == pid || (waiting != 0 && blocked):
+		return Sigwait, st, nil
+	case blocked && readsSignalfd(pid, sig):
+		return Signalfd, st, nil
+	case blocked:
+		return Blocked, st, nil
+	}
+	return Default, st, nil
 }
 
 // WillHandle reports whether the process pid will act on sig if it is sent now (ReadDisposition).
@@ -97,18 +109,8 @@ func WillHandle(pid int, sig unix.Signal) (bool, error) {
 // ReadDisposition it does not sample again a signal seen only as blocked: it is meant for a
 // drain's members, which get another signal when they do not.
 func Catches(pid int, sig unix.Signal) bool {
-	st, err := ReadStatus(pid)
-	if err != nil {
-		return false
-	}
-	if st.Caught&bit(sig) != 0 {
-		return true
-	}
-	blocked := st.Blocked&bit(sig) != 0
-	if waiting, err := sigwaitingThread(pid, sig); err == nil && (waiting == pid || (waiting != 0 && blocked)) {
-		return true
-	}
-	return blocked && readsSignalfd(pid, sig)
+	d, _, err := lookDisposition(pid, sig)
+	return err == nil && (d == Caught || d == Sigwait || d == Signalfd)
 }
 
 // mayBeBetweenWaits reports whether a thread of pid is running (not blocked in a system call),
@@ -138,7 +140,7 @@ func sigwaitingThread(pid int, sig unix.Signal) (int, error) {
 	}
 	for _, tid := range tids {
 		nr, set, ok := threadSyscall(pid, tid)
-		if !ok || !isSigwait(nr) || set == 0 {
+		if !ok || !slices.Contains(sigwaitSyscalls, nr) || set == 0 {
 			continue
 		}
 		var mask [8]byte
@@ -149,24 +151,11 @@ func sigwaitingThread(pid int, sig unix.Signal) (int, error) {
 		}
 		// A sigset_t is little-endian on every architecture read here; a compat (32-bit) one
 		// is two 32-bit words, the same bytes.
-		var waited uint64
-		for i := len(mask) - 1; i >= 0; i-- {
-			waited = waited<<8 | uint64(mask[i])
-		}
-		if waited&bit(sig) != 0 {
+		if binary.LittleEndian.Uint64(mask[:])&bit(sig) != 0 {
 			return tid, nil
 		}
 	}
 	return 0, nil
-}
-
-func isSigwait(nr int) bool {
-	for _, n := range sigwaitSyscalls {
-		if n == nr {
-			return true
-		}
-	}
-	return false
 }
 
 // threadsOf lists the threads of pid, the main thread first.

@@ -3,6 +3,7 @@ package process
 import (
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func awaitSigwait(t *testing.T, pid int) {
 			t.Fatal(err)
 		}
 		for _, tid := range tids {
-			if nr, _, ok := threadSyscall(pid, tid); ok && isSigwait(nr) {
+			if nr, _, ok := threadSyscall(pid, tid); ok && slices.Contains(sigwaitSyscalls, nr) {
 				return
 			}
 		}

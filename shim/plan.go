@@ -179,18 +179,23 @@ func initSignal(sig unix.Signal, init InitStatus) (unix.Signal, string) {
 	return sig, ""
 }
 
-// observeInit reads init's status for the plan.
-func observeInit(pid int, sig unix.Signal) (InitStatus, error) {
-	st, err := process.ReadStatus(pid)
-	if err != nil {
-		return InitStatus{}, err
-	}
+// observeInit reads init's status for the plan; st is its /proc status, read just before.
+func observeInit(pid int, st process.Status, sig unix.Signal) (InitStatus, error) {
 	disposition, err := process.ReadDisposition(pid, sig)
 	if err != nil {
 		return InitStatus{}, err
 	}
 	return InitStatus{Handles: disposition.Handles(), Disposition: disposition, Ignores: disposition == process.Ignored,
 		NamespaceInit: st.NamespaceInit()}, nil
+}
+
+// observeRunningInit is observeInit, reading init's status first.
+func observeRunningInit(pid int, sig unix.Signal) (InitStatus, error) {
+	st, err := process.ReadStatus(pid)
+	if err != nil {
+		return InitStatus{}, err
+	}
+	return observeInit(pid, st, sig)
 }
 
 // reportedDisposition is how a report names init's disposition: as read, except that a PID 1

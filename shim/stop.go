@@ -118,7 +118,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	if mainExit == nil && (s.policy.StopOrder != ChildrenFirst || st.NamespaceInit()) {
 		tracer = startTracer(s.init)
 	}
-	status, err := observeInit(pid, s.signal)
+	status, err := observeInit(pid, st, s.signal)
 	if err != nil {
 		discardTracer(tracer)
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
@@ -292,7 +292,7 @@ func (d *drainThenInit) finish(s *stop) *process.Report {
 		}
 	}
 	if d.thenInit && s.ctx.Err() == nil {
-		if status, err := observeInit(s.init.Pid, s.signal); err == nil {
+		if status, err := observeRunningInit(s.init.Pid, s.signal); err == nil {
 			s.signalInit(status)
 		} else {
 			s.signalInit(InitStatus{Handles: true}) // init is gone or unreadable: the signal as is
