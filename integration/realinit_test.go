@@ -43,22 +43,40 @@ func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "--", "sh", "-c", app}, Mounts: []specs.Mount{tiniMount()}})
 			waitTrapped(t, c, "helper")
 			took := stopExpect(t, c, 15*time.Second, exitOK)
-			got := c.Marker("helper")
-			t.Logf("%s: stop took %v, helper marker %q", short(runtime), took, got)
-			if runtime == stack.StockRuntime {
-				if got != "" {
-					t.Fatalf("stock shim: the helper finished (%q), expected the zap to cut it", got)
-				}
+			if !zappedUnderStock(t, c, runtime, "helper", took) {
 				return
 			}
-			if got != "clean" {
-				t.Fatal("graceful: the helper's handler did not finish")
-			}
-			r := reports.next(t, c.ID)
-			if r.InitDisposition != "sigwait" || r.Order != "init-first" || r.InitSignal != "SIGTERM" {
-				t.Fatalf("report: init %q, order %q, init signal %q; want sigwait, init-first, SIGTERM", r.InitDisposition, r.Order, r.InitSignal)
-			}
+			expectSigwaitInitFirst(t, reports.next(t, c.ID))
 		})
+	}
+}
+
+// zappedUnderStock checks a stopped container's marker, written at the end of a TERM handler:
+// empty under the stock shim (the kernel's zap cut the handler), "clean" under graceful. It
+// reports whether the runtime is graceful, for the caller's own checks.
+func zappedUnderStock(t *testing.T, c *stack.Container, runtime, marker string, took time.Duration) bool {
+	t.Helper()
+	got := c.Marker(marker)
+	t.Logf("%s: stop took %v, %s marker %q", short(runtime), took, marker, got)
+	if runtime == stack.StockRuntime {
+		if got != "" {
+			t.Fatalf("stock shim: %s finished (%q), expected the zap to cut it", marker, got)
+		}
+		return false
+	}
+	if got != "clean" {
+		t.Fatalf("graceful: the %s's handler did not finish (marker %q)", marker, got)
+	}
+	return true
+}
+
+// expectSigwaitInitFirst checks that a stop read init as waiting in sigwait and stopped it first
+// with its TERM.
+func expectSigwaitInitFirst(t *testing.T, r *stack.StopReport) {
+	t.Helper()
+	if r.InitDisposition != "sigwait" || r.Order != "init-first" || r.InitSignal != "SIGTERM" {
+		t.Fatalf("report: init %q, order %q, init signal %q, notes %q; want sigwait, init-first, SIGTERM",
+			r.InitDisposition, r.Order, r.InitSignal, r.Notes)
 	}
 }
 
@@ -109,25 +127,13 @@ func TestSigwaitDaemonShutsDownBeforeItsChildIsDrained(t *testing.T) {
 				if got := c.Marker("init-done"); got != "done" {
 					t.Fatalf("%s: the daemon's own shutdown did not complete (mark %q)", short(runtime), got)
 				}
-				got := c.Marker("child")
-				t.Logf("%s: stop took %v, child marker %q", short(runtime), took, got)
-				if runtime == stack.StockRuntime {
-					if got != "" {
-						t.Fatalf("stock shim: the child finished (%q), expected the zap to cut it", got)
-					}
+				if !zappedUnderStock(t, c, runtime, "child", took) {
 					return
-				}
-				if got != "clean" {
-					t.Fatal("graceful: the child's handler did not finish")
 				}
 				if order := c.Marker("order"); order != "after" {
 					t.Fatalf("the child was signalled %q the daemon's shutdown, want after", order)
 				}
-				r := reports.next(t, c.ID)
-				if r.InitDisposition != "sigwait" || r.Order != "init-first" || r.InitSignal != "SIGTERM" {
-					t.Fatalf("report: init %q, order %q, init signal %q, notes %q; want sigwait, init-first, SIGTERM",
-						r.InitDisposition, r.Order, r.InitSignal, r.Notes)
-				}
+				expectSigwaitInitFirst(t, reports.next(t, c.ID))
 			})
 		}
 	}
