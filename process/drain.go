@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"slices"
@@ -30,6 +31,12 @@ type DrainConfig struct {
 	// get Signal (SIGQUIT would dump a shell's core). No member gets both. It needs a signal
 	// chosen member by member, so a drain with it never signals at once.
 	StopSignal unix.Signal
+	// Begun, when set, is a fork watch made just before init was given the stop signal (an
+	// init-first stop), which the drain takes over. A process created within LateWindow of then
+	// is taken for a handler's work (tini -g and dumb-init pass the signal on to their child's
+	// whole process group, whose handlers may fork): it is waited for, and never sent the drain
+	// signal, only the SIGKILL at the grace period's end.
+	Begun *ForkWatch
 }
 
 // chooses reports whether the drain picks each member's signal: it has a StopSignal apart from
@@ -177,6 +184,10 @@ type Drainer struct {
 	scan *hostScan
 	// startTicks is the drain's start in clock ticks after boot, as /proc/PID/stat's start time.
 	startTicks uint64
+	// begun is when the stop began (DrainConfig.Begun; 0: not known); late are the processes
+	// created within LateWindow of then, before the drain started: never sent the drain signal.
+	begun int64
+	late  map[int]bool
 
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
 	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
@@ -258,9 +269,16 @@ func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	}
 	d.ep = ep
 	// Watch forks before the first sweep, so that no process started from now on is missed.
-	if d.watch, _ = newForkWatcher(); d.watch != nil {
+	if cfg.Begun != nil {
+		d.watch, d.begun = cfg.Begun.w, cfg.Begun.made
+		d.cfg.Begun = nil // taken over: closed with the drain
+	} else {
+		d.watch, _ = newForkWatcher()
+	}
+	if d.watch != nil {
 		d.watchFd(d.watch.fd)
 	}
+	d.late = map[int]bool{}
 	d.prepareBulk()
 	return d
 }
@@ -276,11 +294,69 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 	if d.cfg.chooses() {
 		d.report.StopSignal = SignalName(d.cfg.StopSignal)
 	}
+	if d.begun != 0 && d.readLate() {
+		d.leaveBulk()
+	}
 	if !d.signalBulk(d.cfg.Signal) {
 		d.sweep(d.cfg.Signal)
 	}
 	d.startScan()
 	return d
+}
+
+// LateWindow is how long after init was given the stop signal a new process is taken for a
+// handler's work (see DrainConfig.Begun). A group-forwarding init passes the signal on at once
+// and handlers fork within moments; a bound keeps the ordinary forks of an init-first stop whose
+// init takes long to exit (a loop's long sleep, which holds its shell's trap back) signalled.
+const LateWindow = 500 * time.Millisecond
+
+// readLate reads the processes created within LateWindow of the stop's beginning, before the
+// drain starts, into late. It reports whether there are any.
+func (d *Drainer) readLate() bool {
+	forks, lost := d.watch.read()
+	for _, f := range forks {
+		if f.ts-d.begun <= int64(LateWindow) {
+			d.late[f.child] = true
+		}
+	}
+	if lost {
+		d.report.Notes = append(d.report.Notes, "process creations since the stop began were lost: a handler's helper may have been sent the drain signal")
+	}
+	if len(d.late) > 0 {
+		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", len(d.late)))
+	}
+	return len(d.late) > 0
+}
+
+// leaveBulk turns a prepared bulk drain into one member by member: kill(-1) would reach the late
+// processes too. The listed members are tracked with a pidfd each (those that cannot be opened
+// are waited for and opened again later, see unopened), to be signalled by the sweep.
+func (d *Drainer) leaveBulk() {
+	if d.bulk == nil {
+		return
+	}
+	// The signaller is in the namespace, as the shim's child: never a member.
+	d.helper = d.cfg.Signaller.Pid()
+	if m := d.bulk[d.helper]; m != nil {
+		delete(d.bulk, d.helper)
+		d.closeBulkHandle(m)
+		d.dropDetail(m.detail)
+	}
+	for _, t := range d.examineBulk(false) {
+		if !t.deferred && !d.late[t.h.Pid] {
+			d.commands.await(t.detail)
+			d.signal(t, d.cfg.Signal)
+		}
+	}
+	for pid, m := range d.bulk {
+		d.closeBulkHandle(m)
+		if !d.late[pid] {
+			d.unopened[pid] = d.cfg.Signal
+		} else {
+			d.unopened[pid] = 0
+		}
+	}
+	d.bulk = nil
 }
 
 // Close frees a drain that was prepared but will not be started (or finished).
@@ -460,7 +536,7 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 		found++
 		if sig == 0 {
 			d.markDeferredOwn(pid, st.PPid)
-		} else if !t.deferred {
+		} else if !t.deferred && !(d.late[pid] && sig != unix.SIGKILL) {
 			batch = append(batch, t)
 		}
 	}

@@ -168,7 +168,11 @@ func (w *forkWatcher) close() {
 
 // ForkWatch follows process creations on the host from the moment it is made, to tell exactly
 // which process another one created first (the proc connector; see forkWatcher).
-type ForkWatch struct{ w *forkWatcher }
+type ForkWatch struct {
+	w *forkWatcher
+	// made is when the watch was made (CLOCK_MONOTONIC nanoseconds, as a fork's time).
+	made int64
+}
 
 // NewForkWatch starts following process creations. Close it when done.
 func NewForkWatch() (*ForkWatch, error) {
@@ -176,7 +180,7 @@ func NewForkWatch() (*ForkWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ForkWatch{w: w}, nil
+	return &ForkWatch{w: w, made: monotonicNow()}, nil
 }
 
 // ErrForksLost reports that the kernel dropped creation events while the watch was behind: the

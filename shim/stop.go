@@ -166,6 +166,11 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case ForwardOnly:
 		return false, s.closeForwarded()
 	case HoldInitThenDrain:
+		// Forks are watched from just before init's signal: what a handler starts when init
+		// passes the signal on (tini -g, dumb-init) is left out of the drain's signal.
+		if w, err := process.NewForkWatch(); err == nil {
+			s.strategy.(*holdInitThenDrain).begun = w
+		}
 		s.signalInit(status)
 	case SignalInitAwaitMain:
 		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
@@ -309,11 +314,17 @@ func (d *drainThenInit) close() {
 
 // holdInitThenDrain is the init-first strategy: init, traced, has been signalled; when it starts
 // to exit it is held there while the rest is drained, then released.
-type holdInitThenDrain struct{ hold *hold }
+type holdInitThenDrain struct {
+	hold *hold
+	// begun watches forks from just before init's signal; the drain takes it over.
+	begun *process.ForkWatch
+}
 
 func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 	// The drain is prepared (its members listed, their commands read) while init exits.
-	drainer := process.PrepareDrain(s.scope, s.drainSetup())
+	cfg := s.drainSetup()
+	cfg.Begun, h.begun = h.begun, nil
+	drainer := process.PrepareDrain(s.scope, cfg)
 	select {
 	case <-h.hold.exiting:
 		// init is held in its exit: drain the rest (at once done when nothing is left).
@@ -335,7 +346,13 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 	return nil
 }
 
-func (h *holdInitThenDrain) close() { h.hold.kill() }
+func (h *holdInitThenDrain) close() {
+	h.hold.kill()
+	if h.begun != nil {
+		h.begun.Close()
+		h.begun = nil
+	}
+}
 
 // awaitMainThenDrain is init-first under graceful-init: init has been signalled and passed the
 // signal on; when the main process exits, the rest is drained while graceful-init, which exits
