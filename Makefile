@@ -9,7 +9,7 @@ INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
-.PHONY: all build install stack bench bench-smoke check-test-names test test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke check-test-names test test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-real test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -29,6 +29,7 @@ stack:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags real ./integration/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
@@ -81,6 +82,14 @@ test-docker: stack
 test-kubernetes: stack
 	bash integration/stack/install-kubernetes.sh
 	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 20m -run '^TestKubernetes$$' ./integration/
+
+# Real inits and real servers from Debian's packages (tini, dumb-init, catatonit, supervisord,
+# runit, nginx, PostgreSQL 15, a JVM, Python), each under the stock shim and under graceful in the
+# same run. install-real.sh builds their root file system with mmdebstrap into the stack cache
+# (about a minute on first use). docs/real-world.md has the results.
+test-real: stack
+	bash integration/stack/install-real.sh
+	$(GO) test -tags real -count=1 -v -timeout 20m -run '^TestReal' ./integration/
 
 # The core stop tests, the isolation tests and the CRI shared-PID and hostPID pods in cgroup v2
 # unified mode, on this cgroup v1 (hybrid) host: a private mount namespace with a cgroup2 hierarchy

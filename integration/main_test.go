@@ -100,6 +100,12 @@ func start(t *testing.T, spec stack.Spec) *stack.Container {
 // startUntil is start, waiting for the line ready instead.
 func startUntil(t *testing.T, spec stack.Spec, ready string) *stack.Container {
 	t.Helper()
+	return startWaiting(t, spec, func(o *stack.Output) error { return o.WaitLine(ready, 20*time.Second) })
+}
+
+// startWaiting is start, waiting until ready returns (an error fails the test).
+func startWaiting(t *testing.T, spec stack.Spec, ready func(*stack.Output) error) *stack.Container {
+	t.Helper()
 	if spec.ID == "" {
 		spec.ID = fmt.Sprintf("%s-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), short(spec.Runtime), seq.Add(1))
 		if len(spec.ID) > 60 {
@@ -116,7 +122,7 @@ func startUntil(t *testing.T, spec stack.Spec, ready string) *stack.Container {
 			t.Errorf("delete %s: %v", c.ID, err)
 		}
 	})
-	if err := c.Output.WaitLine(ready, 20*time.Second); err != nil {
+	if err := ready(c.Output); err != nil {
 		t.Fatal(err)
 	}
 	return c

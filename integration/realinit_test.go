@@ -260,7 +260,12 @@ func TestStopSignalReachesTheProcessesThatHandleItAmongMany(t *testing.T) {
 // one). The helper waits in the wait builtin, so that its handler runs, and forks, as soon as the
 // signal comes.
 func helperForks(name string) string {
-	return `sh -c 'flush() { trap : TERM; sh -c "sleep 0.3; echo clean > /out/` + name + `"; exit 0; }; trap flush TERM; echo trapped ` + name + `; ` + waitLoop + `' &` + "\n"
+	return `sh -c '` + helperForksScript(name) + `' &` + "\n"
+}
+
+// helperForksScript is the script of helperForks, for sh -c.
+func helperForksScript(name string) string {
+	return `flush() { trap : TERM; sh -c "sleep 0.3; echo clean > /out/` + name + `"; exit 0; }; trap flush TERM; echo trapped ` + name + `; ` + waitLoop
 }
 
 // waitLoop idles in the shell's wait builtin, where a trapped signal runs its handler at once

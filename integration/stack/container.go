@@ -43,6 +43,12 @@ type Spec struct {
 	// that user.
 	ReadonlyRootfs bool
 	User           string
+	// Rootfs, when set, is a host directory to run from instead of the busybox image, mounted
+	// read-only (as ctr run --rootfs does); Env is added to the default environment.
+	Rootfs string
+	Env    []string
+	// HostNetwork runs the container in the host's network namespace.
+	HostNetwork bool
 }
 
 // Container is a created test container and its task.
@@ -67,16 +73,29 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 	if err := os.MkdirAll(out, 0o777); err != nil {
 		return nil, err
 	}
+	// Writable by a container's unprivileged user too (Spec.User).
+	if err := os.Chmod(out, 0o777); err != nil {
+		return nil, err
+	}
 	args := spec.Args
 	if args == nil {
 		args = []string{"sh", "-c", spec.Script}
 	}
 	mounts := append([]specs.Mount{{Destination: "/out", Type: "bind", Source: out, Options: []string{"rbind", "rw"}}}, spec.Mounts...)
-	specOpts := []oci.SpecOpts{
-		oci.WithImageConfig(s.Image),
+	var specOpts []oci.SpecOpts
+	if spec.Rootfs == "" {
+		specOpts = append(specOpts, oci.WithImageConfig(s.Image))
+	} else {
+		specOpts = append(specOpts, oci.WithRootFSPath(spec.Rootfs), oci.WithRootFSReadonly())
+	}
+	specOpts = append(specOpts,
 		oci.WithProcessArgs(args...),
 		oci.WithMounts(mounts),
 		oci.WithAnnotations(spec.Annotations),
+		oci.WithEnv(spec.Env),
+	)
+	if spec.HostNetwork {
+		specOpts = append(specOpts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
 	}
 	if spec.HostPID {
 		specOpts = append(specOpts, oci.WithHostNamespace(specs.PIDNamespace))
@@ -96,12 +115,15 @@ func (s *Stack) Create(ctx context.Context, spec Spec) (_ *Container, retErr err
 	if Cgroup2() {
 		specOpts = append(specOpts, WithoutCPUAndMemory)
 	}
-	c, err := s.Client.NewContainer(ctx, spec.ID,
-		containerd.WithNewSnapshot(spec.ID, s.Image),
+	var snapshot []containerd.NewContainerOpts
+	if spec.Rootfs == "" {
+		snapshot = append(snapshot, containerd.WithNewSnapshot(spec.ID, s.Image))
+	}
+	c, err := s.Client.NewContainer(ctx, spec.ID, append(snapshot,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithRuntime(spec.Runtime, spec.RuntimeOptions),
 		containerd.WithContainerLabels(spec.Labels),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", spec.ID, err)
 	}
@@ -224,20 +246,57 @@ func (o *Output) String() string {
 
 // WaitLine waits until a line equal to want has been written, or timeout passes.
 func (o *Output) WaitLine(want string, timeout time.Duration) error {
+	return o.wait(func(line string) bool { return strings.TrimSpace(line) == want }, fmt.Sprintf("no line %q", want), timeout)
+}
+
+// WaitContains waits until a line containing part has been written, or timeout passes.
+func (o *Output) WaitContains(part string, timeout time.Duration) error {
+	return o.wait(func(line string) bool { return strings.Contains(line, part) }, fmt.Sprintf("no line with %q", part), timeout)
+}
+
+// wait waits until a line matches, or timeout passes.
+func (o *Output) wait(match func(string) bool, missing string, timeout time.Duration) error {
 	deadline := time.After(timeout)
 	for {
 		o.mu.Lock()
 		text, changed := o.buf.String(), o.changed
 		o.mu.Unlock()
 		for _, line := range strings.Split(text, "\n") {
-			if strings.TrimSpace(line) == want {
+			if match(line) {
 				return nil
 			}
 		}
 		select {
 		case <-changed:
 		case <-deadline:
-			return fmt.Errorf("no line %q after %v; output: %q", want, timeout, text)
+			return fmt.Errorf("%s after %v; output: %q", missing, timeout, text)
 		}
 	}
+}
+
+// Exec starts args as an exec process of the task (as `ctr task exec`, with the container's
+// environment and user), and returns its output and its exit.
+func (c *Container) Exec(ctx context.Context, id string, args ...string) (*Output, <-chan containerd.ExitStatus, error) {
+	ctx = containerdNamespace(ctx)
+	spec, err := c.c.Spec(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spec of %s: %w", c.ID, err)
+	}
+	p := *spec.Process
+	p.Args, p.Terminal = args, false
+	out := NewOutput()
+	proc, err := c.Task.Exec(ctx, id, &p, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("exec %s in %s: %w", id, c.ID, err)
+	}
+	exit, err := proc.Wait(ctx)
+	if err != nil {
+		proc.Delete(ctx, containerd.WithProcessKill)
+		return nil, nil, err
+	}
+	if err := proc.Start(ctx); err != nil {
+		proc.Delete(ctx, containerd.WithProcessKill)
+		return nil, nil, fmt.Errorf("start exec %s in %s: %w", id, c.ID, err)
+	}
+	return out, exit, nil
 }
