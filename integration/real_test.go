@@ -120,7 +120,9 @@ redirect_stderr=true
 	}{
 		{"tini", []string{"tini", "--", "sh", "-c", appScript}, nil, ""},
 		{"tini-g", []string{"tini", "-g", "--", "sh", "-c", appScript}, nil, ""},
-		{"dumb-init", []string{"dumb-init", "sh", "-c", appScript}, nil, ""},
+		// dumb-init TERMs its child's whole process group again when the child exits, which
+		// cuts a flush in that group under any shim: the helper runs in a session of its own.
+		{"dumb-init", []string{"dumb-init", "sh", "-c", "setsid " + appScript}, nil, ""},
 		{"catatonit", []string{"catatonit", "--", "sh", "-c", appScript}, nil, ""},
 		{"supervisord", []string{"supervisord", "-n", "-c", "/conf/supervisord.conf"}, supervisord, "clean"},
 		{"runsvdir", []string{"runsvdir", "-P", "/conf/service"}, runit, ""},

@@ -315,7 +315,7 @@ const LateWindow = 500 * time.Millisecond
 func (d *Drainer) readLate() bool {
 	forks, lost := d.watch.read()
 	for _, f := range forks {
-		if f.ts-d.begun <= int64(LateWindow) {
+		if d.isLate(f.ts) {
 			d.late[f.child] = true
 		}
 	}
@@ -326,6 +326,14 @@ func (d *Drainer) readLate() bool {
 		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", len(d.late)))
 	}
 	return len(d.late) > 0
+}
+
+// isLate reports whether a process created at ts (CLOCK_MONOTONIC) was created within LateWindow
+// of the stop's beginning, when that is known: a handler's work, never sent the drain signal,
+// even when its parent is signalled after it was created (the drain started before the handler
+// forked).
+func (d *Drainer) isLate(ts int64) bool {
+	return d.begun != 0 && ts >= d.begun && ts-d.begun <= int64(LateWindow)
 }
 
 // leaveBulk turns a prepared bulk drain into one member by member: kill(-1) would reach the late
@@ -756,7 +764,7 @@ func (d *Drainer) forked(forks []fork) {
 			continue
 		}
 		sig := d.phaseSig
-		if sig == 0 && sigAt != 0 && f.ts < sigAt {
+		if sig == 0 && sigAt != 0 && f.ts < sigAt && !d.isLate(f.ts) {
 			sig = d.cfg.Signal
 		}
 		if d.track(f.child, sig) && sig == 0 {
