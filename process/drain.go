@@ -35,7 +35,8 @@ type DrainConfig struct {
 	// init-first stop), which the drain takes over. A process created within LateWindow of then
 	// is taken for a handler's work (tini -g and dumb-init pass the signal on to their child's
 	// whole process group, whose handlers may fork): it is waited for, and never sent the drain
-	// signal, only the SIGKILL at the grace period's end.
+	// signal, only the SIGKILL at the grace period's end. A drain that signals at once cannot
+	// spare them: kill(-1) reaches every member.
 	Begun *ForkWatch
 }
 
@@ -294,8 +295,13 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 	if d.cfg.chooses() {
 		d.report.StopSignal = SignalName(d.cfg.StopSignal)
 	}
-	if d.begun != 0 && d.readLate() {
-		d.leaveBulk()
+	if d.bulk != nil {
+		// kill(-1) reaches every member, a handler's new processes too: signalling thousands at
+		// once is worth more than sparing them (ordinary forks in a large container would
+		// otherwise always make the drain go member by member).
+		d.begun = 0
+	} else if d.begun != 0 {
+		d.readLate()
 	}
 	if !d.signalBulk(d.cfg.Signal) {
 		d.sweep(d.cfg.Signal)
@@ -311,8 +317,8 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 const LateWindow = 500 * time.Millisecond
 
 // readLate reads the processes created within LateWindow of the stop's beginning, before the
-// drain starts, into late. It reports whether there are any.
-func (d *Drainer) readLate() bool {
+// drain starts, into late.
+func (d *Drainer) readLate() {
 	forks, lost := d.watch.read()
 	for _, f := range forks {
 		if d.isLate(f.ts) {
@@ -325,7 +331,6 @@ func (d *Drainer) readLate() bool {
 	if len(d.late) > 0 {
 		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", len(d.late)))
 	}
-	return len(d.late) > 0
 }
 
 // isLate reports whether a process created at ts (CLOCK_MONOTONIC) was created within LateWindow
@@ -334,37 +339,6 @@ func (d *Drainer) readLate() bool {
 // forked).
 func (d *Drainer) isLate(ts int64) bool {
 	return d.begun != 0 && ts >= d.begun && ts-d.begun <= int64(LateWindow)
-}
-
-// leaveBulk turns a prepared bulk drain into one member by member: kill(-1) would reach the late
-// processes too. The listed members are tracked with a pidfd each (those that cannot be opened
-// are waited for and opened again later, see unopened), to be signalled by the sweep.
-func (d *Drainer) leaveBulk() {
-	if d.bulk == nil {
-		return
-	}
-	// The signaller is in the namespace, as the shim's child: never a member.
-	d.helper = d.cfg.Signaller.Pid()
-	if m := d.bulk[d.helper]; m != nil {
-		delete(d.bulk, d.helper)
-		d.closeBulkHandle(m)
-		d.dropDetail(m.detail)
-	}
-	for _, t := range d.examineBulk(false) {
-		if !t.deferred && !d.late[t.h.Pid] {
-			d.commands.await(t.detail)
-			d.signal(t, d.cfg.Signal)
-		}
-	}
-	for pid, m := range d.bulk {
-		d.closeBulkHandle(m)
-		if !d.late[pid] {
-			d.unopened[pid] = d.cfg.Signal
-		} else {
-			d.unopened[pid] = 0
-		}
-	}
-	d.bulk = nil
 }
 
 // Close frees a drain that was prepared but will not be started (or finished).
