@@ -24,6 +24,13 @@ type autoreap struct {
 	stack []byte // the bytes the sigaction argument overwrote
 }
 
+// autoreapImplemented: this architecture can rewrite init's exit syscall.
+const autoreapImplemented = true
+
+// canAutoreap reports whether a syscall stop is of a process this holder can rewrite: a 64-bit
+// x86 one (a 32-bit process on the same kernel uses other syscall numbers and registers).
+func canAutoreap(info syscallInfo) bool { return info.Arch == unix.AUDIT_ARCH_X86_64 }
+
 // isExitSyscall reports whether a syscall-entry stop is an exit syscall this architecture can
 // rewrite (a 64-bit exit or exit_group).
 func isExitSyscall(info syscallInfo) bool {

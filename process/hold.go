@@ -164,6 +164,10 @@ type holder struct {
 	syscallBudget  int
 	// autoreap is the injected rt_sigaction in flight, till its exit stop.
 	autoreap *autoreap
+	// restarted is the thread sent back to its exit syscall after the injection: a signal that
+	// would reach it on the way (one that came meanwhile) is not delivered, since init never
+	// returns from that syscall to run a handler.
+	restarted int
 	// gate holds a release back while autoreap is in flight.
 	gate *releaseGate
 }
@@ -301,12 +305,19 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 			h.syscallStop(tid)
 			return
 		}
+		if tid == h.restarted {
+			// Pending when the injected syscall returned: init asked to exit before it came,
+			// and a handler run now would run with SIGCHLD ignored (one that waits for its
+			// children would wait for ever). It is dropped, as the exit would have dropped it.
+			unix.PtraceCont(tid, 0)
+			return
+		}
 		// A signal-delivery-stop: deliver the signal as if nobody were tracing. From the first
 		// signal on (the stop signal, normally), a single-threaded init is followed to its exit.
 		// SIGCHLD is not such a signal: during a children-first drain init gets one as its
 		// children die, long before it is asked to stop, and following it then would slow its
 		// reaping by two ptrace stops a syscall (a drain of 1 000 took 20 ms longer).
-		if h.singleThreaded() && h.syscallBudget > 0 && sig != unix.SIGCHLD {
+		if autoreapImplemented && h.singleThreaded() && h.syscallBudget > 0 && sig != unix.SIGCHLD {
 			h.followSyscalls = true
 		}
 		h.resume(tid, int(sig))
@@ -314,6 +325,11 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 		unix.PtraceCont(tid, 0)
 	}
 }
+
+// HoldInjectionHook, when set (by tests only), runs in the holder right after an autoreap
+// injection is set up and before the traced thread runs it: a test delays it there, or makes a
+// signal pending.
+var HoldInjectionHook func(tid int)
 
 // singleThreaded reports whether init has had one thread since it was traced: only such an init
 // is followed to its exit syscall (another thread would go on running user code in a process
@@ -339,22 +355,40 @@ func (h *holder) syscallStop(tid int) {
 		} else {
 			fmt.Fprintln(h.out, HoldAutoreap)
 		}
+		h.restarted = tid
 		unix.PtraceCont(tid, 0) // on to the exit syscall again, and to the exit stop
 		h.gate.busy(false)
 		return
 	}
 	info, err := getSyscallInfo(tid)
+	if err == nil && !canAutoreap(info) {
+		// An init of another architecture (a 32-bit one) never makes an exit syscall this
+		// holder can rewrite: following it would only cost two stops a syscall.
+		h.followSyscalls = false
+		h.resume(tid, 0)
+		return
+	}
 	if err == nil && info.Op == unix.PTRACE_SYSCALL_INFO_ENTRY && isExitSyscall(info) && h.singleThreaded() {
+		h.followSyscalls = false
+		if err := seccompAllowsAutoreap(tid, info); err != nil {
+			// A seccomp filter that traps or kills on rt_sigaction would turn the exit into a
+			// SIGSYS: init exits as it asked, its children reaped by the kernel's zap.
+			fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+			h.resume(tid, 0)
+			return
+		}
 		h.gate.busy(true)
 		a, err := beginAutoreap(tid)
 		if err == nil {
-			h.autoreap = a
+			h.autoreap, h.followSyscalls = a, true
+			if HoldInjectionHook != nil {
+				HoldInjectionHook(tid)
+			}
 			unix.PtraceSyscall(tid, 0)
 			return
 		}
 		h.gate.busy(false)
 		fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
-		h.followSyscalls = false
 	}
 	if h.syscallBudget--; h.syscallBudget <= 0 {
 		h.followSyscalls = false

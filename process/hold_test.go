@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 		os.Exit(SignallerMain([]string{ns}, os.Stdin, os.Stdout))
 	}
 	if pid := os.Getenv(holderEnv); pid != "" {
+		setHolderHook(os.Getenv(holderHookEnv))
 		n, _ := strconv.Atoi(pid)
 		if err := RunHolder(n, 3, os.Stdin, os.Stdout); err != nil {
 			os.Exit(1)
@@ -82,8 +83,25 @@ func holderCommand(t *testing.T, pid int, pidfd *Handle) *exec.Cmd {
 	return holder
 }
 
+// holderHookEnv names the HoldInjectionHook a test's holder runs: "usr1" makes SIGUSR1 pending
+// for the injected thread.
+const holderHookEnv = "GRACEFUL_TEST_HOLDER_HOOK"
+
+func setHolderHook(hook string) {
+	switch hook {
+	case "usr1":
+		HoldInjectionHook = func(tid int) { unix.Tgkill(tid, tid, unix.SIGUSR1) }
+	}
+}
+
 // startHolder starts a holder for process pid. next returns its next message.
 func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
+	t.Helper()
+	return startHolderWith(t, pid, "")
+}
+
+// startHolderWith is startHolder with the injection hook named hook (see holderHookEnv).
+func startHolderWith(t *testing.T, pid int, hook string) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
 	t.Helper()
 	h, err := Open(pid)
 	if err != nil {
@@ -91,6 +109,7 @@ func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteClose
 	}
 	defer h.Close()
 	holder = holderCommand(t, pid, h)
+	holder.Env = append(holder.Env, holderHookEnv+"="+hook)
 	release, _ = holder.StdinPipe()
 	stdout, _ := holder.StdoutPipe()
 	if err := testguard.Start(holder); err != nil {
@@ -346,5 +365,88 @@ func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
 		t.Fatalf("init ended with %v, want its handler's exit status 3", err)
+	}
+}
+
+// buildAutoreapInit compiles testdata/autoreapinit.c.
+func buildAutoreapInit(t *testing.T) string {
+	t.Helper()
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Fatalf("gcc is needed to build testdata/autoreapinit.c (make stack installs it): %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "autoreapinit")
+	if out, err := exec.Command(gcc, "-O2", "-Wall", "-o", bin, filepath.Join("testdata", "autoreapinit.c")).CombinedOutput(); err != nil {
+		t.Fatalf("build autoreapinit: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startAutoreapInit starts autoreapinit in mode, with its USR1 mark in a temp dir, and returns it
+// once it is ready, with the mark's path.
+func startAutoreapInit(t *testing.T, bin, mode string) (*exec.Cmd, string) {
+	t.Helper()
+	mark := filepath.Join(t.TempDir(), "usr1")
+	init := exec.Command(bin, mode, mark)
+	out, _ := init.StdoutPipe()
+	init.Stderr = os.Stderr
+	if err := testguard.Start(init); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { init.Process.Kill(); init.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "ready" {
+		t.Fatalf("autoreapinit %s said %q", mode, line)
+	}
+	return init, mark
+}
+
+// expectExitStatus waits for cmd and fails the test unless it exited with status want.
+func expectExitStatus(t *testing.T, cmd *exec.Cmd, want int) {
+	t.Helper()
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != want {
+		t.Fatalf("init ended with %v, want exit status %d", err, want)
+	}
+}
+
+// A handled signal that comes while init's exit syscall is rewritten (a second stop signal
+// forwarded to init) is not delivered on the way back to that syscall: init asked to exit before
+// it came, and its handler would run with SIGCHLD ignored. init exits with its own status.
+func TestAutoreapDropsASignalPendingAfterTheInjection(t *testing.T) {
+	init, mark := startAutoreapInit(t, buildAutoreapInit(t), "plain")
+	_, release, next := startHolderWith(t, init.Process.Pid, "usr1")
+	expectHolder(t, next, HoldAttached)
+	init.Process.Signal(syscall.SIGTERM)
+	expectHolder(t, next, HoldAutoreap, HoldExiting)
+	release.Close()
+	expectExitStatus(t, init, 5)
+	if data, err := os.ReadFile(mark); err == nil {
+		t.Fatalf("init's USR1 handler ran after its exit syscall was rewritten (mark %q)", strings.TrimSpace(string(data)))
+	}
+}
+
+// A seccomp filter that kills on rt_sigaction(SIGCHLD) (loaded after init's handlers) would turn
+// autoreap into a SIGSYS: the holder reads the filter, leaves the exit alone and says why; init
+// exits with its own status. A filter that allows rt_sigaction does not stop autoreap.
+func TestAutoreapRespectsSeccomp(t *testing.T) {
+	bin := buildAutoreapInit(t)
+	for _, tc := range []struct {
+		mode string
+		want string
+	}{{"seccomp-sigchld", HoldAutoreapFailed}, {"seccomp-other", HoldAutoreap}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			init, _ := startAutoreapInit(t, bin, tc.mode)
+			_, release, next := startHolder(t, init.Process.Pid)
+			expectHolder(t, next, HoldAttached)
+			init.Process.Signal(syscall.SIGTERM)
+			got := next()
+			if !strings.HasPrefix(got, tc.want) || (tc.want == HoldAutoreapFailed && !strings.Contains(got, "seccomp")) {
+				t.Fatalf("holder said %q, want %s", got, tc.want)
+			}
+			expectHolder(t, next, HoldExiting)
+			release.Close()
+			expectExitStatus(t, init, 5)
+		})
 	}
 }
