@@ -166,15 +166,26 @@ func (h *hold) Release() {
 	}
 }
 
-// kill ends the tracer at once; the kernel detaches it from init.
+// holdKillAfter bounds how long kill waits for the tracer to end on its own before it SIGKILLs it.
+const holdKillAfter = time.Second
+
+// kill ends the tracer and waits for it; the kernel detaches it from init. It closes the
+// tracer's input, which ends it at once, or, while it rewrites init's exit syscall (autoreap),
+// as soon as init's registers and stack are put back: a SIGKILL then would let init run on with
+// the injected call's registers (an exit status of 17, or a fault). A tracer still there after
+// holdKillAfter is SIGKILLed.
 func (h *hold) kill() {
-	h.cmd.Process.Kill()
 	h.release.Close()
-	<-h.done
+	select {
+	case <-h.done:
+	case <-time.After(holdKillAfter):
+		h.cmd.Process.Kill()
+		<-h.done
+	}
 }
 
-// abort ends the tracer without waiting; the kernel detaches it from init.
-func (h *hold) abort() { h.cmd.Process.Kill() }
+// abort is kill without waiting for the tracer (a SIGKILL of the container is under way).
+func (h *hold) abort() { go h.kill() }
 
 // attachedTracer is the outcome of a tracer started aside: the hold, or why there is none.
 type attachedTracer struct {

@@ -203,6 +203,36 @@ func watchMain(initPid int, w *mainWatch, forks *process.ForkWatch) (*process.Ha
 	}
 }
 
+// claimMainExit claims the stop that drains the rest after the main process exited by itself,
+// and returns it (nil when there is none to run). A stop that Kill claimed meanwhile drains the
+// rest itself once it has begun; one given up without beginning (forwarded) does not, so its
+// end is waited for and the main-exit stop claimed after it.
+func (s *service) claimMainExit(id string, c *container, w *mainWatch) *stop {
+	for {
+		s.mu.Lock()
+		w.exit()
+		if s.containers[id] != c {
+			s.mu.Unlock()
+			return nil
+		}
+		claimed := c.stop
+		if claimed == nil {
+			st := newStop(id, 0, c.policy)
+			st.phase = MainExited
+			st.exitPublished = s.exits.published(id)
+			c.stop = st
+			s.reports.Add(1)
+			s.mu.Unlock()
+			return st
+		}
+		s.mu.Unlock()
+		<-claimed.settled
+		if claimed.began {
+			return nil
+		}
+	}
+}
+
 // followMain waits for the main process to exit. A stop in progress then drains the rest itself;
 // otherwise the main process exited by itself, and a stop of order main-exit drains the rest, with
 // the same policy and report as any stop. graceful-init exits once the rest is gone.
@@ -220,19 +250,11 @@ func (s *service) followMain(id string, c *container, w *mainWatch, h *process.H
 	if !exited {
 		return
 	}
-	s.mu.Lock()
-	w.exit()
-	if c.stop != nil || s.containers[id] != c {
-		s.mu.Unlock()
+	st := s.claimMainExit(id, c, w)
+	if st == nil {
 		return
 	}
-	st := newStop(id, 0, c.policy)
-	st.phase = MainExited
-	st.exitPublished = s.exits.published(id)
-	c.stop = st
-	s.reports.Add(1)
 	defer s.reports.Done()
-	s.mu.Unlock()
 	if !st.beginMainExit(initPid) {
 		s.unclaim(c, st)
 		return

@@ -223,6 +223,9 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 	s.mu.Lock()
 	st.phase = st.order
 	s.mu.Unlock()
+	if started {
+		st.settle(true) // one given up settles as it is unclaimed
+	}
 	if !started {
 		s.publish(report)
 		if st.aborted.Load() {
@@ -250,6 +253,7 @@ func (s *service) unclaim(c *container, st *stop) {
 		c.stop = nil
 	}
 	s.mu.Unlock()
+	st.settle(false) // no-op for a stop that began
 }
 
 // Delete forgets the container once the runc service has deleted it.

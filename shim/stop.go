@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,20 @@ type stop struct {
 	ctx           context.Context
 	cancel        context.CancelFunc
 	aborted       atomic.Bool
+	// settled is closed once the stop has begun (began) or was given up without beginning (the
+	// Kill forwarded as is); see settle.
+	settled    chan struct{}
+	settleOnce sync.Once
+	began      bool
+}
+
+// settle records, once, whether the claimed stop began: one given up before (forwarded) leaves a
+// main process's exit under graceful-init to the main-exit drain.
+func (s *stop) settle(began bool) {
+	s.settleOnce.Do(func() {
+		s.began = began
+		close(s.settled)
+	})
 }
 
 // strategy carries out a started stop.
@@ -91,7 +106,7 @@ func (r *StopReport) encode() []byte {
 func newStop(id string, sig unix.Signal, policy Policy) *stop {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &stop{id: id, signal: sig, policy: policy, phase: starting, started: time.Now(),
-		ctx: ctx, cancel: cancel, profile: func() {}}
+		ctx: ctx, cancel: cancel, profile: func() {}, settled: make(chan struct{})}
 }
 
 // begin starts the stop of the container whose init is pid, following its plan. It returns false
