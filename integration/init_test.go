@@ -429,7 +429,10 @@ echo ready
 // The main process's exit drains the rest (the daemon runs its handler) and the task exits 0, the
 // main process's status, by itself.
 func TestInitMainThatExitsAtOnceIsNotMistaken(t *testing.T) {
-	script := `sh -c 'trap "echo clean > /out/daemon; exit 0" TERM; echo trapped daemon; ` + loop + `' &
+	// The main process exits as soon as the daemon's trap is set (a busy wait: no sleep, so that
+	// it still exits within a few milliseconds).
+	script := `sh -c 'trap "echo clean > /out/daemon; exit 0" TERM; : > /out/trapped; ` + loop + `' &
+until [ -e /out/trapped ]; do :; done
 echo ready
 exit 0`
 	for i := 0; i < 3; i++ {
