@@ -207,7 +207,7 @@ echo ready
 	}
 }
 
-// A fork storm inside the container during a drain: the stop still completes within grace + 1s.
+// A fork storm inside the container during a drain: the stop still completes within grace + 3s.
 func TestForkStormDuringDrain(t *testing.T) {
 	script := `sh -c 'trap "" TERM; echo trapped storm; while :; do sh -c "trap \"\" TERM; sleep 2" & sleep 0.005; done' &
 trap "exit 0" TERM
@@ -221,8 +221,8 @@ echo ready
 	waitTrapped(t, c, "storm")
 	took := stop(t, c, 30*time.Second)
 	t.Logf("fork storm: stop took %v", took)
-	if took >= grace+time.Second {
-		t.Fatalf("stop took %v, want under %v", took, grace+time.Second)
+	if took >= grace+3*time.Second {
+		t.Fatalf("stop took %v, want under %v (far below the 10 s default grace)", took, grace+3*time.Second)
 	}
 }
 

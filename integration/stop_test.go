@@ -128,7 +128,7 @@ echo ready
 	}
 }
 
-// A child that ignores TERM is SIGKILLed when the grace period ends: G <= stop < G + 1s, whichever
+// A child that ignores TERM is SIGKILLed when the grace period ends: G <= stop < G + 2s, whichever
 // way the grace period is set.
 func TestTermIgnoringChildKilledAtGrace(t *testing.T) {
 	script := ignoringChild + `trap "exit 0" TERM
@@ -160,8 +160,10 @@ echo ready
 			waitTrapped(t, c, "ignoring")
 			took := stopExpect(t, c, tc.grace+10*time.Second, exitOK)
 			t.Logf("grace %v: stop took %v", tc.grace, took)
-			if took < tc.grace || took >= tc.grace+time.Second {
-				t.Fatalf("stop took %v, want between %v and %v", took, tc.grace, tc.grace+time.Second)
+			// 2 s of margin on a loaded machine, still well below the 5 s and 10 s grace
+			// periods that a wrong source would give.
+			if took < tc.grace || took >= tc.grace+2*time.Second {
+				t.Fatalf("stop took %v, want between %v and %v", took, tc.grace, tc.grace+2*time.Second)
 			}
 		})
 	}
