@@ -23,7 +23,8 @@ import (
 func TestMembersAreFoundFromTheContainersCgroup(t *testing.T) {
 	root, _ := cgroupRoot(t)
 	base := testCgroups(t, root, "sub")
-	ns := startNamespaceIn(t, base, `sleep 60 & sleep 60 & sleep 60 & sleep 0.2; echo ready; wait`)
+	ns := startNamespaceIn(t, base, `sleep 60 & sleep 60 & sleep 60 & echo ready; wait`)
+	ns.awaitExeced(t, "sleep", 3)
 	scope := ns.scope(t)
 	if scope.cgroupDir != base {
 		t.Fatalf("scope lists candidates from %q, want the container's cgroup %q", scope.cgroupDir, base)
@@ -62,21 +63,17 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 1500 // about 9 KB of cgroup.procs
-	ns := startNamespaceIn(t, base, blockers(n, fifo))
+	// As blockers(n, fifo) starts them, each spawner saying when it has started all of its own.
+	spawner := func(k, i int) string {
+		return fmt.Sprintf("(for i in $(seq %d); do read x < %q & done; echo spawned%d; read x < %q) &\n", k-1, fifo, i, fifo)
+	}
+	ns := startNamespaceIn(t, base, spawner(n/2, 0)+spawner(n-n/2, 1)+"echo ready; wait")
+	for i := 0; i < 2; i++ {
+		ns.expectWithin(t, fmt.Sprintf("spawned%d", i), 2*time.Minute) // 1500 forks on a loaded machine
+	}
 	scope := ns.scope(t)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		all, err := scope.AllMembers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(all) == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the namespace holds %d members, want %d", len(all), n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if all, err := scope.AllMembers(); err != nil || len(all) != n {
+		t.Fatalf("the namespace holds %d members (%v) once its spawners are done, want %d", len(all), err, n)
 	}
 	members, err := scope.Members()
 	if err != nil {
@@ -105,8 +102,9 @@ func TestDrainFindsAProcessThatEnteredByNsenter(t *testing.T) {
 	// The member waits, in its TERM handler, until the straggler has handled TERM too, so that the
 	// drain cannot end before the full pass has reached the straggler.
 	ns := startNamespaceIn(t, base, fmt.Sprintf(`
-sh -c 'trap "while [ ! -f %[1]s/straggler ]; do sleep 0.01; done; echo m > %[1]s/member; exit 0" TERM; while :; do sleep 0.05; done' &
-sleep 0.2; echo ready; wait`, dir))
+sh -c 'trap "while [ ! -f %[1]s/straggler ]; do sleep 0.01; done; echo m > %[1]s/member; exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
+echo ready; wait`, dir))
+	ns.expect(t, "trapped") // the member's trap is set
 	nsenter := exec.Command("nsenter", "-t", fmt.Sprint(ns.init), "-p", "--", "sh", "-c",
 		fmt.Sprintf(`trap "echo t > %s/straggler; exit 0" TERM; echo in; while :; do sleep 0.05; done`, dir))
 	out, err := nsenter.StdoutPipe()
@@ -125,7 +123,8 @@ sleep 0.2; echo ready; wait`, dir))
 		t.Fatalf("nsenter has children %v, want one", straggler)
 	}
 	// A process that started in the drain's own clock tick could be one started during the drain,
-	// which the full pass leaves alone: start the drain a tick later.
+	// which the full pass leaves alone: start the drain a tick later. (A wait on the clock itself,
+	// which no event tells of, not on a process getting ready.)
 	started, ok := startTime(straggler[0])
 	if !ok {
 		t.Fatal("no start time for nsenter's child")
@@ -172,7 +171,8 @@ sleep 0.2; echo ready; wait`, dir))
 // /proc for every process on the host: the container's own, those of a namespace nested in it,
 // a sibling namespace's, and the host's.
 func TestMembershipThroughThePidfdAgreesWithProc(t *testing.T) {
-	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & sleep 0.2; echo ready; wait`)
+	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & echo ready; wait`)
+	ns.awaitExeced(t, "sleep", 2) // the nested sleep too: unshare has forked
 	sibling := startNamespace(t, `sleep 60 & echo ready; wait`)
 	scope := ns.scope(t)
 	// The ioctl, where the kernel has it, names the caller's own namespace as /proc does.
@@ -226,7 +226,8 @@ func TestMembershipThroughThePidfdAgreesWithProc(t *testing.T) {
 // closed, the check goes through /proc again, with the same answers.
 func TestMembershipThroughTheNamespaceAgreesWithProc(t *testing.T) {
 	// The zombie: true, whose parent exec's a sleep that never waits for it.
-	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & sh -c 'true & exec sleep 60' & sleep 0.2; echo ready; wait`)
+	ns := startNamespace(t, `sleep 60 & unshare --pid --fork sleep 60 & sh -c 'true & exec sleep 60' & echo ready; wait`)
+	ns.awaitExeced(t, "sleep", 3) // the nested sleep and sh's: unshare has forked, sh has exec'd
 	sibling := startNamespace(t, `sleep 60 & echo ready; wait`)
 	scope := ns.scope(t)
 	if _, known := scope.visible(ns.init); !known {

@@ -77,10 +77,12 @@ func TestDrainIsNotStalledByABlockedCommandLineRead(t *testing.T) {
 	script := fmt.Sprintf(`
 %[2]s %[1]s/mnt %[1]s/stuck &
 i=0; while [ ! -e %[1]s/stuck ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
-child() { trap "echo \$1 > %[1]s/\$1; exit 0" TERM; while :; do sleep 0.05; done; }
+child() { trap "echo \$1 > %[1]s/\$1; exit 0" TERM; echo trapped $1; while :; do sleep 0.05; done; }
 child a & child b &
-sleep 0.2; echo ready; wait`, dir, helper)
+echo ready; wait`, dir, helper)
 	ns := startNamespace(t, script)
+	ns.expect(t, "trapped a") // each child's trap is set
+	ns.expect(t, "trapped b")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel) // runs first: a stalled drain ends as soon as the namespace is gone
 	if _, err := os.Stat(filepath.Join(dir, "stuck")); err != nil {

@@ -23,7 +23,8 @@ func TestScopeOfNamespaceListsOnlyItsMembers(t *testing.T) {
 	}
 	t.Cleanup(func() { outside.Process.Kill(); outside.Wait() })
 
-	ns := startNamespace(t, `sleep 60 & sleep 60 & unshare --pid --fork sleep 60 & sleep 0.2; echo ready; wait`)
+	ns := startNamespace(t, `sleep 60 & sleep 60 & unshare --pid --fork sleep 60 & echo ready; wait`)
+	ns.awaitExeced(t, "sleep", 3) // the nested sleep too: unshare has forked
 	scope := ns.scope(t)
 	if scope.Kind != ByPIDNamespace {
 		t.Fatalf("scope kind %s, want %s", scope.Kind, ByPIDNamespace)
@@ -57,9 +58,13 @@ echo ready; wait`, dir)
 		ns.expect(t, line) // each trap is set
 	}
 	scope := ns.scope(t)
-	grace := 700 * time.Millisecond
+	// The drain ends once the SIGKILLed child is gone: about the grace. The bound on it is 3x that
+	// (a loaded machine), and the wait for the SIGKILLed to disappear much longer than the bound,
+	// so that a drain that waits it out is still caught.
+	grace, killWait := 700*time.Millisecond, 10*time.Second
+	bound := 3 * grace
 	start := time.Now()
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace, KillWait: killWait})
 	took := time.Since(start)
 	for _, name := range []string{"a", "b", "c"} {
 		if got := readMarker(t, filepath.Join(dir, name)); got != name {
@@ -72,8 +77,8 @@ echo ready; wait`, dir)
 	if !report.GraceExpired {
 		t.Errorf("grace not reported as expired")
 	}
-	if took < grace || took > grace+time.Second {
-		t.Errorf("drain took %v, want between %v and %v", took, grace, grace+time.Second)
+	if took < grace || took > bound {
+		t.Errorf("drain took %v, want between %v and %v", took, grace, bound)
 	}
 	left, _ := scope.Members()
 	for _, pid := range left {
@@ -84,7 +89,8 @@ echo ready; wait`, dir)
 }
 
 func TestDrainEndsAsSoonAsMembersExit(t *testing.T) {
-	ns := startNamespace(t, `sleep 60 & sleep 60 & sleep 0.1; echo ready; wait`)
+	ns := startNamespace(t, `sleep 60 & sleep 60 & echo ready; wait`)
+	ns.awaitExeced(t, "sleep", 2)
 	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
 	if report.Duration > 2*time.Second || report.GraceExpired {

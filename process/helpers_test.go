@@ -75,6 +75,12 @@ func startNamespaceIn(t *testing.T, dir, script string) *namespace {
 // processes print in no fixed order).
 func (ns *namespace) expect(t *testing.T, want string) {
 	t.Helper()
+	ns.expectWithin(t, want, 10*time.Second)
+}
+
+// expectWithin is expect with a wait of up to limit.
+func (ns *namespace) expectWithin(t *testing.T, want string, limit time.Duration) {
+	t.Helper()
 	if ns.seen[want] {
 		return
 	}
@@ -99,8 +105,8 @@ func (ns *namespace) expect(t *testing.T, want string) {
 		if err != nil {
 			t.Fatalf("waiting for %q: %v", want, err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %q", want)
+	case <-time.After(limit):
+		t.Fatalf("timed out after %v waiting for %q", limit, want)
 	}
 }
 

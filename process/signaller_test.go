@@ -124,13 +124,18 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 	}
 	script := ""
 	for i := 0; i < 5; i++ {
-		script += fmt.Sprintf(`sh -c 'trap "echo clean > %s/child%d; exit 0" TERM; while :; do sleep 0.05; done' &`+"\n", marks, i)
+		script += fmt.Sprintf(`sh -c 'trap "echo clean > %s/child%d; exit 0" TERM; echo trapped%d; while :; do sleep 0.05; done' &`+"\n", marks, i, i)
 	}
 	script += "for i in $(seq 20); do sleep 1000 & done\n"
-	// A nested namespace whose init (sleep, without a TERM handler) drops TERM.
-	script += "unshare --pid --fork sh -c 'sleep 1000 & exec sleep 1000' &\n"
-	script += "sleep 0.3; echo ready; while :; do sleep 0.05; done"
+	// A nested namespace whose init (sleep, without a TERM handler; sh before its exec, without
+	// one either) drops TERM.
+	script += "unshare --pid --fork sh -c 'sleep 1000 & echo nested; exec sleep 1000' &\n"
+	script += "echo ready; while :; do sleep 0.05; done"
 	ns := startNamespaceIn(t, dir, script)
+	for i := 0; i < 5; i++ {
+		ns.expect(t, fmt.Sprintf("trapped%d", i)) // its trap is set
+	}
+	ns.expect(t, "nested") // the nested namespace's init is there
 	sig := startTestSignaller(t, ns.init)
 	scope := ns.scope(t)
 	before, err := scope.Members()
@@ -195,8 +200,9 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 func TestBulkDrainFallsBackToSignallingEachMember(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
-	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sh -c 'trap "echo clean > %s/child; exit 0" TERM; while :; do sleep 0.05; done' &
-sleep 0.2; echo ready; while :; do sleep 0.05; done`, marks))
+	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sh -c 'trap "echo clean > %s/child; exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
+echo ready; while :; do sleep 0.05; done`, marks))
+	ns.expect(t, "trapped")
 	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: failingSignaller{}})
 	if got := readMarker(t, filepath.Join(marks, "child")); got != "clean" {
 		t.Fatalf("child did not run its TERM handler: %+v", report)
@@ -234,23 +240,42 @@ func TestSignallerRefusesTheWrongNamespace(t *testing.T) {
 func TestPreparedBulkDrainCountsWhatChangedBeforeTheStart(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
-	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sleep 0.3 &
+	// The short member exits by itself once the test writes it a line (after the listing), the
+	// late one is started by init on USR1.
+	fifo := filepath.Join(marks, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns := startNamespaceIn(t, dir, fmt.Sprintf(`read x < %[1]s/fifo &
 echo $! > %[1]s/short
-trap 'sh -c "trap \"echo clean > %[1]s/late; exit 0\" TERM; while :; do sleep 0.05; done" & echo $! > %[1]s/latepid' USR1
-sleep 0.1; echo ready; while :; do sleep 0.05; done`, marks))
+trap 'sh -c "trap \"echo clean > %[1]s/late; exit 0\" TERM; echo late; while :; do sleep 0.05; done" &' USR1
+echo ready; while :; do sleep 0.05; done`, marks))
 	sig := startTestSignaller(t, ns.init)
 	scope := ns.scope(t)
 	d := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, Signaller: sig})
 	nsPid, _ := strconv.Atoi(readMarker(t, filepath.Join(marks, "short")))
 	shortPid := hostPid(t, scope, nsPid)
-	syscall.Kill(ns.init, syscall.SIGUSR1) // a member started after the listing
-	deadline := time.Now().Add(5 * time.Second)
-	for readMarker(t, filepath.Join(marks, "latepid")) == "" || exists(shortPid) {
-		if time.Now().After(deadline) {
-			st, err := ReadStatus(shortPid)
-			t.Fatalf("the late member did not start (%q), or the short one %d did not exit (%+v, %v)", readMarker(t, filepath.Join(marks, "latepid")), shortPid, st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	short, err := Open(shortPid)
+	if err != nil {
+		t.Fatalf("the short member %d: %v", shortPid, err)
+	}
+	defer short.Close()
+	// O_RDWR, so as not to wait for the member to open its end; held open to the end, so that the
+	// line stays in the FIFO until the member reads it.
+	f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("end\n"); err != nil {
+		t.Fatal(err)
+	}
+	// A member started after the listing: wait until its trap is set.
+	syscall.Kill(ns.init, syscall.SIGUSR1)
+	ns.expect(t, "late")
+	if !short.WaitExit(10 * time.Second) {
+		st, err := ReadStatus(shortPid)
+		t.Fatalf("the short member %d did not exit (%+v, %v)", shortPid, st, err)
 	}
 	report := d.Start(20 * time.Second).Finish(context.Background())
 	if got := readMarker(t, filepath.Join(marks, "late")); got != "clean" {
@@ -268,12 +293,6 @@ sleep 0.1; echo ready; while :; do sleep 0.05; done`, marks))
 	if !found {
 		t.Fatalf("the member that exited before the start (%d) is not in the report: %+v", shortPid, report.Processes)
 	}
-}
-
-// exists reports whether pid is there and not a zombie.
-func exists(pid int) bool {
-	st, err := ReadStatus(pid)
-	return err == nil && st.State != 'Z'
 }
 
 // hostPid is the host PID of the member whose PID in its namespace is nsPid ($! in a script).
@@ -298,13 +317,18 @@ func hostPid(t *testing.T, scope *Scope, nsPid int) int {
 func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	dir := benchCgroup(t)
 	script := ""
+	// The handlers' sleeps are kept on purpose: they are the workload whose ends the test measures.
 	for i, delay := range []string{"0", "0.4", "0.8"} {
 		script += fmt.Sprintf(`sh -c 'trap "sleep %s; exit 0" TERM; echo m%d; sleep 1000 & wait' &`+"\n", delay, i)
 	}
 	// Nothing forks before the signal: a fork caught before its exec would carry its parent's
-	// command line into the report.
-	script += "sleep 0.3; echo ready; exec sleep 1000"
+	// command line into the report. So each member has set its trap and its sleep has exec'd.
+	script += "echo ready; exec sleep 1000"
 	ns := startNamespaceIn(t, dir, script)
+	for i := 0; i < 3; i++ {
+		ns.expect(t, fmt.Sprintf("m%d", i))
+	}
+	ns.awaitExeced(t, "sleep", 3)
 	sig := startTestSignaller(t, ns.init)
 	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
 	if report.Bulk == 0 || len(report.Notes) > 0 {
@@ -356,8 +380,9 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		script += `sh -c 'trap "" TERM; exec sleep 1000' &` + "\n"
 	}
-	script += "sleep 0.3; echo ready; exec sleep 1000"
+	script += "echo ready; exec sleep 1000"
 	ns := startNamespaceIn(t, dir, script)
+	ns.awaitExeced(t, "sleep", 3) // a fork not yet exec'd would die of TERM
 	sig := startTestSignaller(t, ns.init)
 	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig}).Start(time.Minute)
 	defer d.Close()
