@@ -13,14 +13,21 @@ import (
 
 // buildSigwaitInit compiles testdata/sigwaitinit.c, an init that takes TERM without a handler.
 func buildSigwaitInit(t *testing.T) string {
+	return buildTestProgram(t, "sigwaitinit", "-pthread")
+}
+
+// buildTestProgram compiles testdata/NAME.c with gcc (and flags) into a temp dir.
+func buildTestProgram(t *testing.T, name string, flags ...string) string {
 	t.Helper()
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
-		t.Fatalf("gcc is needed to build testdata/sigwaitinit.c (make stack installs it): %v", err)
+		t.Fatalf("gcc is needed to build testdata/%s.c (make stack installs it): %v", name, err)
 	}
-	bin := filepath.Join(t.TempDir(), "sigwaitinit")
-	if out, err := exec.Command(gcc, "-O2", "-Wall", "-pthread", "-o", bin, filepath.Join("testdata", "sigwaitinit.c")).CombinedOutput(); err != nil {
-		t.Fatalf("build sigwaitinit: %v\n%s", err, out)
+	bin := filepath.Join(t.TempDir(), name)
+	args := append([]string{"-O2", "-Wall"}, flags...)
+	args = append(args, "-o", bin, filepath.Join("testdata", name+".c"))
+	if out, err := exec.Command(gcc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }

@@ -369,18 +369,7 @@ func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 }
 
 // buildAutoreapInit compiles testdata/autoreapinit.c.
-func buildAutoreapInit(t *testing.T) string {
-	t.Helper()
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to build testdata/autoreapinit.c (make stack installs it): %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "autoreapinit")
-	if out, err := exec.Command(gcc, "-O2", "-Wall", "-o", bin, filepath.Join("testdata", "autoreapinit.c")).CombinedOutput(); err != nil {
-		t.Fatalf("build autoreapinit: %v\n%s", err, out)
-	}
-	return bin
-}
+func buildAutoreapInit(t *testing.T) string { return buildTestProgram(t, "autoreapinit") }
 
 // startAutoreapInit starts autoreapinit in mode, with its USR1 mark in a temp dir, and returns it
 // once it is ready, with the mark's path.

@@ -1,12 +1,9 @@
 package shim
 
 import (
-	"os"
 	"os/exec"
-	"os/signal"
 	"testing"
 
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/process"
@@ -17,21 +14,7 @@ import (
 // answer now and then: the drain then took a signal that had been sent for a failure, and
 // signalled member by member processes that had already died of it.
 func TestSignallerAnswerIsReadWhenItExitsAtOnce(t *testing.T) {
-	sigs := make(chan os.Signal, 64)
-	signal.Notify(sigs, unix.SIGCHLD)
-	defer signal.Stop(sigs)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // as the shim's main does
-		for {
-			select {
-			case <-sigs:
-				reaper.Reap()
-			case <-stop:
-				return
-			}
-		}
-	}()
+	runReaper(t)
 	for i := 0; i < 500; i++ {
 		s := newSignaller()
 		s.err = s.run(exec.Command("sh", "-c", `echo `+process.SignallerReady+`; read sig; echo "`+process.SignallerDone+` 1 2"`))
