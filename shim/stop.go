@@ -147,8 +147,13 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.startSignaller()
 	}
 	var h *hold
+	var begun *process.ForkWatch
 	switch plan.Strategy {
 	case HoldInitThenDrain:
+		// Forks are watched from before init's signal: what a handler starts when init passes
+		// the signal on (tini -g, dumb-init) is left out of the drain's signal. Made while the
+		// tracer attaches (about 55 µs), off the stop's path.
+		begun, _ = process.NewForkWatch()
 		if h, err = awaitTracer(tracer); err != nil {
 			status.TracerFailed = err
 			plan = decideStop(s.policy, s.signal, status)
@@ -166,9 +171,11 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	s.profile = startProfile(s.id)
 	if h != nil {
 		s.tracerStart = h.startup
-		s.strategy = &holdInitThenDrain{hold: h}
+		s.strategy = &holdInitThenDrain{hold: h, begun: begun}
 		// A SIGKILL (abort) ends the tracer, which lets a held init finish exiting.
 		context.AfterFunc(s.ctx, h.abort)
+	} else if begun != nil {
+		begun.Close() // the tracer failed: no init-first drain
 	}
 	if plan.Strategy == DrainThenInit {
 		return s.beginChildrenFirst(status, tracer)
@@ -181,11 +188,6 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case ForwardOnly:
 		return false, s.closeForwarded()
 	case HoldInitThenDrain:
-		// Forks are watched from just before init's signal: what a handler starts when init
-		// passes the signal on (tini -g, dumb-init) is left out of the drain's signal.
-		if w, err := process.NewForkWatch(); err == nil {
-			s.strategy.(*holdInitThenDrain).begun = w
-		}
 		s.signalInit(status)
 	case SignalInitAwaitMain:
 		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
