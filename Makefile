@@ -9,7 +9,7 @@ INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
-.PHONY: all build install stack bench bench-smoke check-test-names test test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-real test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke check-test-names test test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-nerdctl test-real test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -30,6 +30,7 @@ stack:
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags real ./integration/
+	$(GO) vet -tags nerdctl ./integration/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
@@ -82,6 +83,14 @@ test-docker: stack
 test-kubernetes: stack
 	bash integration/stack/install-kubernetes.sh
 	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 20m -run '^TestKubernetes$$' ./integration/
+
+# nerdctl: the real nerdctl v2.4.2 binary (install-nerdctl.sh builds it from its module source
+# into the stack cache, about a minute on first use) against the stack's containerd, with a data
+# root of its own and no CNI network: run --runtime, stop, stop -t, kill, an image's STOPSIGNAL,
+# --annotation, --init and graceful-init, rm -f, under the stock runtime and graceful.
+test-nerdctl: stack
+	bash integration/stack/install-nerdctl.sh
+	$(GO) test -tags nerdctl -count=1 -v -timeout 15m -run '^TestNerdctl$$' ./integration/
 
 # Real inits and real servers from Debian's packages (tini, dumb-init, catatonit, supervisord,
 # runit, nginx, PostgreSQL 15, a JVM, Python), each under the stock shim and under graceful in the
