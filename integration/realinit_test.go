@@ -278,23 +278,31 @@ const waitLoop = `while :; do sleep 1 & wait $!; done`
 // got TERM: the helper's flush completes. Under the stock shim the kernel zaps the flush when tini
 // exits. (A container large enough to be signalled at once is not spared: see README, Limits.)
 func TestGroupForwardingInitLetsForkingHandlersFinish(t *testing.T) {
-	app := helperForks("helper") + `trap "sleep 0.2; exit 0" TERM; echo ready; ` + waitLoop
-	for _, runtime := range runtimes {
-		t.Run(short(runtime), func(t *testing.T) {
-			reports := subscribeReports(t)
-			c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "-g", "--", "sh", "-c", app}, Mounts: []specs.Mount{tiniMount()}})
-			waitTrapped(t, c, "helper")
-			took := stopExpect(t, c, 15*time.Second, exitOK)
-			if !zappedUnderStock(t, c, runtime, "helper", took) {
-				return
-			}
-			r := reports.next(t, c.ID)
-			expectSigwaitInitFirst(t, r)
-			if r.Drain == nil || r.Drain.Totals["killed"] != 0 ||
-				!slices.ContainsFunc(r.Drain.Notes, func(n string) bool { return strings.Contains(n, "without the drain signal") }) {
-				t.Fatalf("report: notes %q, drain notes %q, totals %v: want the handler's processes left out of the drain signal", r.Notes, drainNotes(r), drainTotals(r))
-			}
-		})
+	// slow: the app takes 0.9 s, and the helper's flush starts its second stage's sleep 0.6 s
+	// in, past the first 0.5 s but before the drain: the work of a spared process is spared too
+	// (a TERMed sleep leaves no marker).
+	slowHelper := `sh -c 'flush() { trap : TERM; sh -c "sleep 0.6; sh -c \"sleep 0.3 && echo clean > /out/helper\""; exit 0; }; trap flush TERM; echo trapped helper; ` + waitLoop + `' &` + "\n"
+	for _, shape := range []struct{ name, app string }{
+		{"quick", helperForks("helper") + `trap "sleep 0.2; exit 0" TERM; echo ready; ` + waitLoop},
+		{"slow", slowHelper + `trap "sleep 0.9; exit 0" TERM; echo ready; ` + waitLoop},
+	} {
+		for _, runtime := range runtimes {
+			t.Run(shape.name+"/"+short(runtime), func(t *testing.T) {
+				reports := subscribeReports(t)
+				c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "-g", "--", "sh", "-c", shape.app}, Mounts: []specs.Mount{tiniMount()}})
+				waitTrapped(t, c, "helper")
+				took := stopExpect(t, c, 15*time.Second, exitOK)
+				if !zappedUnderStock(t, c, runtime, "helper", took) {
+					return
+				}
+				r := reports.next(t, c.ID)
+				expectSigwaitInitFirst(t, r)
+				if r.Drain == nil || r.Drain.Totals["killed"] != 0 ||
+					!slices.ContainsFunc(r.Drain.Notes, func(n string) bool { return strings.Contains(n, "without the drain signal") }) {
+					t.Fatalf("report: notes %q, drain notes %q, totals %v: want the handler's processes left out of the drain signal", r.Notes, drainNotes(r), drainTotals(r))
+				}
+			})
+		}
 	}
 }
 

@@ -22,6 +22,8 @@ type autoreap struct {
 	tid   int
 	saved unix.PtraceRegs
 	stack []byte // the bytes the sigaction argument overwrote
+	// restored: finish put the registers back, with the exit syscall next.
+	restored bool
 }
 
 // autoreapImplemented: this architecture can rewrite init's exit syscall.
@@ -81,5 +83,6 @@ func (a *autoreap) finish() error {
 	if err := unix.PtraceSetRegs(a.tid, &restart); err != nil {
 		return fmt.Errorf("restore registers: %w", err)
 	}
+	a.restored = true
 	return result
 }

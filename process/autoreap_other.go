@@ -6,7 +6,7 @@ import "errors"
 
 // autoreap is only implemented for amd64: elsewhere init's children stay zombies until the
 // kernel's zap reaps them, as without it.
-type autoreap struct{}
+type autoreap struct{ restored bool }
 
 // autoreapImplemented: init is never followed to its exit syscall here.
 const autoreapImplemented = false

@@ -261,8 +261,9 @@ func (d *Drainer) signalBulk(sig unix.Signal) bool {
 	win, err := d.cfg.Signaller.SignalAll(sig)
 	if err != nil {
 		d.report.Notes = append(d.report.Notes, "signalling the namespace at once failed ("+err.Error()+"): the members were signalled one by one")
+		d.readLate() // one by one, a handler's new processes are spared
 		for _, t := range append(outside, d.examineBulk(false)...) {
-			if !t.deferred {
+			if !t.deferred && !d.spareLate(t.h.Pid, sig) {
 				d.signal(t, sig)
 			}
 		}

@@ -31,8 +31,9 @@ type DrainConfig struct {
 	// get Signal (SIGQUIT would dump a shell's core). No member gets both. It needs a signal
 	// chosen member by member, so a drain with it never signals at once.
 	StopSignal unix.Signal
-	// Begun, when set, is a fork watch made just before init was given the stop signal (an
-	// init-first stop), which the drain takes over. A process created within LateWindow of then
+	// Begun, when set, is a fork watch made before init was given the stop signal (an init-first
+	// stop), with MarkNow called just before the signal; the drain takes it over. A process
+	// created within LateWindow of that mark
 	// is taken for a handler's work (tini -g and dumb-init pass the signal on to their child's
 	// whole process group, whose handlers may fork): it is waited for, and never sent the drain
 	// signal, only the SIGKILL at the grace period's end. A drain that signals at once cannot
@@ -187,8 +188,10 @@ type Drainer struct {
 	startTicks uint64
 	// begun is when the stop began (DrainConfig.Begun; 0: not known); late are the processes
 	// created within LateWindow of then, before the drain started: never sent the drain signal.
-	begun int64
-	late  map[int]bool
+	begun    int64
+	late     map[int]bool
+	lateRead bool
+	spared   int // members left unsignalled for it
 
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
 	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
@@ -271,7 +274,7 @@ func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	d.ep = ep
 	// Watch forks before the first sweep, so that no process started from now on is missed.
 	if cfg.Begun != nil {
-		d.watch, d.begun = cfg.Begun.w, cfg.Begun.made
+		d.watch, d.begun = cfg.Begun.w, cfg.Begun.from
 		d.cfg.Begun = nil // taken over: closed with the drain
 	} else {
 		d.watch, _ = newForkWatcher()
@@ -295,15 +298,15 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 	if d.cfg.chooses() {
 		d.report.StopSignal = SignalName(d.cfg.StopSignal)
 	}
-	if d.bulk != nil {
-		// kill(-1) reaches every member, a handler's new processes too: signalling thousands at
-		// once is worth more than sparing them (ordinary forks in a large container would
-		// otherwise always make the drain go member by member).
-		d.begun = 0
-	} else if d.begun != 0 {
+	if d.bulk == nil {
 		d.readLate()
 	}
-	if !d.signalBulk(d.cfg.Signal) {
+	if d.signalBulk(d.cfg.Signal) {
+		// kill(-1) reached every member, a handler's new processes too: signalling thousands
+		// at once is worth more than sparing them (ordinary forks in a large container would
+		// otherwise always make the drain go member by member).
+		d.begun = 0
+	} else {
 		d.sweep(d.cfg.Signal)
 	}
 	d.startScan()
@@ -316,21 +319,33 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 // init takes long to exit (a loop's long sleep, which holds its shell's trap back) signalled.
 const LateWindow = 500 * time.Millisecond
 
-// readLate reads the processes created within LateWindow of the stop's beginning, before the
-// drain starts, into late.
+// readLate reads, once and before the drain signals anyone, the processes created within
+// LateWindow of the stop's beginning into late, with every process they created since (a spared
+// helper's own child is its work too). It does nothing when the stop's beginning is not known.
 func (d *Drainer) readLate() {
+	if d.begun == 0 || d.lateRead {
+		return
+	}
+	d.lateRead = true
 	forks, lost := d.watch.read()
-	for _, f := range forks {
-		if d.isLate(f.ts) {
+	for _, f := range forks { // in the order they happened
+		if d.isLate(f.ts) || d.late[f.parent] {
 			d.late[f.child] = true
 		}
 	}
 	if lost {
 		d.report.Notes = append(d.report.Notes, "process creations since the stop began were lost: a handler's helper may have been sent the drain signal")
 	}
-	if len(d.late) > 0 {
-		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", len(d.late)))
+}
+
+// spareLate reports whether the member pid is not to get the drain signal sig: it was created
+// just after the stop began (see readLate). It counts the members it spares.
+func (d *Drainer) spareLate(pid int, sig unix.Signal) bool {
+	if sig == 0 || sig == unix.SIGKILL || !d.late[pid] {
+		return false
 	}
+	d.spared++
+	return true
 }
 
 // isLate reports whether a process created at ts (CLOCK_MONOTONIC) was created within LateWindow
@@ -511,14 +526,18 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 				continue
 			}
 		}
-		t := d.open(pid, sig)
+		memberSig := sig
+		if d.spareLate(pid, sig) {
+			memberSig = 0 // tracked, and retried if it cannot be opened, without the signal
+		}
+		t := d.open(pid, memberSig)
 		if t == nil {
 			continue
 		}
 		found++
 		if sig == 0 {
 			d.markDeferredOwn(pid, st.PPid)
-		} else if !t.deferred && !(d.late[pid] && sig != unix.SIGKILL) {
+		} else if !t.deferred && memberSig != 0 {
 			batch = append(batch, t)
 		}
 	}
@@ -738,8 +757,13 @@ func (d *Drainer) forked(forks []fork) {
 			continue
 		}
 		sig := d.phaseSig
-		if sig == 0 && sigAt != 0 && f.ts < sigAt && !d.isLate(f.ts) {
-			sig = d.cfg.Signal
+		if sig == 0 && sigAt != 0 && f.ts < sigAt {
+			if d.isLate(f.ts) || d.late[f.parent] {
+				d.late[f.child] = true
+				d.spared++
+			} else {
+				sig = d.cfg.Signal
+			}
 		}
 		if d.track(f.child, sig) && sig == 0 {
 			d.markDeferredOwn(f.child, f.parent)
@@ -942,6 +966,9 @@ func (d *Drainer) finish(o Outcome) *Report {
 		// Never opened, so never signalled nor killed: the kernel's SIGKILL will end them.
 		d.report.Totals[o] += n
 		d.unopened = map[int]unix.Signal{}
+	}
+	if d.spared > 0 {
+		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", d.spared))
 	}
 	d.commands.collect(d.report.Processes)
 	// Entries dropped by dropDetail (listed, but not members) are left out.

@@ -170,9 +170,14 @@ func (w *forkWatcher) close() {
 // which process another one created first (the proc connector; see forkWatcher).
 type ForkWatch struct {
 	w *forkWatcher
-	// made is when the watch was made (CLOCK_MONOTONIC nanoseconds, as a fork's time).
-	made int64
+	// from is when the watch was made, or when MarkNow was last called (CLOCK_MONOTONIC
+	// nanoseconds, as a fork's time).
+	from int64
 }
+
+// MarkNow records now as the moment that matters to the watch's user: a drain handed the watch
+// (DrainConfig.Begun) takes it for init's stop signal.
+func (f *ForkWatch) MarkNow() { f.from = monotonicNow() }
 
 // NewForkWatch starts following process creations. Close it when done.
 func NewForkWatch() (*ForkWatch, error) {
@@ -180,7 +185,7 @@ func NewForkWatch() (*ForkWatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ForkWatch{w: w, made: monotonicNow()}, nil
+	return &ForkWatch{w: w, from: monotonicNow()}, nil
 }
 
 // ErrForksLost reports that the kernel dropped creation events while the watch was behind: the

@@ -271,6 +271,7 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 	sig := ws.StopSignal()
 	switch event := int(uint32(ws)>>16) & 0xff; event {
 	case unix.PTRACE_EVENT_EXIT:
+		h.restarted = 0
 		if h.autoreap != nil {
 			// Killed inside the injected syscall: its registers no longer matter.
 			h.autoreap, h.followSyscalls = nil, false
@@ -355,7 +356,9 @@ func (h *holder) syscallStop(tid int) {
 		} else {
 			fmt.Fprintln(h.out, HoldAutoreap)
 		}
-		h.restarted = tid
+		if a.restored {
+			h.restarted = tid
+		}
 		unix.PtraceCont(tid, 0) // on to the exit syscall again, and to the exit stop
 		h.gate.busy(false)
 		return

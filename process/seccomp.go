@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ptraceSeccompGetFilter is PTRACE_SECCOMP_GET_FILTER (Linux 4.4): a tracee's seccomp filters, as
-// classic BPF, the most recent first.
+// ptraceSeccompGetFilter is PTRACE_SECCOMP_GET_FILTER (Linux 4.4, CONFIG_CHECKPOINT_RESTORE): a
+// tracee's seccomp filters, as classic BPF, by index.
 const ptraceSeccompGetFilter = 0x420c
 
 // Seccomp return actions (linux/seccomp.h): SECCOMP_RET_ACTION_FULL masks the action.
@@ -25,23 +25,24 @@ const (
 
 // seccompAllowsAutoreap checks that the seccomp filters of tid, stopped at the entry of its exit
 // syscall info, let through the rt_sigaction(SIGCHLD, SIG_IGN) that autoreap would run in its
-// place: it evaluates each filter on that call, as the kernel will. A thread without filters
-// passes at once (one ptrace request). A filter that cannot be read or evaluated fails the check.
+// place: it evaluates each filter on that call, as the kernel will. A thread without seccomp
+// passes after one read of its status. A filter that cannot be read (a tracer without
+// CAP_SYS_ADMIN, a kernel without CONFIG_CHECKPOINT_RESTORE) or evaluated fails the check.
 func seccompAllowsAutoreap(tid int, info syscallInfo) error {
+	switch mode, ok := seccompMode(tid); {
+	case !ok:
+		return errors.New("cannot read init's seccomp mode")
+	case mode == 0:
+		return nil // no seccomp: nothing to read
+	case mode == 1:
+		return errors.New("init runs in seccomp's strict mode (read, write, exit and sigreturn only)")
+	}
 	data := seccompData(unix.SYS_RT_SIGACTION, info.Arch, info.IP,
 		[6]uint64{uint64(unix.SIGCHLD), info.SP, 0, 8, info.Args[4], info.Args[5]})
 	for i := 0; ; i++ {
 		prog, err := seccompFilter(tid, i)
 		if errors.Is(err, unix.ENOENT) {
 			return nil // no filter left
-		}
-		if i == 0 && errors.Is(err, unix.EINVAL) {
-			// Not in filter mode: no seccomp at all, or strict mode (read, write, exit and
-			// sigreturn only).
-			if mode, ok := seccompMode(tid); ok && mode == 0 {
-				return nil
-			}
-			return errors.New("init runs in seccomp's strict mode, or its mode cannot be read")
 		}
 		if err != nil {
 			return fmt.Errorf("read seccomp filter %d: %w", i, err)

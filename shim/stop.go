@@ -188,6 +188,9 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case ForwardOnly:
 		return false, s.closeForwarded()
 	case HoldInitThenDrain:
+		if begun := s.strategy.(*holdInitThenDrain).begun; begun != nil {
+			begun.MarkNow() // the late window starts with init's signal, not with the watch
+		}
 		s.signalInit(status)
 	case SignalInitAwaitMain:
 		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
