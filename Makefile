@@ -120,7 +120,7 @@ test-cgroup2: stack
 # runs the short version (make test-stress STRESS_COUNT=3 STRESS_INTEGRATION_COUNT=3).
 STRESS_COUNT ?= 20
 STRESS_INTEGRATION_COUNT ?= 5
-STRESS_NAMES := $(COMPAT_NAMES)|TestSigkillDuringDrainStopsAtOnce|TestInitClassicCases|TestInitStopRightAfterStartEnds|TestInitReapsAnOrphanThatPID1NeverWaitsFor|TestStopReportFollowsTheExitEvent|TestSignallerLeavesOnceItHasSignalled|TestTiniAsInitLetsTheHelperFinish|TestTraplessScriptWhoseServerExitsFirst|TestInitMainThatExitsAtOnceIsNotMistaken|TestGroupForwardingInitLetsForkingHandlersFinish
+STRESS_NAMES := $(COMPAT_NAMES)|TestSigkillDuringDrainStopsAtOnce|TestInitClassicCases|TestInitStopRightAfterStartEnds|TestInitReapsAnOrphanThatPID1NeverWaitsFor|TestStopReportFollowsTheExitEvent|TestSignallerLeavesOnceItHasSignalled|TestTiniAsInitLetsTheHelperFinish|TestTraplessScriptWhoseServerExitsFirst|TestInitMainThatExitsAtOnceIsNotMistaken|TestGroupForwardingInitLetsForkingHandlersFinish|TestOrphansAreReaped
 test-stress: stack
 	bash integration/stack/stress.sh $(STRESS_COUNT) $(STRESS_INTEGRATION_COUNT) '$(STRESS_NAMES)'
 

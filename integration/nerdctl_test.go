@@ -231,12 +231,7 @@ func TestNerdctl(t *testing.T) {
 	t.Run("stop", func(t *testing.T) {
 		for _, runtime := range runtimes {
 			t.Run(short(runtime), func(t *testing.T) {
-				c := n.start(t, nerdctlSpec{runtime: runtime, script: nerdctlTrapping})
-				took := n.timed(t, "stop", c.name)
-				code := n.exitCode(t, c)
-				t.Logf("%s: nerdctl stop took %v, exit code %d, child %q", short(runtime), took, code, c.marker("child"))
-				expectNerdctlDrain(t, runtime, c, took, code, 0)
-				n.removed(t, c, false)
+				n.removed(t, n.stopDrained(t, nerdctlSpec{runtime: runtime, script: nerdctlTrapping}), false)
 			})
 		}
 	})
@@ -297,14 +292,10 @@ func TestNerdctl(t *testing.T) {
 		for _, runtime := range runtimes {
 			t.Run(short(runtime), func(t *testing.T) {
 				script := nerdctlChild + nerdctlAwait + `trap "echo quit > /out/init; exit 0" QUIT; trap "echo term > /out/init; exit 0" TERM; : > /out/ready; ` + loop
-				c := n.start(t, nerdctlSpec{runtime: runtime, image: nerdctlQuitImage, script: script})
-				took := n.timed(t, "stop", c.name)
-				code := n.exitCode(t, c)
-				t.Logf("%s: nerdctl stop took %v, init got %q, exit code %d, child %q", short(runtime), took, c.marker("init"), code, c.marker("child"))
+				c := n.stopDrained(t, nerdctlSpec{runtime: runtime, image: nerdctlQuitImage, script: script})
 				if got := c.marker("init"); got != "quit" {
 					t.Fatalf("init got %q, want quit (the image's STOPSIGNAL)", got)
 				}
-				expectNerdctlDrain(t, runtime, c, took, code, 0)
 				n.removed(t, c, false)
 			})
 		}
@@ -334,22 +325,14 @@ func TestNerdctl(t *testing.T) {
 		app := nerdctlChild + nerdctlAwait + `trap "exit 0" TERM; : > /out/ready; ` + loop
 		for _, runtime := range runtimes {
 			t.Run("tini/"+short(runtime), func(t *testing.T) {
-				c := n.start(t, nerdctlSpec{runtime: runtime, script: app, flags: []string{"--init", "--init-binary", tiniStatic}})
-				took := n.timed(t, "stop", c.name)
-				code := n.exitCode(t, c)
-				t.Logf("%s with --init: nerdctl stop took %v, exit code %d, child %q", short(runtime), took, code, c.marker("child"))
-				expectNerdctlDrain(t, runtime, c, took, code, 0)
-				n.removed(t, c, false)
+				spec := nerdctlSpec{runtime: runtime, script: app, flags: []string{"--init", "--init-binary", tiniStatic}}
+				n.removed(t, n.stopDrained(t, spec), false)
 			})
 		}
 		t.Run("graceful-init", func(t *testing.T) {
-			c := n.start(t, nerdctlSpec{runtime: stack.GracefulRuntime, script: app,
-				flags: []string{"--annotation", "io.containerd.graceful.v2.init=true"}})
-			took := n.timed(t, "stop", c.name)
-			code := n.exitCode(t, c)
-			t.Logf("graceful-init: nerdctl stop took %v, exit code %d, child %q", took, code, c.marker("child"))
-			expectNerdctlDrain(t, stack.GracefulRuntime, c, took, code, 0)
-			n.removed(t, c, false)
+			spec := nerdctlSpec{runtime: stack.GracefulRuntime, script: app,
+				flags: []string{"--annotation", "io.containerd.graceful.v2.init=true"}}
+			n.removed(t, n.stopDrained(t, spec), false)
 		})
 	})
 
@@ -371,6 +354,19 @@ func TestNerdctl(t *testing.T) {
 			})
 		}
 	})
+}
+
+// stopDrained starts a container of spec, stops it with nerdctl stop and checks the drain
+// (expectNerdctlDrain, init's exit code 0). The caller removes it.
+func (n *nerdctlEnv) stopDrained(t *testing.T, spec nerdctlSpec) *nerdctlContainer {
+	t.Helper()
+	c := n.start(t, spec)
+	took := n.timed(t, "stop", c.name)
+	code := n.exitCode(t, c)
+	t.Logf("%s %v: nerdctl stop took %v, init %q, exit code %d, child %q",
+		short(spec.runtime), spec.flags, took, c.marker("init"), code, c.marker("child"))
+	expectNerdctlDrain(t, spec.runtime, c, took, code, 0)
+	return c
 }
 
 // expectNerdctlDrain checks a stop's outcome: under graceful the child's handler finished, the

@@ -50,6 +50,8 @@ type stop struct {
 	settled    chan struct{}
 	settleOnce sync.Once
 	began      bool
+	// discarded is closed once a tracer the stop did not use is gone (nil: none).
+	discarded <-chan struct{}
 }
 
 // settle records, once, whether the claimed stop began: one given up before (forwarded) leaves a
@@ -135,7 +137,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	}
 	status, err := observeInit(pid, st, s.signal)
 	if err != nil {
-		discardTracer(tracer)
+		s.discard(tracer)
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
 		return false, s.closeForwarded()
 	}
@@ -164,7 +166,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case DrainThenInit:
 		// beginChildrenFirst takes it.
 	default:
-		discardTracer(tracer)
+		s.discard(tracer)
 	}
 	s.order = plan.Order
 	s.notes = append(s.notes, plan.Notes...)
@@ -208,7 +210,7 @@ func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTrace
 	d := &drainThenInit{thenInit: true}
 	s.strategy = d
 	if !status.NamespaceInit || tracer == nil {
-		discardTracer(tracer)
+		s.discard(tracer)
 		if s.ctx.Err() != nil {
 			s.note("stop aborted by SIGKILL before it began")
 			return false, s.closeForwarded()
@@ -479,8 +481,32 @@ func (s *stop) awaitExitEvent() {
 // reportDelay bounds how long a stop's report waits for init's exit and its exit event.
 const reportDelay = 500 * time.Millisecond
 
+// discard ends a tracer that the stop will not use (see discardTracer); awaitDiscarded waits
+// until it is gone, before anything signals init.
+func (s *stop) discard(tracer <-chan attachedTracer) {
+	if tracer != nil {
+		s.discarded = discardTracer(tracer)
+	}
+}
+
+// awaitDiscardedFor bounds the wait for a discarded tracer: its kill SIGKILLs it after
+// holdKillAfter.
+const awaitDiscardedFor = holdKillAfter + holdAttachTimeout
+
+func (s *stop) awaitDiscarded() {
+	if s.discarded == nil {
+		return
+	}
+	select {
+	case <-s.discarded:
+	case <-time.After(awaitDiscardedFor):
+	}
+	s.discarded = nil
+}
+
 // signalInit delivers to init what initSignal decides for the requested signal.
 func (s *stop) signalInit(status InitStatus) {
+	s.awaitDiscarded()
 	sig, why := initSignal(s.signal, status)
 	if why != "" {
 		s.note("%s", why)
@@ -510,6 +536,7 @@ func (s *stop) note(format string, args ...any) {
 // closeForwarded closes a stop that forwards the signal instead, and returns its report.
 func (s *stop) closeForwarded() *StopReport {
 	s.order = ""
+	s.awaitDiscarded() // the Kill is forwarded to init next
 	defer s.close()
 	return s.log(nil)
 }
