@@ -4,9 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -29,12 +26,13 @@ const (
 // passes after one read of its status. A filter that cannot be read (a tracer without
 // CAP_SYS_ADMIN, a kernel without CONFIG_CHECKPOINT_RESTORE) or evaluated fails the check.
 func seccompAllowsAutoreap(tid int, info syscallInfo) error {
-	switch mode, ok := seccompMode(tid); {
-	case !ok:
-		return errors.New("cannot read init's seccomp mode")
-	case mode == 0:
+	st, err := ReadStatus(tid)
+	switch {
+	case err != nil:
+		return fmt.Errorf("cannot read init's seccomp mode: %w", err)
+	case st.Seccomp == 0:
 		return nil // no seccomp: nothing to read
-	case mode == 1:
+	case st.Seccomp == 1:
 		return errors.New("init runs in seccomp's strict mode (read, write, exit and sigreturn only)")
 	}
 	data := seccompData(unix.SYS_RT_SIGACTION, info.Arch, info.IP,
@@ -243,19 +241,4 @@ func runSeccompFilter(prog []unix.SockFilter, data []byte) (uint32, error) {
 		}
 	}
 	return 0, errors.New("the filter ran off its end")
-}
-
-// seccompMode reads the Seccomp field of /proc/TID/status: 0 none, 1 strict, 2 filter.
-func seccompMode(tid int) (int, bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Seccomp:"); ok {
-			mode, err := strconv.Atoi(strings.TrimSpace(v))
-			return mode, err == nil
-		}
-	}
-	return 0, false
 }

@@ -48,6 +48,8 @@ type Status struct {
 	Pending uint64
 	// NSpid lists the process's PID in each nested PID namespace, outermost first.
 	NSpid []int
+	// Seccomp is the task's seccomp mode: 0 none, 1 strict, 2 filter.
+	Seccomp int
 	Dispositions
 }
 
@@ -100,6 +102,8 @@ func parseStatus(data []byte) (Status, error) {
 			st.TracerPid, err = strconv.Atoi(value)
 		case "SigPnd":
 			st.Pending, err = strconv.ParseUint(value, 16, 64)
+		case "Seccomp":
+			st.Seccomp, err = strconv.Atoi(value)
 		case "NSpid":
 			for _, f := range strings.Fields(value) {
 				n, perr := strconv.Atoi(f)
