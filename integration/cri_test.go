@@ -594,20 +594,20 @@ func (p *criPod) exited(t *testing.T, c *criContainer, code int32) {
 	}
 }
 
-// drainLogged checks that the graceful shim logged a graceful stop for the container: the
-// handler's pods really run the graceful shim.
-func (p *criPod) drainLogged(t *testing.T, c *criContainer) {
+// drainLogged checks that the graceful shim logged a graceful stop for the container (the
+// handler's pods really run the graceful shim) and returns that log line ("" when none came).
+func (p *criPod) drainLogged(t *testing.T, c *criContainer) string {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		for _, line := range strings.Split(p.env.s.Log(), "\n") {
 			if strings.Contains(line, "graceful stop") && strings.Contains(line, c.id) {
-				return
+				return line
 			}
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("no \"graceful stop\" log line for container %s (%s) of handler %s", c.name, c.id, p.handler.name)
-			return
+			return ""
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -617,14 +617,9 @@ func (p *criPod) drainLogged(t *testing.T, c *criContainer) {
 // daemon's log (0 when there is none).
 func (p *criPod) drainGrace(t *testing.T, c *criContainer) time.Duration {
 	t.Helper()
-	p.drainLogged(t, c)
-	for _, line := range strings.Split(p.env.s.Log(), "\n") {
-		if strings.Contains(line, "graceful stop") && strings.Contains(line, c.id) {
-			if m := graceNs.FindStringSubmatch(line); m != nil {
-				ns, _ := strconv.ParseInt(m[1], 10, 64)
-				return time.Duration(ns)
-			}
-		}
+	if m := graceNs.FindStringSubmatch(p.drainLogged(t, c)); m != nil {
+		ns, _ := strconv.ParseInt(m[1], 10, 64)
+		return time.Duration(ns)
 	}
 	return 0
 }
@@ -793,7 +788,6 @@ func testCRIStop(t *testing.T, env *criEnv, h *criHandler) {
 			t.Errorf("the stop's drain had a grace period of %v, want the handler's %v", got, h.grace)
 		}
 		p.exited(t, c, 0)
-		p.drainLogged(t, c)
 		p.noProcessLeft(t, c)
 	})
 

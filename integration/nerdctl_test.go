@@ -153,13 +153,7 @@ func (n *nerdctlEnv) start(t *testing.T, spec nerdctlSpec) *nerdctlContainer {
 }
 
 // marker is /out/name of c ("" when not written).
-func (c *nerdctlContainer) marker(name string) string {
-	data, err := os.ReadFile(filepath.Join(c.outDir, name))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(data))
-}
+func (c *nerdctlContainer) marker(name string) string { return stack.ReadMarker(c.outDir, name) }
 
 // timed runs nerdctl args and returns how long it took.
 func (n *nerdctlEnv) timed(t *testing.T, args ...string) time.Duration {
@@ -374,15 +368,8 @@ func (n *nerdctlEnv) stopDrained(t *testing.T, spec nerdctlSpec) *nerdctlContain
 // the child was zapped (no marker).
 func expectNerdctlDrain(t *testing.T, runtime string, c *nerdctlContainer, took time.Duration, code, want int) {
 	t.Helper()
-	got := c.marker("child")
-	if runtime == stack.StockRuntime {
-		if got != "" {
-			t.Fatalf("stock: the child's handler finished (%q), expected the zap to cut it", got)
-		}
+	if !zappedUnderStock(t, c.marker("child"), runtime, "child", took) {
 		return
-	}
-	if got != "clean" {
-		t.Fatalf("graceful: the child's handler did not finish (marker %q)", got)
 	}
 	if took < 300*time.Millisecond || took >= 5*time.Second {
 		t.Errorf("graceful: the stop took %v, want the child's 0.3 s, far below the 10 s grace", took)

@@ -43,7 +43,7 @@ func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
 			c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "--", "sh", "-c", app}, Mounts: []specs.Mount{tiniMount()}})
 			waitTrapped(t, c, "helper")
 			took := stopExpect(t, c, 15*time.Second, exitOK)
-			if !zappedUnderStock(t, c, runtime, "helper", took) {
+			if !zappedUnderStock(t, c.Marker("helper"), runtime, "helper", took) {
 				return
 			}
 			expectSigwaitInitFirst(t, reports.next(t, c.ID))
@@ -51,12 +51,11 @@ func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
 	}
 }
 
-// zappedUnderStock checks a stopped container's marker, written at the end of a TERM handler:
-// empty under the stock shim (the kernel's zap cut the handler), "clean" under graceful. It
-// reports whether the runtime is graceful, for the caller's own checks.
-func zappedUnderStock(t *testing.T, c *stack.Container, runtime, marker string, took time.Duration) bool {
+// zappedUnderStock checks a stopped container's marker (its value got), written at the end of a
+// TERM handler: empty under the stock shim (the kernel's zap cut the handler), "clean" under
+// graceful. It reports whether the runtime is graceful, for the caller's own checks.
+func zappedUnderStock(t *testing.T, got, runtime, marker string, took time.Duration) bool {
 	t.Helper()
-	got := c.Marker(marker)
 	t.Logf("%s: stop took %v, %s marker %q", short(runtime), took, marker, got)
 	if runtime == stack.StockRuntime {
 		if got != "" {
@@ -127,7 +126,7 @@ func TestSigwaitDaemonShutsDownBeforeItsChildIsDrained(t *testing.T) {
 				if got := c.Marker("init-done"); got != "done" {
 					t.Fatalf("%s: the daemon's own shutdown did not complete (mark %q)", short(runtime), got)
 				}
-				if !zappedUnderStock(t, c, runtime, "child", took) {
+				if !zappedUnderStock(t, c.Marker("child"), runtime, "child", took) {
 					return
 				}
 				if order := c.Marker("order"); order != "after" {
@@ -292,32 +291,16 @@ func TestGroupForwardingInitLetsForkingHandlersFinish(t *testing.T) {
 				c := start(t, stack.Spec{Runtime: runtime, Args: []string{tiniAt, "-g", "--", "sh", "-c", shape.app}, Mounts: []specs.Mount{tiniMount()}})
 				waitTrapped(t, c, "helper")
 				took := stopExpect(t, c, 15*time.Second, exitOK)
-				if !zappedUnderStock(t, c, runtime, "helper", took) {
+				if !zappedUnderStock(t, c.Marker("helper"), runtime, "helper", took) {
 					return
 				}
 				r := reports.next(t, c.ID)
 				expectSigwaitInitFirst(t, r)
 				if r.Drain == nil || r.Drain.Totals["killed"] != 0 ||
 					!slices.ContainsFunc(r.Drain.Notes, func(n string) bool { return strings.Contains(n, "without the drain signal") }) {
-					t.Fatalf("report: notes %q, drain notes %q, totals %v: want the handler's processes left out of the drain signal", r.Notes, drainNotes(r), drainTotals(r))
+					t.Fatalf("report %s: want the handler's processes left out of the drain signal", reportJSON(r))
 				}
 			})
 		}
 	}
-}
-
-// drainNotes and drainTotals are a report's drain notes and totals (nil without a drain), for a
-// failure message short enough to read.
-func drainNotes(r *stack.StopReport) []string {
-	if r.Drain == nil {
-		return nil
-	}
-	return r.Drain.Notes
-}
-
-func drainTotals(r *stack.StopReport) map[string]int {
-	if r.Drain == nil {
-		return nil
-	}
-	return r.Drain.Totals
 }

@@ -282,11 +282,7 @@ echo ready; while :; do sleep 0.05; done`, dir))
 		runtime.Gosched()
 	}
 	releaseHeld(t, ns.init, release)
-	err = ns.cmd.Wait()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 7 {
-		t.Fatalf("init's exit: %v, want status 7", err)
-	}
+	expectExitStatus(t, ns.cmd, 7)
 }
 
 // expectHolder fails the test unless the holder's next lines are want, in order.
@@ -361,11 +357,7 @@ func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 	if err := holder.Wait(); err != nil {
 		t.Fatalf("holder after release: %v", err)
 	}
-	err := init.Wait()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
-		t.Fatalf("init ended with %v, want its handler's exit status 3", err)
-	}
+	expectExitStatus(t, init, 3) // its handler's
 }
 
 // buildAutoreapInit compiles testdata/autoreapinit.c.

@@ -193,8 +193,12 @@ func (c *Container) WaitExit(start time.Time, timeout time.Duration) (time.Durat
 var ErrStillRunning = errors.New("task still running")
 
 // Marker returns the content of /out/name, or "" when the container did not write it.
-func (c *Container) Marker(name string) string {
-	data, err := os.ReadFile(filepath.Join(c.OutDir, name))
+func (c *Container) Marker(name string) string { return ReadMarker(c.OutDir, name) }
+
+// ReadMarker returns the content of the file name in a container's /out directory dir (host
+// side), trimmed, or "" when the container did not write it.
+func ReadMarker(dir, name string) string {
+	data, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
 		return ""
 	}
