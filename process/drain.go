@@ -329,9 +329,7 @@ func (d *Drainer) readLate() {
 	d.lateRead = true
 	forks, lost := d.watch.read()
 	for _, f := range forks { // in the order they happened
-		if d.isLate(f.ts) || d.late[f.parent] {
-			d.late[f.child] = true
-		}
+		d.markLate(f)
 	}
 	if lost {
 		d.report.Notes = append(d.report.Notes, "process creations since the stop began were lost: a handler's helper may have been sent the drain signal")
@@ -346,6 +344,16 @@ func (d *Drainer) spareLate(pid int, sig unix.Signal) bool {
 	}
 	d.spared++
 	return true
+}
+
+// markLate marks f's child late when it was created within LateWindow of the stop's beginning,
+// or by a late process (a spared helper's own child is its work too), and reports whether it did.
+func (d *Drainer) markLate(f fork) bool {
+	if d.isLate(f.ts) || d.late[f.parent] {
+		d.late[f.child] = true
+		return true
+	}
+	return false
 }
 
 // isLate reports whether a process created at ts (CLOCK_MONOTONIC) was created within LateWindow
@@ -758,8 +766,7 @@ func (d *Drainer) forked(forks []fork) {
 		}
 		sig := d.phaseSig
 		if sig == 0 && sigAt != 0 && f.ts < sigAt {
-			if d.isLate(f.ts) || d.late[f.parent] {
-				d.late[f.child] = true
+			if d.markLate(f) {
 				d.spared++
 			} else {
 				sig = d.cfg.Signal

@@ -87,13 +87,13 @@ func startHold(init *process.Handle) (*hold, error) {
 	select {
 	case err := <-attached:
 		if err != nil {
-			h.kill()
+			h.killNow()
 			return nil, err
 		}
 		h.startup = time.Since(started)
 		return h, nil
 	case <-time.After(holdAttachTimeout):
-		h.kill()
+		h.killNow()
 		return nil, fmt.Errorf("the tracer did not attach within %s", holdAttachTimeout)
 	}
 }
@@ -184,6 +184,14 @@ func (h *hold) kill() {
 	}
 }
 
+// killNow SIGKILLs a tracer that has not attached (it cannot be rewriting anything yet) and
+// waits for it.
+func (h *hold) killNow() {
+	h.cmd.Process.Kill()
+	h.release.Close()
+	<-h.done
+}
+
 // abort is kill without waiting for the tracer (a SIGKILL of the container is under way).
 func (h *hold) abort() { go h.kill() }
 
@@ -218,10 +226,6 @@ func awaitTracer(tracer <-chan attachedTracer) (*hold, error) {
 // detach drops it: measured 37 times in 200 with a holder released right after a TERM).
 func discardTracer(tracer <-chan attachedTracer) <-chan struct{} {
 	gone := make(chan struct{})
-	if tracer == nil {
-		close(gone)
-		return gone
-	}
 	go func() {
 		defer close(gone)
 		if a := <-tracer; a.h != nil {

@@ -190,7 +190,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	case ForwardOnly:
 		return false, s.closeForwarded()
 	case HoldInitThenDrain:
-		if begun := s.strategy.(*holdInitThenDrain).begun; begun != nil {
+		if begun != nil {
 			begun.MarkNow() // the late window starts with init's signal, not with the watch
 		}
 		s.signalInit(status)
@@ -489,19 +489,13 @@ func (s *stop) discard(tracer <-chan attachedTracer) {
 	}
 }
 
-// awaitDiscardedFor bounds the wait for a discarded tracer: its kill SIGKILLs it after
-// holdKillAfter.
-const awaitDiscardedFor = holdKillAfter + holdAttachTimeout
-
+// The wait is bounded by the tracer's own bounds: holdAttachTimeout to attach, holdKillAfter
+// before its SIGKILL.
 func (s *stop) awaitDiscarded() {
-	if s.discarded == nil {
-		return
+	if s.discarded != nil {
+		<-s.discarded
+		s.discarded = nil
 	}
-	select {
-	case <-s.discarded:
-	case <-time.After(awaitDiscardedFor):
-	}
-	s.discarded = nil
 }
 
 // signalInit delivers to init what initSignal decides for the requested signal.
