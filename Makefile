@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/graceful-shim/graceful/shim.Version=$(VERSION)
 BIN := bin/containerd-shim-graceful-v2
-INIT_LDFLAGS := -X github.com/graceful-shim/graceful/initproc.Version=$(VERSION)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
@@ -15,7 +15,7 @@ all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-shim-graceful-v2
-	CGO_ENABLED=0 $(GO) build -ldflags "$(INIT_LDFLAGS)" -o $(INIT_BIN) ./cmd/graceful-init
+	sh initproc/build.sh $(INIT_BIN) $(VERSION) $(COMMIT)
 	CGO_ENABLED=0 $(GO) build -o $(HOLD_BIN) ./cmd/graceful-hold
 
 install: build

@@ -39,20 +39,12 @@ func TestMain(m *testing.M) {
 	}())
 }
 
-// buildInit builds cmd/graceful-init into dir as the Makefile does (static, with the version set
-// by -ldflags) and returns its path. The file is synced: freshly written pages of the binary
-// would otherwise count as the process's dirty memory until they are written back.
+// buildInit builds graceful-init into dir with build.sh, as the Makefile does, and returns its
+// path. The file is synced: freshly written pages of the binary would otherwise count as the
+// process's dirty memory until they are written back.
 func buildInit(dir string) (string, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
 	bin := filepath.Join(dir, "graceful-init")
-	cmd := exec.Command(goBin, "build", "-o", bin,
-		"-ldflags", "-X github.com/graceful-shim/graceful/initproc.Version="+testVersion,
-		"../cmd/graceful-init")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := exec.Command("sh", "build.sh", bin, testVersion).CombinedOutput(); err != nil {
 		return "", errors.New(err.Error() + ": " + string(out))
 	}
 	f, err := os.Open(bin)
@@ -73,20 +65,22 @@ type initNS struct {
 	stderr bytes.Buffer
 }
 
-// startInit runs graceful-init -- sh -c script as PID 1 of a new PID namespace. The namespace
-// keeps the host's /proc mount, which is what the tests read it through.
-func startInit(t *testing.T, script string) *initNS {
+// startInit runs graceful-init [opts...] -- sh -c script as PID 1 of a new PID namespace. The
+// namespace keeps the host's /proc mount, which is what the tests read it through.
+func startInit(t *testing.T, script string, opts ...string) *initNS {
 	t.Helper()
-	return startInitWith(t, nil, script)
+	return startInitWith(t, nil, script, opts...)
 }
 
-// startInitWith is startInit with init's SysProcAttr and stdin set up by setup, if not nil.
-func startInitWith(t *testing.T, setup func(*exec.Cmd), script string) *initNS {
+// startInitWith is startInit with init's command set up by setup (its SysProcAttr, stdin,
+// environment), if not nil.
+func startInitWith(t *testing.T, setup func(*exec.Cmd), script string, opts ...string) *initNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("these tests need root: they create PID namespaces")
 	}
-	cmd := exec.Command(initBin, "--", "sh", "-c", script)
+	args := append(opts[:len(opts):len(opts)], "--", "sh", "-c", script)
+	cmd := exec.Command(initBin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setpgid: true}
 	if setup != nil {
 		setup(cmd)
@@ -143,6 +137,22 @@ func (ns *initNS) expect(t *testing.T, want string) {
 		case <-deadline:
 			t.Fatalf("timed out waiting for %q", want)
 		}
+	}
+}
+
+// expectAll returns once the namespace has printed each of want, in any order.
+func (ns *initNS) expectAll(t *testing.T, want ...string) {
+	t.Helper()
+	left := map[string]bool{}
+	for _, w := range want {
+		left[w] = true
+	}
+	for len(left) > 0 {
+		line := ns.line(t)
+		if !left[line] {
+			t.Logf("output: %s", line)
+		}
+		delete(left, line)
 	}
 }
 

@@ -44,7 +44,7 @@ func defaultInitPath() (string, error) {
 
 // wrapWithInit makes graceful-init the PID 1 of the container whose bundle is bundle: the copy of
 // initPath in copyDir (see InitCopyDir) is bind-mounted read-only at InitMountPoint, and
-// process.args becomes [InitMountPoint, "--", original args...]. Everything else in the spec (env,
+// process.args becomes [InitMountPoint, initproc.ShimFlag, "--", original args...]. Everything else in the spec (env,
 // cwd, user, rlimits, terminal, unknown fields) is kept as it is.
 func wrapWithInit(bundle, initPath, copyDir string) error {
 	if initPath == "" {
@@ -88,23 +88,9 @@ func wrapSpec(data []byte, source string) ([]byte, error) {
 	if first, _ := args[0].(string); first == InitMountPoint {
 		return data, nil // already wrapped
 	}
-	proc["args"] = append([]any{InitMountPoint, "--"}, args...)
-	// graceful-init starts lean with this environment at once (else it re-executes itself to get
-	// it), and gives the main process the container's own.
-	var env []string
-	if list, ok := proc["env"].([]any); ok {
-		for _, e := range list {
-			if s, ok := e.(string); ok {
-				env = append(env, s)
-			}
-		}
-	}
-	lean := initproc.LeanEnv(env)
-	leanAny := make([]any, len(lean))
-	for i, e := range lean {
-		leanAny[i] = e
-	}
-	proc["env"] = leanAny
+	// The shim drains the container when the main process exits (see mainwatch.go), so
+	// graceful-init is told to leave that to it.
+	proc["args"] = append([]any{InitMountPoint, initproc.ShimFlag, "--"}, args...)
 	mounts, _ := spec["mounts"].([]any)
 	spec["mounts"] = append(mounts, map[string]any{
 		"destination": InitMountPoint,

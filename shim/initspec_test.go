@@ -40,10 +40,10 @@ func TestWrapSpecPutsInitFirstAndKeepsTheRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := got.Process
-	if strings.Join(p.Args, " ") != InitMountPoint+" -- /app --flag" {
+	if strings.Join(p.Args, " ") != InitMountPoint+" --shim -- /app --flag" {
 		t.Errorf("args %q", p.Args)
 	}
-	if !p.Terminal || p.Cwd != "/w" || p.Env[0] != "A=1" || p.User.UID != 65534 || p.Rlimits[0].Hard != 1<<64-1 || got.Future["x"] != 1 {
+	if !p.Terminal || p.Cwd != "/w" || strings.Join(p.Env, " ") != "A=1" || p.User.UID != 65534 || p.Rlimits[0].Hard != 1<<64-1 || got.Future["x"] != 1 {
 		t.Errorf("the rest of the spec changed: %s", out)
 	}
 	last := got.Mounts[len(got.Mounts)-1]

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -31,10 +32,18 @@ func BuildShim(dir string) (string, error) {
 // buildHelpers builds graceful-init and graceful-hold into dir, next to the shim, where the shim
 // looks for them.
 func buildHelpers(dir string) error {
-	for _, name := range []string{"graceful-init", "graceful-hold"} {
-		if err := buildGo(filepath.Join(dir, name), "./cmd/"+name, false); err != nil {
-			return err
-		}
+	if err := BuildInit(filepath.Join(dir, "graceful-init"), "v0.0.0-test"); err != nil {
+		return err
+	}
+	return buildGo(filepath.Join(dir, "graceful-hold"), "./cmd/graceful-hold", false)
+}
+
+// BuildInit builds graceful-init (C, static) into out with version, as the Makefile does.
+func BuildInit(out, version string) error {
+	cmd := exec.Command("sh", "initproc/build.sh", out, version)
+	cmd.Dir = ModuleRoot()
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build graceful-init: %w\n%s", err, msg)
 	}
 	return nil
 }

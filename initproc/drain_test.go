@@ -1,0 +1,307 @@
+package initproc
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testguard"
+)
+
+// helperScript starts, in the background, a helper whose TERM handler flushes for 0.3 s and then
+// prints "helper flushed" and exits 0; it prints "helper up" once its trap is set.
+const helperScript = `sh -c 'trap "sleep 0.3; echo helper flushed; exit 0" TERM; echo helper up; while :; do sleep 0.02; done' & `
+
+// ignoringHelper starts, in the background, a helper that ignores TERM and prints "stubborn up".
+const ignoringHelper = `sh -c 'trap "echo stubborn got TERM" TERM; echo stubborn up; while :; do sleep 0.02; done' & `
+
+// TestDrainWhenMainExitsByItself: the main process starts a helper and exits 3; init sends the
+// helper TERM, waits for its handler to finish, and exits with main's 3, long before the grace.
+func TestDrainWhenMainExitsByItself(t *testing.T) {
+	ns := startInit(t, helperScript+`read x < /dev/null; sleep 0.1; exit 3`)
+	ns.expect(t, "helper up")
+	start := time.Now()
+	ns.expect(t, "helper flushed")
+	if got := ns.wait(t); got != 3 {
+		t.Fatalf("init exited %d, want the main process's 3", got)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the drain took %v: it waited for the grace (10 s), not for the helper", took)
+	}
+}
+
+// TestDrainGraceEndsWithSIGKILL: a helper that ignores TERM is SIGKILLed when the grace (-t, and
+// GRACEFUL_INIT_GRACE) is over, and init exits with main's status, not earlier.
+func TestDrainGraceEndsWithSIGKILL(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts []string
+		env  []string
+	}{
+		{"flag", []string{"-t", "600ms"}, nil},
+		{"environment", nil, []string{"GRACEFUL_INIT_GRACE=0.6"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			setup := func(cmd *exec.Cmd) { cmd.Env = append(os.Environ(), c.env...) }
+			ns := startInitWith(t, setup, ignoringHelper+`sleep 0.1; exit 4`, c.opts...)
+			ns.expect(t, "stubborn up")
+			ns.expect(t, "stubborn got TERM")
+			start := time.Now()
+			if got := ns.wait(t); got != 4 {
+				t.Fatalf("init exited %d, want the main process's 4", got)
+			}
+			took := time.Since(start)
+			if took < 400*time.Millisecond || took > 5*time.Second {
+				t.Fatalf("init exited %v after the drain signal, want the 600 ms grace", took)
+			}
+			if !strings.Contains(ns.stderr.String(), "grace period over: SIGKILL") {
+				t.Fatalf("init's stderr %q does not say it SIGKILLed at the grace's end", ns.stderr.String())
+			}
+		})
+	}
+}
+
+// TestStopGoesToMainFirst: a stop signal goes to the main process only; its exit starts the drain,
+// so the helper's handler runs after main's has finished, and init exits with main's status.
+func TestStopGoesToMainFirst(t *testing.T) {
+	ns := startInit(t, helperScript+`trap 'echo main got TERM; sleep 0.2; echo main done; exit 0' TERM; echo main up; while :; do sleep 0.02; done`)
+	ns.expectAll(t, "helper up", "main up")
+	syscall.Kill(ns.pid, syscall.SIGTERM)
+	for _, want := range []string{"main got TERM", "main done", "helper flushed"} {
+		if got := ns.line(t); got != want {
+			t.Fatalf("got %q, want %q (in the order main got TERM, main done, helper flushed)", got, want)
+		}
+	}
+	if got := ns.wait(t); got != 0 {
+		t.Fatalf("init exited %d, want the main process's 0", got)
+	}
+}
+
+// TestSecondStopSignalEndsTheDrain: during a drain, the first stop signal (main's) lets it go on, a
+// second one ends the wait at once: SIGKILL to the rest and main's status.
+func TestSecondStopSignalEndsTheDrain(t *testing.T) {
+	t.Run("stop", func(t *testing.T) {
+		ns := startInit(t, ignoringHelper+`echo main up; while :; do sleep 0.02; done`, "-t", "60s")
+		ns.expectAll(t, "stubborn up", "main up")
+		syscall.Kill(ns.pid, syscall.SIGTERM) // main dies of it: the drain starts
+		ns.expect(t, "stubborn got TERM")
+		start := time.Now()
+		syscall.Kill(ns.pid, syscall.SIGINT)
+		if got := ns.wait(t); got != 128+int(syscall.SIGTERM) {
+			t.Fatalf("init exited %d, want the main process's %d", got, 128+int(syscall.SIGTERM))
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Fatalf("init took %v after the second stop signal, with a 60 s grace", took)
+		}
+	})
+	t.Run("exit by itself", func(t *testing.T) {
+		// The drain began with main's own exit: a first stop signal (a client's stop) lets the
+		// helper finish; a second ends it.
+		ns := startInit(t, helperScript+ignoringHelper+`sleep 0.1; exit 6`, "-t", "60s")
+		ns.expect(t, "stubborn got TERM")
+		syscall.Kill(ns.pid, syscall.SIGTERM)
+		ns.expect(t, "helper flushed")
+		select {
+		case <-ns.done:
+			t.Fatalf("init exited %d on the first stop signal of the drain", ns.status)
+		case <-time.After(300 * time.Millisecond):
+		}
+		syscall.Kill(ns.pid, syscall.SIGTERM)
+		if got := ns.wait(t); got != 6 {
+			t.Fatalf("init exited %d, want the main process's 6", got)
+		}
+	})
+}
+
+// TestDrainSignal: --drain-signal (and GRACEFUL_INIT_DRAIN_SIGNAL) chooses the signal the rest
+// gets.
+func TestDrainSignal(t *testing.T) {
+	script := `sh -c 'trap "echo helper got USR1; exit 0" USR1; trap "" TERM; echo helper up; while :; do sleep 0.02; done' & sleep 0.1; exit 0`
+	t.Run("flag", func(t *testing.T) {
+		ns := startInit(t, script, "--drain-signal", "SIGUSR1")
+		ns.expect(t, "helper got USR1")
+		ns.wait(t)
+	})
+	t.Run("environment", func(t *testing.T) {
+		ns := startInitWith(t, func(cmd *exec.Cmd) { cmd.Env = append(os.Environ(), "GRACEFUL_INIT_DRAIN_SIGNAL=usr1") }, script)
+		ns.expect(t, "helper got USR1")
+		ns.wait(t)
+	})
+}
+
+// TestNotPID1DrainsItsSubtreeOnly: where init is not PID 1 (a shared PID namespace), the drain
+// reaches init's descendants, orphans included, and nothing else of the namespace.
+func TestNotPID1DrainsItsSubtreeOnly(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	scripts := map[string]string{
+		// An orphan of the main process's, reparented to init as a subreaper.
+		"orphan.sh": `trap 'sleep 0.3; echo orphan flushed >> ` + out + `; exit 0' TERM; echo orphan up >> ` + out + `; while :; do sleep 0.02; done`,
+		"main.sh":   `(sh ` + dir + `/orphan.sh &); while ! grep -q up ` + out + `; do sleep 0.02; done; exit 7`,
+		// A sibling of init's in the namespace, which init's drain must leave alone.
+		"sibling.sh": `trap 'echo sibling got TERM >> ` + out + `' TERM; while :; do sleep 0.02; done`,
+		// PID 1, with its own /proc as a container has, so that init can list its descendants.
+		"outer.sh": `mount --make-rprivate / && mount -t proc proc /proc || exit 99
+sh ` + dir + `/sibling.sh & sibling=$!
+` + initBin + ` -t 10s -- sh ` + dir + `/main.sh
+echo "init exited $?" >> ` + out + `
+kill -0 $sibling && echo "sibling alive" >> ` + out + `
+kill -KILL $sibling`,
+	}
+	for name, script := range scripts {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("sh", filepath.Join(dir, "outer.sh"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS, Setpgid: true}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := testguard.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%v; stderr %q", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill() // PID 1: the namespace goes with it
+		<-done
+		t.Fatalf("the namespace's shell did not finish; stderr %q", stderr.String())
+	}
+	data, _ := os.ReadFile(out)
+	if got, want := strings.TrimSpace(string(data)), "orphan up\norphan flushed\ninit exited 7\nsibling alive"; got != want {
+		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr.String())
+	}
+}
+
+// TestOptions: -e remaps an exit code to 0, -g forwards to the main process's whole group, -v
+// tells what init does on stderr, -p gives init a signal when its parent dies, and
+// TINI_KILL_PROCESS_GROUP stands for -g.
+func TestOptions(t *testing.T) {
+	t.Run("-e", func(t *testing.T) {
+		for _, c := range []struct {
+			opts []string
+			want int
+		}{{[]string{"-e", "3"}, 0}, {[]string{"-e4", "-e", "3"}, 0}, {[]string{"-e", "4"}, 3}} {
+			if got := startInit(t, "exit 3", c.opts...).wait(t); got != c.want {
+				t.Errorf("%q: init exited %d, want %d", c.opts, got, c.want)
+			}
+		}
+	})
+	group := `sh -c 'trap "echo member got HUP; exit 0" HUP; echo member up; while :; do sleep 0.02; done' & trap 'echo main got HUP' HUP; echo main up; while :; do sleep 0.02; done`
+	for _, c := range []struct {
+		name string
+		opts []string
+		env  []string
+	}{{"-g", []string{"-g"}, nil}, {"TINI_KILL_PROCESS_GROUP", nil, []string{"TINI_KILL_PROCESS_GROUP=1"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := startInitWith(t, func(cmd *exec.Cmd) { cmd.Env = append(os.Environ(), c.env...) }, group, c.opts...)
+			ns.expectAll(t, "member up", "main up")
+			syscall.Kill(ns.pid, syscall.SIGHUP)
+			got := []string{ns.line(t), ns.line(t)}
+			if !(got[0] == "main got HUP" && got[1] == "member got HUP") && !(got[1] == "main got HUP" && got[0] == "member got HUP") {
+				t.Fatalf("after HUP: %q, want both main and the member of its group to get it", got)
+			}
+		})
+	}
+	t.Run("-v", func(t *testing.T) {
+		ns := startInit(t, "exit 5", "-v")
+		ns.wait(t)
+		if !strings.Contains(ns.stderr.String(), "exited with status 5") {
+			t.Fatalf("-v: stderr %q does not tell the main process's exit", ns.stderr.String())
+		}
+	})
+	t.Run("-p", func(t *testing.T) {
+		// init's parent, a shell, dies: init gets -p's SIGKILL, and its main process (a
+		// sleep) is left to be reparented.
+		dir := t.TempDir()
+		pidFile := filepath.Join(dir, "init")
+		cmd := exec.Command("sh", "-c", initBin+` -p SIGKILL -- sleep 1000 & echo $! > `+pidFile+`; read x`)
+		stdin, _ := cmd.StdinPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var initPid int
+		for deadline := time.Now().Add(10 * time.Second); initPid == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			initPid, _ = strconv.Atoi(readMarker(t, pidFile))
+		}
+		if initPid == 0 {
+			t.Fatal("init did not start")
+		}
+		pidfd, err := unix.PidfdOpen(initPid, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(pidfd)
+		children, _ := os.ReadFile("/proc/" + strconv.Itoa(initPid) + "/task/" + strconv.Itoa(initPid) + "/children")
+		defer func() {
+			for _, f := range strings.Fields(string(children)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}()
+		cmd.Process.Kill()
+		cmd.Wait()
+		stdin.Close()
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		if n, _ := unix.Poll(fds, 10000); n != 1 {
+			syscall.Kill(initPid, syscall.SIGKILL)
+			t.Fatal("init lives on after its parent died, with -p SIGKILL")
+		}
+	})
+}
+
+// TestBadOptions: a bad option or environment variable ends init with 2 and a message naming it,
+// before the main process starts.
+func TestBadOptions(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  string
+		msg  string
+	}{
+		{[]string{"-x"}, "", "unknown option -x"},
+		{[]string{"--frobnicate"}, "", "unknown option --frobnicate"},
+		{[]string{"-e", "256"}, "", "-e 256: the exit code must be a number from 0 to 255"},
+		{[]string{"-p", "SIGNOPE"}, "", "-p SIGNOPE: not a signal"},
+		{[]string{"--grace", "soon"}, "", "--grace soon: the grace period must be a duration"},
+		{[]string{"--grace=-1s"}, "", "--grace -1s: the grace period must be a duration"},
+		{[]string{"-d", "STOP"}, "", "-d STOP: not a drain signal"},
+		{[]string{"--version=1"}, "", "option --version takes no value"},
+		{nil, "GRACEFUL_INIT_GRACE=10x", "GRACEFUL_INIT_GRACE 10x: the grace period must be a duration"},
+		{nil, "GRACEFUL_INIT_DRAIN_SIGNAL=0", "GRACEFUL_INIT_DRAIN_SIGNAL 0: not a drain signal"},
+		{nil, "TINI_VERBOSITY=loud", "TINI_VERBOSITY=loud: the verbosity must be a number from 0 to 3"},
+	} {
+		t.Run(strings.Join(c.args, " ")+c.env, func(t *testing.T) {
+			marker := filepath.Join(t.TempDir(), "started")
+			cmd := exec.Command(initBin, append(c.args, "--", "sh", "-c", "touch "+marker)...)
+			cmd.Env = append(os.Environ(), c.env)
+			out, _ := cmd.CombinedOutput()
+			if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 2 {
+				t.Fatalf("exit %v, want 2; output %q", cmd.ProcessState, out)
+			}
+			if !strings.Contains(string(out), c.msg) || !strings.Contains(string(out), "usage:") {
+				t.Fatalf("output %q does not say %q and the usage", out, c.msg)
+			}
+			if _, err := os.Stat(marker); err == nil {
+				t.Fatal("the main process ran despite the bad option")
+			}
+		})
+	}
+	// And no program at all.
+	out, _ := exec.Command(initBin, "-v").CombinedOutput()
+	if !strings.Contains(string(out), "no program to run") {
+		t.Fatalf("no program: %q", out)
+	}
+}
