@@ -223,6 +223,59 @@ echo ready
 		})
 	})
 
+	// docker run --init with contrib's init-path (graceful-init, standalone), under the stock
+	// runtime and graceful: when the main process exits by itself, and on docker stop, a helper's
+	// TERM handler (0.3 s) runs to the end and the container exits with the main process's status.
+	t.Run("init-path", func(t *testing.T) {
+		for _, runtime := range []string{"runc", "graceful"} {
+			t.Run(runtime+"/exit-by-itself", func(t *testing.T) {
+				c := d.run(t, dockerSpec{runtime: runtime, init: true, script: childTraps("helper") + `echo ready
+while [ ! -e /out/go ]; do sleep 0.05; done
+exit 3`})
+				c.waitLines(t, "trapped helper")
+				d.expectInit(t, c)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				wait := d.cli.ContainerWait(ctx, c.id, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
+				start := time.Now()
+				if err := os.WriteFile(filepath.Join(c.outDir, "go"), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case res := <-wait.Result:
+					if res.StatusCode != 3 {
+						t.Errorf("exit code %d, want the main process's 3", res.StatusCode)
+					}
+				case err := <-wait.Error:
+					t.Fatal(err)
+				}
+				took := time.Since(start)
+				if got := c.marker("helper"); got != "clean" {
+					t.Errorf("the helper's TERM handler did not complete (marker %q)", got)
+				}
+				if took > 5*time.Second {
+					t.Errorf("the container took %v to exit, want about the helper's 0.3 s", took)
+				}
+			})
+			t.Run(runtime+"/stop", func(t *testing.T) {
+				c := d.run(t, dockerSpec{runtime: runtime, init: true, script: childTraps("helper") + "trap \"exit 0\" TERM\necho ready\n" + loop})
+				c.waitLines(t, "trapped helper")
+				d.expectInit(t, c)
+				took, code := d.stop(t, c, 10)
+				t.Logf("docker stop: %v, exit code %d, helper marker %q", took, code, c.marker("helper"))
+				if code != 0 {
+					t.Errorf("exit code %d, want the main process's 0", code)
+				}
+				if got := c.marker("helper"); got != "clean" {
+					t.Errorf("the helper's TERM handler did not complete (marker %q)", got)
+				}
+				if took > 5*time.Second {
+					t.Errorf("docker stop took %v, want about the helper's 0.3 s", took)
+				}
+			})
+		}
+	})
+
 	// Nothing is left: no container (docker's or containerd's), no shim, no mount.
 	t.Run("nothing-left", func(t *testing.T) {
 		d.removeAll(t)
@@ -239,6 +292,9 @@ const (
 	// points it at its own copy.
 	dockerContribConfigPath = "/etc/containerd/graceful-docker.toml"
 	dockerOptionsGrace      = 2 * time.Second
+	// dockerContribInitPath is the init-path contrib/docker-daemon.json names (where make
+	// install puts graceful-init); the test points it at the stack's.
+	dockerContribInitPath = "/usr/local/bin/graceful-init"
 )
 
 // dockerOptionsFile is the test's options file for the graceful-custom runtime.
@@ -319,7 +375,8 @@ func startDocker(t *testing.T) *dockerEnv {
 		t.Fatal(err)
 	}
 	daemonJSON := filepath.Join(dir, "daemon.json")
-	config, err := dockerDaemonConfig(filepath.Join(stack.ModuleRoot(), "contrib", "docker-daemon.json"), optionsPath)
+	config, err := dockerDaemonConfig(filepath.Join(stack.ModuleRoot(), "contrib", "docker-daemon.json"), optionsPath,
+		filepath.Join(theStack.Dir, "bin", "graceful-init"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,6 +447,11 @@ func startDocker(t *testing.T) *dockerEnv {
 			t.Fatalf("dockerd has no runtime %q: %v", r, info.Info.Runtimes)
 		}
 	}
+	// dockerd runs `init-path --version` and parses tini's "NAME version V - git.COMMIT" form.
+	if info.Info.InitCommit.ID != stack.InitTestCommit {
+		t.Fatalf("docker info: init commit %q (binary %s), want %q parsed from graceful-init --version",
+			info.Info.InitCommit.ID, info.Info.InitBinary, stack.InitTestCommit)
+	}
 	t.Logf("dockerd %s ready after %v (storage driver %s, containerd %s)", info.Info.ServerVersion,
 		time.Since(start).Round(time.Millisecond), info.Info.Driver, theStack.Address)
 
@@ -400,8 +462,9 @@ func startDocker(t *testing.T) *dockerEnv {
 }
 
 // dockerDaemonConfig reads contrib's daemon.json and points every options.ConfigPath that names
-// dockerContribConfigPath at optionsPath; nothing else changes.
-func dockerDaemonConfig(contrib, optionsPath string) ([]byte, error) {
+// dockerContribConfigPath at optionsPath, and its init-path at initPath (the stack's
+// graceful-init); nothing else changes.
+func dockerDaemonConfig(contrib, optionsPath, initPath string) ([]byte, error) {
 	data, err := os.ReadFile(contrib)
 	if err != nil {
 		return nil, err
@@ -426,6 +489,10 @@ func dockerDaemonConfig(contrib, optionsPath string) ([]byte, error) {
 	if rewritten == 0 {
 		return nil, fmt.Errorf("%s: no runtime with options.ConfigPath %s", contrib, dockerContribConfigPath)
 	}
+	if p := config["init-path"]; p != dockerContribInitPath {
+		return nil, fmt.Errorf("%s: init-path %v, the test knows only %s", contrib, p, dockerContribInitPath)
+	}
+	config["init-path"] = initPath
 	return json.MarshalIndent(config, "", "  ")
 }
 
@@ -456,6 +523,7 @@ type dockerSpec struct {
 	script      string
 	annotations map[string]string
 	stopSignal  string // docker run --stop-signal
+	init        bool   // docker run --init: init-path's binary as PID 1
 }
 
 type dockerContainer struct {
@@ -489,6 +557,7 @@ func (d *dockerEnv) run(t *testing.T, spec dockerSpec) *dockerContainer {
 			NetworkMode: "none",
 			Binds:       []string{c.outDir + ":/out"},
 			Annotations: spec.annotations,
+			Init:        &spec.init,
 		},
 	})
 	if err != nil {
@@ -516,6 +585,17 @@ func (d *dockerEnv) run(t *testing.T, spec dockerSpec) *dockerContainer {
 		t.Fatalf("container runtime %q, want %q", rt, spec.runtime)
 	}
 	return c
+}
+
+// expectInit fails the test unless the container's PID 1 is docker's init (init-path's binary,
+// which docker mounts as /sbin/docker-init), with the main process as its child.
+func (d *dockerEnv) expectInit(t *testing.T, c *dockerContainer) {
+	t.Helper()
+	pid := d.inspect(t, c).State.Pid
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil || strings.TrimSpace(string(comm)) != "docker-init" {
+		t.Fatalf("the container's PID 1 is %q (%v), want docker-init", comm, err)
+	}
 }
 
 func (c *dockerContainer) waitLines(t *testing.T, lines ...string) {

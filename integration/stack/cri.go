@@ -32,15 +32,19 @@ func BuildShim(dir string) (string, error) {
 // buildHelpers builds graceful-init and graceful-hold into dir, next to the shim, where the shim
 // looks for them.
 func buildHelpers(dir string) error {
-	if err := BuildInit(filepath.Join(dir, "graceful-init"), "v0.0.0-test"); err != nil {
+	if err := BuildInit(filepath.Join(dir, "graceful-init"), "v0.0.0-test", InitTestCommit); err != nil {
 		return err
 	}
 	return buildGo(filepath.Join(dir, "graceful-hold"), "./cmd/graceful-hold", false)
 }
 
-// BuildInit builds graceful-init (C, static) into out with version, as the Makefile does.
-func BuildInit(out, version string) error {
-	cmd := exec.Command("sh", "initproc/build.sh", out, version)
+// InitTestCommit is the commit the stack's graceful-init reports in its --version line.
+const InitTestCommit = "stack"
+
+// BuildInit builds graceful-init (C, static) into out with version and commit, as the Makefile
+// does.
+func BuildInit(out, version, commit string) error {
+	cmd := exec.Command("sh", "initproc/build.sh", out, version, commit)
 	cmd.Dir = ModuleRoot()
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build graceful-init: %w\n%s", err, msg)
