@@ -1,6 +1,7 @@
 package initproc
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +26,7 @@ const ignoringHelper = `sh -c 'trap "echo stubborn got TERM" TERM; echo stubborn
 // TestDrainWhenMainExitsByItself: the main process starts a helper and exits 3; init sends the
 // helper TERM, waits for its handler to finish, and exits with main's 3, long before the grace.
 func TestDrainWhenMainExitsByItself(t *testing.T) {
-	ns := startInit(t, helperScript+`read x < /dev/null; sleep 0.1; exit 3`)
+	ns := startInit(t, helperScript+`sleep 0.1; exit 3`)
 	ns.expect(t, "helper up")
 	start := time.Now()
 	ns.expect(t, "helper flushed")
@@ -49,17 +50,23 @@ func TestDrainGraceEndsWithSIGKILL(t *testing.T) {
 		{"environment", nil, []string{"GRACEFUL_INIT_GRACE=0.6"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			fifo := filepath.Join(t.TempDir(), "release")
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			setup := func(cmd *exec.Cmd) { cmd.Env = append(os.Environ(), c.env...) }
-			ns := startInitWith(t, setup, ignoringHelper+`sleep 0.1; exit 4`, c.opts...)
+			ns := startInitWith(t, setup, ignoringHelper+`read x < `+fifo+`; exit 4`, c.opts...)
 			ns.expect(t, "stubborn up")
-			ns.expect(t, "stubborn got TERM")
+			// The drain starts after main reads the FIFO: from here, init must wait the grace.
 			start := time.Now()
+			writeFIFO(t, fifo)
+			ns.expect(t, "stubborn got TERM")
 			if got := ns.wait(t); got != 4 {
 				t.Fatalf("init exited %d, want the main process's 4", got)
 			}
 			took := time.Since(start)
-			if took < 400*time.Millisecond || took > 5*time.Second {
-				t.Fatalf("init exited %v after the drain signal, want the 600 ms grace", took)
+			if took < 600*time.Millisecond || took > 5*time.Second {
+				t.Fatalf("init exited %v after main was released, want the 600 ms grace", took)
 			}
 			if !strings.Contains(ns.stderr.String(), "grace period over: SIGKILL") {
 				t.Fatalf("init's stderr %q does not say it SIGKILLed at the grace's end", ns.stderr.String())
@@ -225,19 +232,21 @@ func TestOptions(t *testing.T) {
 	t.Run("-p", func(t *testing.T) {
 		// init's parent, a shell, dies: init gets -p's SIGKILL, and its main process (a
 		// sleep) is left to be reparented.
-		dir := t.TempDir()
-		pidFile := filepath.Join(dir, "init")
-		cmd := exec.Command("sh", "-c", initBin+` -p SIGKILL -- sleep 1000 & echo $! > `+pidFile+`; read x`)
+		cmd := exec.Command("sh", "-c", initBin+` -p SIGKILL -- sh -c 'echo main up; exec sleep 1000' & echo $!; read x`)
 		stdin, _ := cmd.StdinPipe()
-		if err := cmd.Start(); err != nil {
+		stdout, _ := cmd.StdoutPipe()
+		if err := testguard.Start(cmd); err != nil {
 			t.Fatal(err)
 		}
-		var initPid int
-		for deadline := time.Now().Add(10 * time.Second); initPid == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			initPid, _ = strconv.Atoi(readMarker(t, pidFile))
+		out := bufio.NewReader(stdout)
+		line, err := out.ReadString('\n')
+		initPid, _ := strconv.Atoi(strings.TrimSpace(line))
+		if err != nil || initPid == 0 {
+			t.Fatalf("init's PID: %q (%v)", line, err)
 		}
-		if initPid == 0 {
-			t.Fatal("init did not start")
+		// The main process runs: init has set its parent-death signal (before it started it).
+		if line, err := out.ReadString('\n'); err != nil || line != "main up\n" {
+			t.Fatalf("main printed %q (%v)", line, err)
 		}
 		pidfd, err := unix.PidfdOpen(initPid, 0)
 		if err != nil {

@@ -42,14 +42,21 @@ func buildHelpers(dir string) error {
 const InitTestCommit = "stack"
 
 // BuildInit builds graceful-init (C, static) into out with version and commit, as the Makefile
-// does.
+// does, and syncs it.
 func BuildInit(out, version, commit string) error {
 	cmd := exec.Command("sh", "initproc/build.sh", out, version, commit)
 	cmd.Dir = ModuleRoot()
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build graceful-init: %w\n%s", err, msg)
 	}
-	return nil
+	// Written to disk now: pages of a fresh file stay dirty until written back, and would count
+	// as the private dirty memory of every init that maps them.
+	f, err := os.Open(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // ImportInto imports an image archive into containerd namespace ns and unpacks it for overlayfs.
