@@ -290,7 +290,7 @@ func TestBadOptions(t *testing.T) {
 		{[]string{"--version=1"}, "", "option --version takes no value"},
 		{nil, "GRACEFUL_INIT_GRACE=10x", "GRACEFUL_INIT_GRACE 10x: the grace period must be a duration"},
 		{nil, "GRACEFUL_INIT_DRAIN_SIGNAL=0", "GRACEFUL_INIT_DRAIN_SIGNAL 0: not a drain signal"},
-		{nil, "TINI_VERBOSITY=loud", "TINI_VERBOSITY=loud: the verbosity must be a number from 0 to 3"},
+		{nil, "TINI_VERBOSITY=loud", "TINI_VERBOSITY=loud: the verbosity must be a number"},
 	} {
 		t.Run(strings.Join(c.args, " ")+c.env, func(t *testing.T) {
 			marker := filepath.Join(t.TempDir(), "started")
@@ -308,9 +308,240 @@ func TestBadOptions(t *testing.T) {
 			}
 		})
 	}
+	// The command line wins over the environment, and --help and --version answer whatever it is.
+	if out, err := exec.Command("env", "GRACEFUL_INIT_GRACE=bad", initBin, "--grace", "1h", "--", "true").CombinedOutput(); err != nil {
+		t.Errorf("--grace 1h over a bad GRACEFUL_INIT_GRACE: %v %q", err, out)
+	}
+	if out, err := exec.Command("env", "GRACEFUL_INIT_GRACE=bad", initBin, "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--grace") {
+		t.Errorf("--help with a bad GRACEFUL_INIT_GRACE: %v %q", err, out)
+	}
 	// And no program at all.
 	out, _ := exec.Command(initBin, "-v").CombinedOutput()
 	if !strings.Contains(string(out), "no program to run") {
 		t.Fatalf("no program: %q", out)
 	}
+}
+
+// TestShimModeNoticesProcessesThatAreNotItsChildren: under the shim, once the main process is
+// gone, init exits when the last process of its namespace does, also one a runtime's exec put
+// there (not init's child, so its exit raises no SIGCHLD in init).
+func TestShimModeNoticesProcessesThatAreNotItsChildren(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "release")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns := startInit(t, `echo ready; read x < `+fifo+`; exit 3`, "--shim")
+	ns.expect(t, "ready")
+	// An exec: a process entering init's PID namespace from outside, child of nsenter.
+	execd := exec.Command("nsenter", "-t", strconv.Itoa(ns.pid), "-p", "--", "sh", "-c", "echo in; read x")
+	stdin, _ := execd.StdinPipe()
+	stdout, _ := execd.StdoutPipe()
+	if err := testguard.Start(execd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { execd.Process.Kill(); execd.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "in\n" {
+		t.Fatalf("the exec'd process printed %q (%v)", line, err)
+	}
+	writeFIFO(t, fifo)
+	select {
+	case <-ns.done:
+		t.Fatalf("init exited (%d) while the exec'd process runs", ns.status)
+	case <-time.After(300 * time.Millisecond):
+	}
+	stdin.Close() // the exec'd process exits
+	if got := ns.wait(t); got != 3 {
+		t.Fatalf("init exited %d, want the main process's 3", got)
+	}
+}
+
+// TestStopSignalsBeforeTheDrainLeaveItsGrace: stop signals the main process got while it ran
+// (two HUPs for a HUP drain signal, two ^C) do not count as the drain's second stop signal: the
+// drain still waits for the helper.
+func TestStopSignalsBeforeTheDrainLeaveItsGrace(t *testing.T) {
+	ns := startInit(t, `sh -c 'trap "sleep 0.3; echo helper flushed; exit 0" HUP; echo helper up; while :; do sleep 0.02; done' &
+n=0; trap 'n=$((n+1)); echo main got HUP $n; [ $n -ge 2 ] && exit 0' HUP; echo main up; while :; do sleep 0.02; done`, "-d", "HUP", "-t", "30s")
+	ns.expectAll(t, "helper up", "main up")
+	syscall.Kill(ns.pid, syscall.SIGHUP)
+	ns.expect(t, "main got HUP 1")
+	syscall.Kill(ns.pid, syscall.SIGHUP)
+	ns.expect(t, "main got HUP 2")
+	ns.expect(t, "helper flushed")
+	if got := ns.wait(t); got != 0 {
+		t.Fatalf("init exited %d, want the main process's 0", got)
+	}
+}
+
+// TestOwnSignalsAreNotForwarded: a SIGPIPE init raises on itself, writing to a closed stderr, is
+// not passed to the main process; SIGTTIN and SIGTTOU sent to init are not either.
+func TestOwnSignalsAreNotForwarded(t *testing.T) {
+	t.Run("SIGPIPE", func(t *testing.T) {
+		ns := startInitWith(t, func(cmd *exec.Cmd) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Close() // init's writes to stderr raise SIGPIPE
+			cmd.Stderr = w
+			t.Cleanup(func() { w.Close() })
+		}, `trap 'echo main got PIPE' PIPE; (sh -c 'exit 0' &); sleep 0.3; echo main done; exit 0`, "-w")
+		for {
+			line := ns.line(t)
+			if line == "main got PIPE" {
+				t.Fatal("init's own SIGPIPE reached the main process")
+			}
+			if line == "main done" {
+				break
+			}
+		}
+		if got := ns.wait(t); got != 0 {
+			t.Fatalf("init exited %d, want 0", got)
+		}
+	})
+	t.Run("SIGTTIN", func(t *testing.T) {
+		ns := startInit(t, `trap 'echo main got TTIN' TTIN; trap 'echo main got WINCH' WINCH; echo main up; while :; do sleep 0.02; done`)
+		ns.expect(t, "main up")
+		syscall.Kill(ns.pid, syscall.SIGTTIN)
+		syscall.Kill(ns.pid, syscall.SIGWINCH) // forwarded after a forwarded TTIN would be
+		if line := ns.line(t); line != "main got WINCH" {
+			t.Fatalf("main printed %q first, want %q", line, "main got WINCH")
+		}
+	})
+}
+
+// TestStoppedProcessIsDrained: a helper stopped (SIGSTOP) when the drain begins gets SIGCONT
+// after the drain signal, as systemd sends it, and so runs its handler instead of waiting for the
+// grace's SIGKILL.
+func TestStoppedProcessIsDrained(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "release")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns := startInit(t, `sh -c 'trap "sleep 0.3; echo helper flushed; exit 0" TERM; echo helper up; kill -STOP $$; while :; do sleep 0.02; done' &
+read x < `+fifo+`; exit 0`, "-t", "30s")
+	ns.expect(t, "helper up")
+	ns.waitProcs(t, "the helper is stopped", func(ps []proc) bool {
+		for _, p := range ps {
+			if p.state == 'T' {
+				return true
+			}
+		}
+		return false
+	})
+	writeFIFO(t, fifo)
+	ns.expect(t, "helper flushed")
+	if got := ns.wait(t); got != 0 {
+		t.Fatalf("init exited %d, want 0", got)
+	}
+}
+
+// TestNoProcFallsBackToTheMainGroup: where init is not PID 1 and /proc is not its namespace's,
+// the drain reaches the main process's group, where a shell's background helpers are.
+func TestNoProcFallsBackToTheMainGroup(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	script := initBin + ` -t 30s -- sh -c 'sh -c "trap \"sleep 0.3; echo helper flushed >> ` + out + `; exit 0\" TERM; echo helper up >> ` + out + `; while :; do sleep 0.02; done" & while ! grep -q up ` + out + `; do sleep 0.02; done; exit 5'; echo "init exited $?" >> ` + out
+	// A new PID namespace whose shell, PID 1, runs init as its child; /proc stays the host's.
+	cmd := exec.Command("sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setpgid: true}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := testguard.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%v; stderr %q", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("init did not finish; stderr %q", stderr.String())
+	}
+	data, _ := os.ReadFile(out)
+	if got, want := strings.TrimSpace(string(data)), "helper up\nhelper flushed\ninit exited 5"; got != want {
+		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr.String())
+	}
+}
+
+// TestTerminalInterruptDuringTheDrain: with a terminal, ^C once the main process is gone reaches
+// init (which takes the terminal's foreground back), and two of them end the drain.
+func TestTerminalInterruptDuringTheDrain(t *testing.T) {
+	master, slave := openPTY(t)
+	defer master.Close()
+	defer slave.Close()
+	ns := startInitWith(t, func(cmd *exec.Cmd) {
+		cmd.Stdin = slave
+		cmd.SysProcAttr.Setpgid = false
+		cmd.SysProcAttr.Setsid = true
+		cmd.SysProcAttr.Setctty = true
+		cmd.SysProcAttr.Ctty = 0
+	}, ignoringHelper+`sleep 0.1; exit 9`, "-t", "60s")
+	ns.expect(t, "stubborn up")
+	ns.expect(t, "stubborn got TERM")
+	start := time.Now()
+	// The terminal's foreground group is init's once the drain runs; ^C twice, the second once
+	// init has taken the first (two pending SIGINTs would be one).
+	for i := 0; i < 2; i++ {
+		woken := wakeups(t, ns.pid)
+		if _, err := master.Write([]byte{3}); err != nil {
+			t.Fatal(err)
+		}
+		waitTaken(t, ns.pid, syscall.SIGINT, woken)
+	}
+	if got := ns.wait(t); got != 9 {
+		t.Fatalf("init exited %d, want the main process's 9", got)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("init took %v after two ^C, with a 60 s grace", took)
+	}
+}
+
+// procStatus reads the fields of /proc/PID/status; ok is false once the process is gone.
+func procStatus(pid int) (fields map[string]string, ok bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil, false
+	}
+	fields = map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if name, value, found := strings.Cut(line, ":"); found {
+			fields[name] = strings.TrimSpace(value)
+		}
+	}
+	return fields, true
+}
+
+// wakeups is how many times process pid has slept and woken (voluntary context switches).
+func wakeups(t *testing.T, pid int) int {
+	t.Helper()
+	st, ok := procStatus(pid)
+	if !ok {
+		t.Fatalf("process %d is gone", pid)
+	}
+	n, _ := strconv.Atoi(st["voluntary_ctxt_switches"])
+	return n
+}
+
+// waitTaken waits until process pid, asleep with wakeups woken when signal sig was sent, has woken
+// and sig is no longer pending at it: it has taken the signal.
+func waitTaken(t *testing.T, pid int, sig syscall.Signal, woken int) {
+	t.Helper()
+	bit := uint64(1) << (sig - 1)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		st, ok := procStatus(pid)
+		if !ok {
+			return
+		}
+		shared, _ := strconv.ParseUint(st["ShdPnd"], 16, 64)
+		own, _ := strconv.ParseUint(st["SigPnd"], 16, 64)
+		n, _ := strconv.Atoi(st["voluntary_ctxt_switches"])
+		if n > woken && (shared|own)&bit == 0 {
+			return
+		}
+	}
+	t.Fatalf("process %d did not take signal %v", pid, sig)
 }

@@ -62,9 +62,12 @@ static const sigmask_t unblocked = SIGBIT(SIGFPE) | SIGBIT(SIGILL) | SIGBIT(SIGS
 				   SIGBIT(SIGABRT) | SIGBIT(SIGTRAP) | SIGBIT(SIGSYS) | SIGBIT(SIGKILL) |
 				   SIGBIT(SIGSTOP);
 
-/* The configuration, from the environment and then the command line. */
+/* The configuration: the command line, and the environment where no option set a value. */
 static struct {
 	int verbosity;           /* 0 errors, 1 warnings (default), 2 info, 3 debug */
+	int more_verbose;        /* -v given this many times, over TINI_VERBOSITY */
+	int grace_set;           /* --grace given: GRACEFUL_INIT_GRACE is not read */
+	int drain_signal_set;    /* --drain-signal given: GRACEFUL_INIT_DRAIN_SIGNAL is not read */
 	int subreaper;           /* -s: register as a subreaper (always when not PID 1) */
 	int group;               /* -g: forward to the main process's whole process group */
 	int warn_reap;           /* -w: warn when a process other than main is reaped */
@@ -211,8 +214,8 @@ static int parse_signal(const char *s)
 	return 0;
 }
 
-/* parse_duration parses a grace period: a decimal number of seconds, or one followed by ms, s or
- * m ("500ms", "2.5s", "1m"), up to a day. It returns -1 if s is not one. */
+/* parse_duration parses a grace period: a decimal number of seconds, or one followed by ms, s, m
+ * or h ("500ms", "2.5s", "1m"), up to a day. It returns -1 if s is not one. */
 static long long parse_duration(const char *s)
 {
 	if ((*s < '0' || *s > '9') && *s != '.')
@@ -227,6 +230,8 @@ static long long parse_duration(const char *s)
 		unit_ms = 1;
 	else if (strcmp(end, "m") == 0)
 		unit_ms = 60000;
+	else if (strcmp(end, "h") == 0)
+		unit_ms = 3600000;
 	else if (*end != 0 && strcmp(end, "s") != 0)
 		return -1;
 	double ms = v * unit_ms;
@@ -251,7 +256,7 @@ static int set_option(int c, const char *name, const char *value)
 		printf("graceful-init version %s - git.%s\n", VERSION, COMMIT);
 		return 0;
 	case 'v':
-		cfg.verbosity++;
+		cfg.more_verbose++;
 		break;
 	case 's':
 		cfg.subreaper = 1;
@@ -277,22 +282,24 @@ static int set_option(int c, const char *name, const char *value)
 		break;
 	case 't':
 		if ((cfg.grace_ms = parse_duration(value)) < 0)
-			return usage_error("%s %s: the grace period must be a duration such as 10s, 500ms or 2m "
+			return usage_error("%s %s: the grace period must be a duration such as 10s, 500ms, 2m or 1h "
 					   "(at most 24h), or a number of seconds",
 					   name, value);
+		cfg.grace_set = 1;
 		break;
 	case 'd':
 		if ((cfg.drain_signal = parse_signal(value)) == 0 || cfg.drain_signal == SIGSTOP)
 			return usage_error("%s %s: not a drain signal (a name such as SIGTERM, or a number from "
 					   "1 to 64, not SIGSTOP)",
 					   name, value);
+		cfg.drain_signal_set = 1;
 		break;
 	}
 	return PARSE_RUN;
 }
 
-/* parse_env applies the environment variables that stand for options: tini's names where tini
- * has the option, GRACEFUL_INIT_* for the drain's. */
+/* parse_env applies the environment variables that stand for options, after the command line,
+ * which wins: tini's names where tini has the option, GRACEFUL_INIT_* for the drain's. */
 static int parse_env(void)
 {
 	const char *v;
@@ -301,15 +308,20 @@ static int parse_env(void)
 		cfg.subreaper = 1;
 	if (getenv("TINI_KILL_PROCESS_GROUP"))
 		cfg.group = 1;
-	if ((v = getenv("TINI_VERBOSITY"))) {
-		long n = parse_number(v, 0, 3);
+	if ((v = getenv("TINI_VERBOSITY")) && *v) {
+		/* As tini's atoi: any level; those above 3 say no more than 3. */
+		long n = parse_number(v, 0, LONG_MAX);
 		if (n < 0)
-			return usage_error("TINI_VERBOSITY=%s: the verbosity must be a number from 0 to 3", v);
-		cfg.verbosity = (int)n;
+			return usage_error("TINI_VERBOSITY=%s: the verbosity must be a number (0 errors only, 1 "
+					   "warnings, 2 info, 3 debug)",
+					   v);
+		cfg.verbosity = n > 3 ? 3 : (int)n;
 	}
-	if ((v = getenv("GRACEFUL_INIT_GRACE")) && (r = set_option('t', "GRACEFUL_INIT_GRACE", v)) != PARSE_RUN)
+	cfg.verbosity += cfg.more_verbose;
+	if (!cfg.grace_set && (v = getenv("GRACEFUL_INIT_GRACE")) &&
+	    (r = set_option('t', "GRACEFUL_INIT_GRACE", v)) != PARSE_RUN)
 		return r;
-	if ((v = getenv("GRACEFUL_INIT_DRAIN_SIGNAL")) &&
+	if (!cfg.drain_signal_set && (v = getenv("GRACEFUL_INIT_DRAIN_SIGNAL")) &&
 	    (r = set_option('d', "GRACEFUL_INIT_DRAIN_SIGNAL", v)) != PARSE_RUN)
 		return r;
 	return PARSE_RUN;
@@ -405,17 +417,12 @@ static int wait_signal(sigmask_t mask, siginfo_t *info, long long timeout_ms)
 		ts.tv_nsec = (timeout_ms % 1000) * 1000000;
 		tsp = &ts;
 	}
-	for (;;) {
-		long s = syscall(SYS_rt_sigtimedwait, &mask, info, tsp, sizeof mask);
-		if (s > 0)
-			return (int)s;
-		if (errno == EAGAIN)
-			return 0;
-		if (errno != EINTR) {
-			warnf("rt_sigtimedwait: %s", strerror(errno));
-			return 0;
-		}
-	}
+	long s = syscall(SYS_rt_sigtimedwait, &mask, info, tsp, sizeof mask);
+	if (s > 0)
+		return (int)s;
+	if (errno != EAGAIN && errno != EINTR) /* on EINTR the caller computes what is left */
+		warnf("rt_sigtimedwait: %s", strerror(errno));
+	return 0;
 }
 
 /* now_ms is the time on the monotonic clock, in milliseconds. */
@@ -437,8 +444,9 @@ static int is_controlling_terminal(int fd)
 /* spawn starts the main process, argv resolved through PATH as execvp does, in a process group of
  * its own (which, when stdin is init's controlling terminal, becomes the terminal's foreground
  * group, so that ^C and ^Z go to the program), with init's signal mask and dispositions undone.
- * It returns its PID, or 0 with *status set after telling why it could not start. */
-static pid_t spawn(char **argv, sigmask_t saved_mask, int *status)
+ * It returns its PID, or 0 with *status set after telling why it could not start; *foreground_out
+ * says whether the main process took the terminal's foreground. */
+static pid_t spawn(char **argv, sigmask_t saved_mask, int *foreground_out, int *status)
 {
 	int report[2];
 	if (pipe2(report, O_CLOEXEC) < 0) {
@@ -447,6 +455,7 @@ static pid_t spawn(char **argv, sigmask_t saved_mask, int *status)
 		return 0;
 	}
 	int foreground = is_controlling_terminal(STDIN_FILENO);
+	*foreground_out = foreground;
 	pid_t pid = fork();
 	if (pid < 0) {
 		warnf("fork: %s", strerror(errno));
@@ -456,7 +465,7 @@ static pid_t spawn(char **argv, sigmask_t saved_mask, int *status)
 	if (pid == 0) {
 		close(report[0]);
 		setpgid(0, 0);
-		/* Signals are still blocked here, so taking the foreground raises no SIGTTOU. */
+		/* SIGTTOU is still ignored here, so taking the foreground does not stop the child. */
 		if (foreground && tcsetpgrp(STDIN_FILENO, getpgrp()) < 0 && errno != ENOTTY)
 			dprintf(STDERR_FILENO, "graceful-init: tcsetpgrp: %s\n", strerror(errno));
 		signal(SIGTTIN, SIG_DFL);
@@ -589,7 +598,7 @@ static void reap_killed(pid_t main_pid, int *main_status)
 }
 
 /* signal_descendants sends sig to every descendant of init, found by their parents in /proc,
- * and returns how many it signalled. */
+ * and returns how many it signalled, or -1 if /proc cannot tell. */
 static int signal_descendants(int sig)
 {
 	/* /proc must number processes as kill() does: one mounted for another PID namespace (an
@@ -598,13 +607,13 @@ static int signal_descendants(int sig)
 	ssize_t len = readlink("/proc/self", self_link, sizeof self_link - 1);
 	if (len <= 0 || (self_link[len] = 0, parse_number(self_link, 1, INT_MAX) != getpid())) {
 		warnf("/proc is not mounted for init's PID namespace: cannot find init's descendants");
-		return 0;
+		return -1;
 	}
 	struct proc_entry *list = NULL;
 	int n = list_procs(&list);
 	if (n < 0) {
 		warnf("cannot list /proc: %s", strerror(errno));
-		return 0;
+		return -1;
 	}
 	pid_t self = getpid();
 	int signalled = 0;
@@ -630,15 +639,17 @@ static int signal_descendants(int sig)
 /* signal_rest sends sig to every process of the container but init: from PID 1, kill(-1) reaches
  * exactly the rest of the namespace (and nested ones), in one pass the kernel does under its task
  * list lock, so that no fork slips through; otherwise init's descendants, as /proc lists them
- * (a process forked while the list is read can be missed: it is SIGKILLed at the grace's end). */
-static void signal_rest(int sig, int pid1)
+ * (a process forked while the list is read can be missed: it is SIGKILLed at the grace's end), or,
+ * if /proc cannot tell, the main process's group. */
+static void signal_rest(int sig, int pid1, pid_t main_pid)
 {
 	if (pid1) {
 		if (kill(-1, sig) < 0 && errno != ESRCH)
 			warnf("kill(-1, %d): %s", sig, strerror(errno));
 		return;
 	}
-	signal_descendants(sig);
+	if (signal_descendants(sig) < 0 && kill(-main_pid, sig) < 0 && errno != ESRCH)
+		warnf("kill(-%d, %d): %s", main_pid, sig, strerror(errno));
 }
 
 /* alone reports whether no process of the container but init is left: in a PID namespace of
@@ -663,9 +674,9 @@ static int stop_signal(int s)
 int main(int argc, char **argv)
 {
 	char **program = NULL;
-	int r = parse_env();
+	int r = parse_args(argc, argv, &program);
 	if (r == PARSE_RUN)
-		r = parse_args(argc, argv, &program);
+		r = parse_env();
 	if (r != PARSE_RUN)
 		return r;
 
@@ -679,9 +690,10 @@ int main(int argc, char **argv)
 		warnf("prctl(PR_SET_CHILD_SUBREAPER): %s", strerror(errno));
 
 	/* Every signal waits in init's queue for the loop below, from before the main process
-	 * exists, so that none sent in between is lost. SIGTTIN and SIGTTOU are ignored, as tini
-	 * does, so that init is never stopped when the main process has the terminal. */
-	sigmask_t saved_mask = 0, all = ~unblocked;
+	 * exists, so that none sent in between is lost. SIGTTIN and SIGTTOU are left unblocked and
+	 * ignored, as tini does: init is never stopped when the main process has the terminal, and
+	 * they are not forwarded (a blocked signal is queued even when ignored). */
+	sigmask_t saved_mask = 0, all = ~(unblocked | SIGBIT(SIGTTIN) | SIGBIT(SIGTTOU));
 	if (set_sigmask(all, &saved_mask) < 0) {
 		warnf("rt_sigprocmask: %s", strerror(errno));
 		return EXIT_NOT_EXECUTABLE;
@@ -689,25 +701,35 @@ int main(int argc, char **argv)
 	signal(SIGTTIN, SIG_IGN);
 	signal(SIGTTOU, SIG_IGN);
 
-	int status = 0;
-	pid_t main_pid = spawn(program, saved_mask, &status);
+	int status = 0, foreground = 0;
+	pid_t main_pid = spawn(program, saved_mask, &foreground, &status);
 	if (main_pid == 0)
 		return status;
 	infof("main process %d started%s", main_pid, cfg.shim ? " (the graceful shim drains)" : "");
 
 	int main_status = -1;     /* the main process's exit status, once reaped */
-	int stop_signals = 0;     /* stop signals received */
+	int stop_signals = 0;     /* stop signals received, at most one of them before the drain */
 	long long deadline = -1;  /* end of the drain's grace, once it has begun */
 	long long drain_began = 0;
 	char name[32];            /* a signal's name, for the log */
 	for (;;) {
+		int had_main = main_status >= 0;
 		int no_children = reap(main_pid, &main_status);
+		if (!had_main && main_status >= 0 && foreground) {
+			/* The terminal's foreground group is gone with the main process: init takes it,
+			 * so that ^C reaches init (SIGTTOU is ignored). */
+			tcsetpgrp(STDIN_FILENO, getpgrp());
+		}
 		if (main_status >= 0 && !cfg.shim && deadline < 0) {
 			drain_began = now_ms();
 			if (!alone(pid1, no_children)) {
-				infof("draining: %s to every other process, grace %lld ms", signal_name(cfg.drain_signal, name, sizeof name),
-				      cfg.grace_ms);
-				signal_rest(cfg.drain_signal, pid1);
+				infof("draining: %s to every other process, grace %lld ms",
+				      signal_name(cfg.drain_signal, name, sizeof name), cfg.grace_ms);
+				signal_rest(cfg.drain_signal, pid1, main_pid);
+				/* A stopped process handles the drain signal only once continued (as
+				 * systemd does, SIGCONT follows). */
+				if (cfg.drain_signal != SIGKILL && cfg.drain_signal != SIGCONT)
+					signal_rest(SIGCONT, pid1, main_pid);
 			}
 			deadline = drain_began + cfg.grace_ms;
 		}
@@ -719,31 +741,35 @@ int main(int argc, char **argv)
 		long long timeout = -1;
 		if (deadline >= 0) {
 			timeout = deadline - now_ms();
-			if (timeout <= 0 || (stop_signals >= 2)) {
+			if (timeout <= 0 || stop_signals >= 2) {
 				warnf("%s: SIGKILL to the processes left", timeout <= 0 ? "grace period over" :
 											"second stop signal");
-				signal_rest(SIGKILL, pid1);
+				signal_rest(SIGKILL, pid1, main_pid);
 				reap_killed(main_pid, &main_status);
 				break;
 			}
-			/* Exits of processes that are not init's children (a runtime's exec) raise no
-			 * SIGCHLD: with no child left, init looks again every 20 ms. */
-			if (no_children && timeout > 20)
-				timeout = 20;
 		}
+		/* Exits of processes that are not init's children (a runtime's exec) raise no SIGCHLD:
+		 * once the main process is gone and no child is left, init looks again every 20 ms. */
+		if (main_status >= 0 && no_children && (timeout < 0 || timeout > 20))
+			timeout = 20;
 		siginfo_t info;
 		int s = wait_signal(all, &info, timeout);
 		if (s == 0 || s == SIGCHLD)
 			continue;
+		/* A signal init raised on itself (SIGPIPE from a write to a closed stderr) is init's. */
+		if (info.si_code == SI_USER && info.si_pid == getpid())
+			continue;
 		if (stop_signal(s))
-			stop_signals++;
+			stop_signals = main_status < 0 ? 1 : stop_signals + 1;
 		if (main_status < 0) {
 			pid_t target = cfg.group ? -main_pid : main_pid;
 			debugf("forwarding %s to %d", signal_name(s, name, sizeof name), target);
 			if (kill(target, s) < 0 && errno != ESRCH)
 				warnf("forwarding %s: %s", signal_name(s, name, sizeof name), strerror(errno));
 		} else if (stop_signals == 1 && !cfg.shim) {
-			debugf("%s while draining: the drain goes on (a second stop signal ends it)", signal_name(s, name, sizeof name));
+			debugf("%s while draining: the drain goes on (a second stop signal ends it)",
+			       signal_name(s, name, sizeof name));
 		}
 	}
 	if (main_status < 0)

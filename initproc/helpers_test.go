@@ -86,7 +86,9 @@ func startInitWith(t *testing.T, setup func(*exec.Cmd), script string, opts ...s
 		setup(cmd)
 	}
 	ns := &initNS{cmd: cmd, done: make(chan struct{}), lines: make(chan string, 1024)}
-	cmd.Stderr = &ns.stderr
+	if cmd.Stderr == nil {
+		cmd.Stderr = &ns.stderr
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
