@@ -167,28 +167,10 @@ kill -KILL $sibling`,
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command("sh", filepath.Join(dir, "outer.sh"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS, Setpgid: true}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := testguard.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("%v; stderr %q", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill() // PID 1: the namespace goes with it
-		<-done
-		t.Fatalf("the namespace's shell did not finish; stderr %q", stderr.String())
-	}
+	stderr := runNamespaceShell(t, syscall.CLONE_NEWNS, "sh", filepath.Join(dir, "outer.sh"))
 	data, _ := os.ReadFile(out)
 	if got, want := strings.TrimSpace(string(data)), "orphan up\norphan flushed\ninit exited 7\nsibling alive"; got != want {
-		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr.String())
+		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr)
 	}
 }
 
@@ -442,28 +424,10 @@ func TestNoProcFallsBackToTheMainGroup(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	script := initBin + ` -t 30s -- sh -c 'sh -c "trap \"sleep 0.3; echo helper flushed >> ` + out + `; exit 0\" TERM; echo helper up >> ` + out + `; while :; do sleep 0.02; done" & while ! grep -q up ` + out + `; do sleep 0.02; done; exit 5'; echo "init exited $?" >> ` + out
 	// A new PID namespace whose shell, PID 1, runs init as its child; /proc stays the host's.
-	cmd := exec.Command("sh", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Setpgid: true}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := testguard.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("%v; stderr %q", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("init did not finish; stderr %q", stderr.String())
-	}
+	stderr := runNamespaceShell(t, 0, "sh", "-c", script)
 	data, _ := os.ReadFile(out)
 	if got, want := strings.TrimSpace(string(data)), "helper up\nhelper flushed\ninit exited 5"; got != want {
-		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr.String())
+		t.Fatalf("recorded %q, want %q; stderr %q", got, want, stderr)
 	}
 }
 
@@ -473,13 +437,7 @@ func TestTerminalInterruptDuringTheDrain(t *testing.T) {
 	master, slave := openPTY(t)
 	defer master.Close()
 	defer slave.Close()
-	ns := startInitWith(t, func(cmd *exec.Cmd) {
-		cmd.Stdin = slave
-		cmd.SysProcAttr.Setpgid = false
-		cmd.SysProcAttr.Setsid = true
-		cmd.SysProcAttr.Setctty = true
-		cmd.SysProcAttr.Ctty = 0
-	}, ignoringHelper+`sleep 0.1; exit 9`, "-t", "60s")
+	ns := startInitWith(t, withTerminal(slave), ignoringHelper+`sleep 0.1; exit 9`, "-t", "60s")
 	ns.expect(t, "stubborn up")
 	ns.expect(t, "stubborn got TERM")
 	start := time.Now()

@@ -122,6 +122,45 @@ func startInitWith(t *testing.T, setup func(*exec.Cmd), script string, opts ...s
 	return ns
 }
 
+// withTerminal sets init up to lead a session whose controlling terminal is tty (its stdin), as
+// runc sets up a container with a terminal.
+func withTerminal(tty *os.File) func(*exec.Cmd) {
+	return func(cmd *exec.Cmd) {
+		cmd.Stdin = tty
+		cmd.SysProcAttr.Setpgid = false
+		cmd.SysProcAttr.Setsid = true
+		cmd.SysProcAttr.Setctty = true
+		cmd.SysProcAttr.Ctty = 0
+	}
+}
+
+// runNamespaceShell runs argv as PID 1 of a new PID namespace (and of the namespaces of
+// cloneflags), waits up to 20 s for it to finish, and returns its stderr; it fails the test if it
+// fails or does not finish.
+func runNamespaceShell(t *testing.T, cloneflags uintptr, argv ...string) string {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | cloneflags, Setpgid: true}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := testguard.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%v; stderr %q", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill() // PID 1: the namespace goes with it
+		<-done
+		t.Fatalf("the namespace's PID 1 did not finish; stderr %q", stderr.String())
+	}
+	return stderr.String()
+}
+
 // expect returns once the namespace has printed the line want.
 func (ns *initNS) expect(t *testing.T, want string) {
 	t.Helper()

@@ -235,14 +235,7 @@ func TestProcessGroup(t *testing.T) {
 		master, slave := openPTY(t)
 		defer master.Close()
 		defer slave.Close()
-		ns := startInitWith(t, func(cmd *exec.Cmd) {
-			// init leads a session whose controlling terminal is the pty, as runc sets it up.
-			cmd.Stdin = slave
-			cmd.SysProcAttr.Setpgid = false
-			cmd.SysProcAttr.Setsid = true
-			cmd.SysProcAttr.Setctty = true
-			cmd.SysProcAttr.Ctty = 0
-		}, script)
+		ns := startInitWith(t, withTerminal(slave), script)
 		pgrp, tpgid := fields(t, ns)
 		if pgrp == ns.pid || pgrp <= 0 {
 			t.Fatalf("main process in group %d, want its own (init is %d)", pgrp, ns.pid)
