@@ -291,9 +291,13 @@ func waitZombieMember(t *testing.T, scope *Scope) {
 	t.Fatal("no member of the namespace became a zombie in 10 s")
 }
 
-// kernelAtLeast reports whether the running kernel is at least major.minor.
+// kernelAtLeast reports whether the running kernel is at least major.minor: the emulated one, in a
+// kernelemu build that emulates one.
 func kernelAtLeast(t *testing.T, major, minor int) bool {
 	t.Helper()
+	if emulatedKernel != (KernelRelease{}) {
+		return !emulatedKernel.before(KernelRelease{major, minor})
+	}
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// epollPwait2Unsupported is set once the kernel has refused epoll_pwait2 (before Linux 5.11).
+// epollPwait2Unsupported is set once the kernel has refused epoll_pwait2 (before Linux 5.11, or a
+// seccomp profile).
 var epollPwait2Unsupported atomic.Bool
 
 // epollWait is epoll_wait with a timeout to the nanosecond (epoll_pwait2), where epoll_wait
@@ -17,9 +18,14 @@ var epollPwait2Unsupported atomic.Bool
 func epollWait(ep int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
 	if !epollPwait2Unsupported.Load() && len(events) > 0 {
 		ts := unix.NsecToTimespec(timeout.Nanoseconds())
-		n, _, errno := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
-			uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
-		if errno != unix.ENOSYS {
+		errno := unix.ENOSYS
+		var n uintptr
+		if !missing(featureEpollPwait2) {
+			n, _, errno = unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
+				uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		}
+		// EPERM: a seccomp profile that denies system calls it does not know refuses it too.
+		if errno != unix.ENOSYS && errno != unix.EPERM {
 			if errno != 0 {
 				return 0, errno
 			}

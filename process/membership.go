@@ -164,7 +164,10 @@ func (s *Scope) visible(pid int) (in, known bool) {
 		return false, false
 	}
 	fd := int(s.ns.Fd())
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetTgidInPidns, uintptr(pid))
+	errno := unix.ENOTTY
+	if !missing(featureNSGetTgid) {
+		_, _, errno = unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetTgidInPidns, uintptr(pid))
+	}
 	switch errno {
 	case 0:
 		return true, true
@@ -295,7 +298,10 @@ func (s *Scope) memberByHandle(h *Handle) (nsIno uint64, ok bool) {
 	if s.Kind != ByPIDNamespace || pidfdNamespaceUnsupported.Load() || h.Pid == s.Init {
 		return s.member(h.Pid)
 	}
-	fd, err := unix.IoctlRetInt(h.fd, pidfdGetPidNamespace)
+	fd, err := -1, error(unix.ENOTTY)
+	if !missing(featurePidfdGetPidNS) {
+		fd, err = unix.IoctlRetInt(h.fd, pidfdGetPidNamespace)
+	}
 	if err != nil {
 		if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL) {
 			pidfdNamespaceUnsupported.Store(true) // an older kernel

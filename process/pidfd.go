@@ -32,7 +32,12 @@ func Open(pid int) (*Handle, error) {
 }
 
 // pidfdOpen is pidfd_open(2) (a test injects its failures here).
-var pidfdOpen = unix.PidfdOpen
+var pidfdOpen = func(pid, flags int) (int, error) {
+	if missing(featurePidfdOpen) {
+		return -1, unix.ENOSYS
+	}
+	return unix.PidfdOpen(pid, flags)
+}
 
 // Signal delivers sig to the process the handle refers to. It returns ErrGone when that process has
 // been reaped.

@@ -63,6 +63,9 @@ func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher ev
 	// A stop opens up to hundreds of pidfds at once; the descriptor table grows now, aside,
 	// rather than then, on the stop's critical path (see process.ReserveDescriptors).
 	go process.ReserveDescriptors(process.DrainDescriptors)
+	if k := process.EmulatedKernel(); k != (process.KernelRelease{}) {
+		log.G(ctx).Warnf("graceful: a kernelemu test build behaving as Linux %s", k)
+	}
 	ns, _ := namespaces.Namespace(ctx)
 	return &service{TTRPCTaskService: runc, ctx: ctx, publisher: publisher, exits: exits, containers: map[string]*container{},
 		containerdAddress: containerdAddress, namespace: ns}
@@ -112,6 +115,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
 	}
 	r.Options = settings.RuncOptions
+	if !settings.Policy.Passthrough {
+		// Below the minimum kernel every stop would quietly be the stock shim's: say so now.
+		if err := process.CheckKernel(); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
+		}
+	}
 	if !settings.Policy.Passthrough && !settings.Policy.StopSignalsSet {
 		sig, where, err := recordedStopSignal(ctx, s.containerdAddress, s.namespace, r.ID)
 		if err != nil {

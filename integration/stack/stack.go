@@ -221,7 +221,7 @@ state = %[2]q
 
 // buildGo builds a main package of this module into out.
 func buildGo(out, pkg string, cgo bool) error {
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd := exec.Command("go", "build", "-tags", buildTags, "-o", out, pkg)
 	cmd.Dir = ModuleRoot()
 	cmd.Env = os.Environ()
 	if !cgo {
