@@ -161,8 +161,8 @@ func runNamespaceShell(t *testing.T, cloneflags uintptr, argv ...string) string 
 	return stderr.String()
 }
 
-// expect returns once the namespace has printed the line want.
-func (ns *initNS) expect(t *testing.T, want string) {
+// expect returns once the namespace has printed the line want, with the lines printed before it.
+func (ns *initNS) expect(t *testing.T, want string) (before []string) {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
@@ -172,9 +172,10 @@ func (ns *initNS) expect(t *testing.T, want string) {
 				t.Fatalf("output ended before %q", want)
 			}
 			if line == want {
-				return
+				return before
 			}
 			t.Logf("output: %s", line)
+			before = append(before, line)
 		case <-deadline:
 			t.Fatalf("timed out waiting for %q", want)
 		}
