@@ -9,7 +9,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
 
-.PHONY: all build install stack bench bench-smoke check-test-names test test-kernel-emulated test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-nerdctl test-real test-cgroup2 demo vet fuzz clean
+.PHONY: all build install stack bench bench-smoke check-test-names test test-kernel-emulated test-kernel-6.1 test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-nerdctl test-real test-cgroup2 demo vet fuzz clean
 
 all: build
 
@@ -144,6 +144,14 @@ test-kernel-emulated: stack
 		GRACEFUL_EMULATE_KERNEL=$$k $(GO) test -tags kernelemu -count=1 -v -timeout 20m -run '^($(KERNEL_EMU_NAMES)|TestShimsBehaveAsTheEmulatedKernel)$$' ./integration/; \
 	done
 	$(GO) test -tags kernelemu -count=1 -v -timeout 10m -run '^TestCreateRefusedBelowTheMinimumKernel$$' ./integration/
+
+# The process/ suite on a real older kernel: Debian 12's Linux 6.1, booted under qemu (TCG), with
+# the host's file system over 9p (integration/stack/kernel-vm.sh). Not in CI, and not green yet:
+# it boots in 3 s and runs the suite (the 6.8 and 6.11 fallbacks answer as on the host's
+# emulation), but under TCG a 2 000-process setup misses its 10 s readiness bound and the test
+# binary is SIGKILLed in the next test (2026-12-07, under investigation).
+test-kernel-6.1: stack
+	bash integration/stack/kernel-vm.sh
 
 # Every test-name list above must name existing tests: a rename would otherwise empty a -run
 # regex silently (and the process package's cgroup tests must still match "Cgroup").

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# kernel-vm.sh: runs the process/ suite on a real older kernel, Debian 12's own Linux 6.1, booted
+# under qemu with software emulation (TCG: a KVM guest hung on this machine). `make
+# test-kernel-6.1` runs it.
+#
+# The guest has no disk: its initramfs loads the 9p and overlay modules of that kernel, mounts the
+# host's root file system read-only over virtio-9p with a tmpfs overlay on top, and runs the test
+# binary (built here, on the host) in a chroot of it, as root, with its own /proc, /sys, /dev and
+# cgroup v2. The test binary's output comes back on the serial console, and its exit status in
+# the last line ("kernel-vm: exit N"), which this script turns into its own.
+#
+#   STACK_DIR       cache directory (default /var/cache/graceful-stack)
+#   VM_KERNEL_PKG   the kernel package (default: what linux-image-amd64 depends on in bookworm)
+#   VM_TEST_ARGS    arguments for the test binary (default: -test.v -test.timeout 60m)
+#   VM_TIMEOUT      the whole boot and run, in seconds (default 3600)
+set -euo pipefail
+
+STACK_DIR=${STACK_DIR:-/var/cache/graceful-stack}
+VM_TEST_ARGS=${VM_TEST_ARGS:--test.v -test.timeout 60m}
+VM_TIMEOUT=${VM_TIMEOUT:-3600}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+log() { echo "kernel-vm: $*" >&2; }
+
+need() {
+	local missing=()
+	for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing ${missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	fi
+}
+need qemu-system-x86 busybox-static kmod cpio
+
+# The kernel: Debian's package, unpacked into the stack cache (not installed on the host).
+pkg=${VM_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')}
+kdir="$STACK_DIR/kernel/$pkg"
+if [ ! -e "$kdir/.complete" ]; then
+	log "unpacking $pkg"
+	rm -rf "$kdir" && mkdir -p "$kdir"
+	(cd "$kdir" && apt-get download -qq "$pkg" && dpkg-deb -x ./*.deb unpacked && rm -f ./*.deb)
+	ver=$(ls "$kdir/unpacked/lib/modules")
+	depmod -b "$kdir/unpacked" "$ver"
+	touch "$kdir/.complete"
+fi
+ver=$(ls "$kdir/unpacked/lib/modules")
+vmlinuz="$kdir/unpacked/boot/vmlinuz-$ver"
+
+# On the host's disk, which the guest sees (its /tmp and /run are its own).
+mkdir -p "$STACK_DIR/kernel"
+work=$(mktemp -d "$STACK_DIR/kernel/run.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# The test binary, static, built on the host: the guest runs it from the host's file system.
+log "building the process/ test binary"
+(cd "$root" && CGO_ENABLED=0 go test -c -o "$work/process.test" ./process/)
+
+# The initramfs: busybox, the modules 9p, overlay and fuse (for the stuck-argv test) need (in the order modprobe would load them),
+# and /init.
+init="$work/initramfs"
+mkdir -p "$init"/{bin,proc,sys,dev,newroot,lower,upper,modules}
+cp /bin/busybox "$init/bin/busybox"
+for m in virtio_pci 9pnet_virtio 9p overlay fuse; do
+	modprobe -d "$kdir/unpacked" -S "$ver" --show-depends "$m"
+done | awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++' > "$work/modules.order"
+n=0
+while read -r ko; do
+	n=$((n + 1))
+	cp "$ko" "$init/modules/$(printf %02d "$n")-$(basename "$ko")"
+done < "$work/modules.order"
+cat > "$init/init" <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for ko in /modules/*; do
+	case "\$ko" in
+	*.xz) xz -dc "\$ko" > /tmp.ko && insmod /tmp.ko && rm /tmp.ko ;;
+	*) insmod "\$ko" ;;
+	esac
+done
+# The 9p device appears once virtio_pci has probed it.
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot /lower 2>/dev/null && break
+	sleep 0.5
+done
+grep -q " /lower " /proc/mounts || { echo "kernel-vm: cannot mount the host's root over 9p"; echo "kernel-vm: exit 125"; poweroff -f; }
+mount -t tmpfs tmpfs /upper
+mkdir -p /upper/up /upper/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/up,workdir=/upper/work /newroot
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+for d in tmp run; do mount -t tmpfs tmpfs /newroot/\$d; done
+ulimit -n 1048576 # as containerd's and systemd's services have it
+echo "kernel-vm: \$(uname -r), \$(nproc) CPUs, running the process/ suite"
+cd /newroot$root/process
+chroot /newroot sh -c 'cd $root/process && exec env PATH=/usr/local/go/bin:/usr/sbin:/usr/bin:/sbin:/bin $work/process.test $VM_TEST_ARGS'
+echo "kernel-vm: exit \$?"
+poweroff -f
+EOF
+chmod +x "$init/init"
+(cd "$init" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.gz"
+
+log "booting Linux $ver under qemu (TCG)"
+timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 8192 -smp 2 -nographic -no-reboot \
+	-kernel "$vmlinuz" -initrd "$work/initramfs.gz" \
+	-append "console=ttyS0 rdinit=/init panic=-1 quiet" \
+	-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on" \
+	< /dev/null | tee "$work/console.log"
+status=$(sed -n 's/^kernel-vm: exit \([0-9]*\).*/\1/p' "$work/console.log" | tail -1)
+if [ -z "$status" ]; then
+	log "the guest ended without the test's exit status"
+	exit 1
+fi
+log "the process/ suite on Linux $ver exited $status"
+exit "$status"
