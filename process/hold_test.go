@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if ns := os.Getenv(signallerEnv); ns != "" {
 		os.Exit(SignallerMain([]string{ns}, os.Stdin, os.Stdout))
 	}
+	if os.Getenv(epollSeccompEnv) != "" {
+		os.Exit(epollUnderSeccomp())
+	}
 	if pid := os.Getenv(holderEnv); pid != "" {
 		setHolderHook(os.Getenv(holderHookEnv))
 		n, _ := strconv.Atoi(pid)
