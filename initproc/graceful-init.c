@@ -85,20 +85,22 @@ static void logf_(int level, const char *format, ...)
 {
 	if (cfg.verbosity < level)
 		return;
+	static const char prefix[] = "graceful-init: ";
 	char line[512];
+	memcpy(line, prefix, sizeof prefix - 1);
+	size_t room = sizeof line - sizeof prefix; /* the message, and its newline */
 	va_list ap;
 	va_start(ap, format);
-	int n = vsnprintf(line, sizeof line - 1, format, ap);
+	int n = vsnprintf(line + sizeof prefix - 1, room, format, ap);
 	va_end(ap);
 	if (n < 0)
 		return;
-	if (n > (int)sizeof line - 2)
-		n = sizeof line - 2;
+	if ((size_t)n > room - 1)
+		n = (int)room - 1;
+	n += sizeof prefix - 1;
 	line[n++] = '\n';
 	/* A single write, so that lines from init and its processes do not interleave. */
-	char out[sizeof line + 16];
-	int m = snprintf(out, sizeof out, "graceful-init: %.*s", n, line);
-	if (m > 0 && write(STDERR_FILENO, out, m < (int)sizeof out ? m : (int)sizeof out - 1) < 0) {
+	if (write(STDERR_FILENO, line, n) < 0) {
 		/* Nothing to do: stderr is gone. */
 	}
 }
@@ -597,9 +599,19 @@ static void reap_killed(pid_t main_pid, int *main_status)
 	}
 }
 
-/* signal_descendants sends sig to every descendant of init, found by their parents in /proc,
- * and returns how many it signalled, or -1 if /proc cannot tell. */
-static int signal_descendants(int sig)
+/* send sends sig to pid (a process, or -pgid), and SIGCONT after it when cont is set. It returns
+ * kill's result for sig. */
+static int send(pid_t pid, int sig, int cont)
+{
+	int r = kill(pid, sig);
+	if (cont)
+		kill(pid, SIGCONT);
+	return r;
+}
+
+/* signal_descendants sends sig (and SIGCONT, with cont) to every descendant of init, found by
+ * their parents in /proc, and returns how many it signalled, or -1 if /proc cannot tell. */
+static int signal_descendants(int sig, int cont)
 {
 	/* /proc must number processes as kill() does: one mounted for another PID namespace (an
 	 * ancestor's) would name other processes. */
@@ -628,7 +640,7 @@ static int signal_descendants(int sig)
 				continue;
 			list[i].descends = changed = 1;
 			debugf("signal %d to %d", sig, list[i].pid);
-			if (kill(list[i].pid, sig) == 0)
+			if (send(list[i].pid, sig, cont) == 0)
 				signalled++;
 		}
 	}
@@ -636,19 +648,19 @@ static int signal_descendants(int sig)
 	return signalled;
 }
 
-/* signal_rest sends sig to every process of the container but init: from PID 1, kill(-1) reaches
- * exactly the rest of the namespace (and nested ones), in one pass the kernel does under its task
- * list lock, so that no fork slips through; otherwise init's descendants, as /proc lists them
- * (a process forked while the list is read can be missed: it is SIGKILLed at the grace's end), or,
- * if /proc cannot tell, the main process's group. */
-static void signal_rest(int sig, int pid1, pid_t main_pid)
+/* signal_rest sends sig (then SIGCONT, with cont) to every process of the container but init:
+ * from PID 1, kill(-1) reaches exactly the rest of the namespace (and nested ones), in one pass
+ * the kernel does under its task list lock, so that no fork slips through; otherwise init's
+ * descendants, as /proc lists them (a process forked while the list is read can be missed: it is
+ * SIGKILLed at the grace's end), or, if /proc cannot tell, the main process's group. */
+static void signal_rest(int sig, int cont, int pid1, pid_t main_pid)
 {
 	if (pid1) {
-		if (kill(-1, sig) < 0 && errno != ESRCH)
+		if (send(-1, sig, cont) < 0 && errno != ESRCH)
 			warnf("kill(-1, %d): %s", sig, strerror(errno));
 		return;
 	}
-	if (signal_descendants(sig) < 0 && kill(-main_pid, sig) < 0 && errno != ESRCH)
+	if (signal_descendants(sig, cont) < 0 && send(-main_pid, sig, cont) < 0 && errno != ESRCH)
 		warnf("kill(-%d, %d): %s", main_pid, sig, strerror(errno));
 }
 
@@ -725,11 +737,10 @@ int main(int argc, char **argv)
 			if (!alone(pid1, no_children)) {
 				infof("draining: %s to every other process, grace %lld ms",
 				      signal_name(cfg.drain_signal, name, sizeof name), cfg.grace_ms);
-				signal_rest(cfg.drain_signal, pid1, main_pid);
 				/* A stopped process handles the drain signal only once continued (as
 				 * systemd does, SIGCONT follows). */
-				if (cfg.drain_signal != SIGKILL && cfg.drain_signal != SIGCONT)
-					signal_rest(SIGCONT, pid1, main_pid);
+				int cont = cfg.drain_signal != SIGKILL && cfg.drain_signal != SIGCONT;
+				signal_rest(cfg.drain_signal, cont, pid1, main_pid);
 			}
 			deadline = drain_began + cfg.grace_ms;
 		}
@@ -744,7 +755,7 @@ int main(int argc, char **argv)
 			if (timeout <= 0 || stop_signals >= 2) {
 				warnf("%s: SIGKILL to the processes left", timeout <= 0 ? "grace period over" :
 											"second stop signal");
-				signal_rest(SIGKILL, pid1, main_pid);
+				signal_rest(SIGKILL, 0, pid1, main_pid);
 				reap_killed(main_pid, &main_status);
 				break;
 			}

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 // TestDocker runs the Docker engine (dockerd, moby) on the package's private containerd with
@@ -591,10 +592,9 @@ func (d *dockerEnv) run(t *testing.T, spec dockerSpec) *dockerContainer {
 // which docker mounts as /sbin/docker-init), with the main process as its child.
 func (d *dockerEnv) expectInit(t *testing.T, c *dockerContainer) {
 	t.Helper()
-	pid := d.inspect(t, c).State.Pid
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil || strings.TrimSpace(string(comm)) != "docker-init" {
-		t.Fatalf("the container's PID 1 is %q (%v), want docker-init", comm, err)
+	st, err := process.ReadStatus(d.inspect(t, c).State.Pid)
+	if err != nil || st.Name != "docker-init" {
+		t.Fatalf("the container's PID 1 is %q (%v), want docker-init", st.Name, err)
 	}
 }
 

@@ -150,14 +150,7 @@ exit 3`
 			reports := subscribeReports(t)
 			c := start(t, initSpec(script, init))
 			waitTrapped(t, c, "helper")
-			start := time.Now()
-			if err := os.WriteFile(c.OutDir+"/go", nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			_, st, err := c.WaitExit(start, 20*time.Second)
-			if err != nil || st.ExitCode() != 3 {
-				t.Fatalf("exit %d (%v), want the main process's 3", st.ExitCode(), err)
-			}
+			releaseMain(t, c, 3)
 			got := c.Marker("helper")
 			if !init {
 				if got != "" {
@@ -173,6 +166,22 @@ exit 3`
 			}
 		})
 	}
+}
+
+// releaseMain lets a main process that waits for /out/go go on and exit, waits (up to 20 s) for
+// the task's exit and fails the test unless its status is want, the main process's. It returns
+// the time from the release to the exit.
+func releaseMain(t *testing.T, c *stack.Container, want uint32) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := os.WriteFile(c.OutDir+"/go", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err := c.WaitExit(start, 20*time.Second)
+	if err != nil || st.ExitCode() != want {
+		t.Fatalf("exit %d (%v), want the main process's %d", st.ExitCode(), err, want)
+	}
+	return time.Since(start)
 }
 
 // mainOf is the main process under graceful-init: the container's process whose parent is init

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -39,15 +38,7 @@ exit 3`
 		t.Run(short(runtime), func(t *testing.T) {
 			c := start(t, standaloneInitSpec(runtime, script))
 			waitTrapped(t, c, "helper")
-			start := time.Now()
-			if err := os.WriteFile(c.OutDir+"/go", nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			_, st, err := c.WaitExit(start, 20*time.Second)
-			took := time.Since(start)
-			if err != nil || st.ExitCode() != 3 {
-				t.Fatalf("exit %d (%v), want the main process's 3", st.ExitCode(), err)
-			}
+			took := releaseMain(t, c, 3)
 			if got := c.Marker("helper"); got != "clean" {
 				t.Fatalf("the helper's TERM handler did not complete: marker %q", got)
 			}
@@ -87,15 +78,7 @@ while [ ! -e /out/go ]; do sleep 0.05; done
 exit 5`
 	c := start(t, standaloneInitSpec(stack.StockRuntime, script, "-t", "1s"))
 	waitTrapped(t, c, "ignoring")
-	start := time.Now()
-	if err := os.WriteFile(c.OutDir+"/go", nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	_, st, err := c.WaitExit(start, 20*time.Second)
-	took := time.Since(start)
-	if err != nil || st.ExitCode() != 5 {
-		t.Fatalf("exit %d (%v), want the main process's 5", st.ExitCode(), err)
-	}
+	took := releaseMain(t, c, 5)
 	if took < 900*time.Millisecond || took > 6*time.Second {
 		t.Fatalf("the container exited %v after main, want the 1 s grace", took)
 	}

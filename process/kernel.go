@@ -27,12 +27,11 @@ type kernelFeature struct {
 // The features the package uses that came after Linux 5.0. Each call site has a fallback but
 // pidfd_open's, which is the minimum (see CheckKernel).
 var (
-	featurePidfdOpen       = kernelFeature{"pidfd_open", KernelRelease{5, 3}}
-	featureEpollPwait2     = kernelFeature{"epoll_pwait2", KernelRelease{5, 11}}
-	featureNSGetTgid       = kernelFeature{"NS_GET_TGID_IN_PIDNS", KernelRelease{6, 8}}
-	featurePidfdGetPidNS   = kernelFeature{"PIDFD_GET_PID_NAMESPACE", KernelRelease{6, 11}}
-	emulatedKernel         KernelRelease // set only by builds with the kernelemu tag (kernelemu.go)
-	errEmulatedKernelValue = errors.New("GRACEFUL_EMULATE_KERNEL must be a release such as 6.1 or 5.10")
+	featurePidfdOpen     = kernelFeature{"pidfd_open", KernelRelease{5, 3}}
+	featureEpollPwait2   = kernelFeature{"epoll_pwait2", KernelRelease{5, 11}}
+	featureNSGetTgid     = kernelFeature{"NS_GET_TGID_IN_PIDNS", KernelRelease{6, 8}}
+	featurePidfdGetPidNS = kernelFeature{"PIDFD_GET_PID_NAMESPACE", KernelRelease{6, 11}}
+	emulatedKernel       KernelRelease // set only by builds with the kernelemu tag (kernelemu.go)
 )
 
 // missing reports whether this process behaves as on a kernel older than f: never, unless a test

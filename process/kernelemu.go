@@ -3,6 +3,7 @@
 package process
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -33,7 +34,7 @@ func parseRelease(v string) (KernelRelease, error) {
 	a, err1 := strconv.Atoi(major)
 	b, err2 := strconv.Atoi(minor)
 	if !ok || err1 != nil || err2 != nil || a < 3 || b < 0 {
-		return KernelRelease{}, errEmulatedKernelValue
+		return KernelRelease{}, errors.New("want a release such as 6.1 or 5.10")
 	}
 	return KernelRelease{a, b}, nil
 }
