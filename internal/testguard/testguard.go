@@ -35,7 +35,15 @@ const guardPrefix = "graceful-guard-"
 func Main(m *testing.M) int { return Run(m.Run) }
 
 // Run is Main for a TestMain that does more around m.Run: run is what it does.
+//
+// A binary outside the initial PID namespace (a test that runs its own binary under unshare
+// --pid) neither sweeps nor gets a cgroup: the cgroups are named after PIDs of the initial
+// namespace, which it cannot see, so it would take a running binary's for a dead one's. It
+// runs in the cgroup of the binary that started it.
 func Run(run func() int) int {
+	if !inInitialPIDNamespace() {
+		return run()
+	}
 	for _, r := range Sweep() {
 		fmt.Fprintln(os.Stderr, "testguard:", r)
 	}
@@ -145,7 +153,9 @@ func procsBelow(dir string) []int {
 		os.WriteFile(filepath.Join(path, "cgroup.freeze"), []byte("0"), 0o644)
 		data, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
 		for _, f := range strings.Fields(string(data)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
+			// A process this binary's PID namespace cannot see is listed as 0 (cgroup v2):
+			// kill(0) would be this binary's process group.
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 && pid != os.Getpid() {
 				pids = append(pids, pid)
 			}
 		}
@@ -193,6 +203,17 @@ func testBinaryAlive(pid int) bool {
 	// comm keeps 15 characters ("integration.tes" for integration.test): a name cut there may be
 	// a test binary's, and is left alone.
 	return strings.HasSuffix(name, ".test") || len(name) == 15
+}
+
+// initialPIDNamespace is the inode of the initial PID namespace's file (PROC_PID_INIT_INO, fixed
+// since Linux 3.8).
+const initialPIDNamespace = "pid:[4026531836]"
+
+// inInitialPIDNamespace reports whether this binary runs in the initial PID namespace, where the
+// owners' PIDs in cgroup names mean what they say.
+func inInitialPIDNamespace() bool {
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	return err == nil && ns == initialPIDNamespace
 }
 
 func isCgroup(dir string) bool {
