@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/internal/testguard"
+	"github.com/graceful-shim/graceful/internal/testtime"
 )
 
 // A container in its own cgroup: its members are found from the cgroup (and its sub-cgroups),
@@ -69,7 +70,7 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	}
 	ns := startNamespaceIn(t, base, spawner(n/2, 0)+spawner(n-n/2, 1)+"echo ready; wait")
 	for i := 0; i < 2; i++ {
-		ns.expectWithin(t, fmt.Sprintf("spawned%d", i), 2*time.Minute) // 1500 forks on a loaded machine
+		ns.expectWithin(t, fmt.Sprintf("spawned%d", i), testtime.Scale(2*time.Minute)) // 1500 forks on a loaded machine
 	}
 	scope := ns.scope(t)
 	if all, err := scope.AllMembers(); err != nil || len(all) != n {

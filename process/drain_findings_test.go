@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/testtime"
 )
 
 // The PID 1 of a namespace nested in the container (unshare -p, bubblewrap) drops a TERM it has
@@ -123,7 +125,7 @@ echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped")
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: testtime.Scale(5 * time.Second)})
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
 		t.Fatalf("the drain ended before the cleanup helper finished: %+v", report.Processes)
 	}

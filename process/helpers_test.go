@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/graceful-shim/graceful/internal/testguard"
+	"github.com/graceful-shim/graceful/internal/testtime"
 )
 
 // namespace is a real PID namespace whose PID 1 runs a shell script.
@@ -75,10 +76,10 @@ func startNamespaceIn(t *testing.T, dir, script string) *namespace {
 // processes print in no fixed order).
 func (ns *namespace) expect(t *testing.T, want string) {
 	t.Helper()
-	ns.expectWithin(t, want, 10*time.Second)
+	ns.expectWithin(t, want, testtime.Scale(10*time.Second))
 }
 
-// expectWithin is expect with a wait of up to limit.
+// expectWithin is expect with a wait of up to limit (which the caller scales).
 func (ns *namespace) expectWithin(t *testing.T, want string, limit time.Duration) {
 	t.Helper()
 	if ns.seen[want] {

@@ -31,11 +31,14 @@ func BuildShim(dir string) (string, error) {
 
 // buildHelpers builds graceful-init and graceful-hold into dir, next to the shim, where the shim
 // looks for them.
-func buildHelpers(dir string) error {
+func buildHelpers(dir string) error { return buildHelpersTags(dir, buildTags) }
+
+// buildHelpersTags is buildHelpers with graceful-hold built with the build tags tags.
+func buildHelpersTags(dir, tags string) error {
 	if err := BuildInit(filepath.Join(dir, "graceful-init"), "v0.0.0-test", InitTestCommit); err != nil {
 		return err
 	}
-	return buildGo(filepath.Join(dir, "graceful-hold"), "./cmd/graceful-hold", false)
+	return buildGoTags(filepath.Join(dir, "graceful-hold"), "./cmd/graceful-hold", tags, false)
 }
 
 // InitTestCommit is the commit the stack's graceful-init reports in its --version line.
@@ -44,10 +47,14 @@ const InitTestCommit = "stack"
 // BuildInit builds graceful-init (C, static) into out with version and commit, as the Makefile
 // does, and syncs it.
 func BuildInit(out, version, commit string) error {
-	cmd := exec.Command("sh", "initproc/build.sh", out, version, commit)
-	cmd.Dir = ModuleRoot()
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build graceful-init: %w\n%s", err, msg)
+	if ok, err := prebuilt(out, "graceful-init"); err != nil {
+		return err
+	} else if !ok {
+		cmd := exec.Command("sh", "initproc/build.sh", out, version, commit)
+		cmd.Dir = ModuleRoot()
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build graceful-init: %w\n%s", err, msg)
+		}
 	}
 	// Written to disk now: pages of a fresh file stay dirty until written back, and would count
 	// as the private dirty memory of every init that maps them.

@@ -38,7 +38,14 @@ type Options struct {
 	ExtraConfig string
 	// Imports is the config's top-level imports list (drop-in files or globs).
 	Imports []string
+	// EmulateKernel, when set (a release such as "6.1"), builds the graceful shim and its
+	// helpers with the kernelemu tag and runs them as on that kernel (GRACEFUL_EMULATE_KERNEL;
+	// see process/kernel.go): for measuring an older kernel's fallbacks beside the native ones.
+	EmulateKernel string
 }
+
+// emulateKernelEnv is process.EmulateKernelEnv, which exists only in kernelemu builds.
+const emulateKernelEnv = "GRACEFUL_EMULATE_KERNEL"
 
 // Stack is a running private containerd.
 type Stack struct {
@@ -172,11 +179,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 		}
 	}()
 	shimBin := filepath.Join(dir, "bin")
-	if err := buildGo(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", true); err != nil {
+	tags := buildTags
+	if opts.EmulateKernel != "" {
+		tags = "kernelemu"
+		opts.Env = append(opts.Env, emulateKernelEnv+"="+opts.EmulateKernel)
+	}
+	if err := buildGoTags(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", tags, true); err != nil {
 		return nil, err
 	}
 	// graceful-init and graceful-hold next to the shim, where the shim looks for them.
-	if err := buildHelpers(shimBin); err != nil {
+	if err := buildHelpersTags(shimBin, tags); err != nil {
 		return nil, err
 	}
 	imports := ""
@@ -219,9 +231,38 @@ state = %[2]q
 	return s, nil
 }
 
-// buildGo builds a main package of this module into out.
-func buildGo(out, pkg string, cgo bool) error {
-	cmd := exec.Command("go", "build", "-tags", buildTags, "-o", out, pkg)
+// PrebuiltEnv names a directory of binaries built beforehand, which the stack copies instead of
+// building them: the kernel VM's, whose emulated CPUs would take minutes per go build. Each is
+// named after its package's directory (containerd-shim-graceful-v2, graceful-hold, gohandler, ...)
+// or is graceful-init, built with the stack's version and commit.
+const PrebuiltEnv = "GRACEFUL_STACK_PREBUILT"
+
+// prebuilt copies the binary name from PrebuiltEnv's directory to out and reports whether it
+// did; it fails if that directory is set but lacks the binary.
+func prebuilt(out, name string) (bool, error) {
+	dir := os.Getenv(PrebuiltEnv)
+	if dir == "" {
+		return false, nil
+	}
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return false, fmt.Errorf("%s=%s: %w", PrebuiltEnv, dir, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return false, err
+	}
+	return true, os.WriteFile(out, data, 0o755)
+}
+
+// buildGo builds a main package of this module into out, with the test binary's tags.
+func buildGo(out, pkg string, cgo bool) error { return buildGoTags(out, pkg, buildTags, cgo) }
+
+// buildGoTags builds a main package of this module into out with the build tags tags.
+func buildGoTags(out, pkg, tags string, cgo bool) error {
+	if ok, err := prebuilt(out, filepath.Base(pkg)); ok || err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, pkg)
 	cmd.Dir = ModuleRoot()
 	cmd.Env = os.Environ()
 	if !cgo {
