@@ -213,7 +213,7 @@ echo ready
 	}
 	stopExpect(t, c, 15*time.Second, exitOK)
 	if got := c.Marker("worker"); got != "clean" {
-		t.Fatalf("exec process was not drained: marker %q", got)
+		t.Fatalf("exec process was not drained: marker %q; its output:\n%s", got, execOut.String())
 	}
 	if strings.Contains(c.Output.String(), "init-usr1") {
 		t.Fatalf("SIGUSR1 for the exec reached init")

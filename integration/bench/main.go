@@ -12,6 +12,9 @@
 //  6. idle cost: context switches and CPU time of an idle container's shim;
 //  7. graceful-init against tini-static: PID 1's memory (smaps_rollup) and the start latency of
 //     the main process under either, against no init.
+//  8. as on an older kernel (-emulate-kernel, default 6.1): membership (with section 4) and the
+//     stop at N = 1000 (with section 3, in a second stack) again, with kernelemu builds that take
+//     that kernel's fallbacks.
 //
 // It prints a table and writes OUT/benchmarks.md, OUT/stop-latency.svg, OUT/host-size.svg,
 // OUT/init-start-latency.svg and OUT/init-memory.svg. Run it as root:
@@ -34,6 +37,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,11 +64,18 @@ type config struct {
 	// stopOrder, when set, is the graceful runtime's stop order for the stop latency and
 	// host-size sections (annotation io.containerd.graceful.v2.stop-order); "" leaves it auto.
 	stopOrder string
-	smoke     bool
-	only      map[string]bool
+	// emulate, when set, is an older kernel release ("6.1") at which membership and the stop at
+	// emulateN are measured again, beside the native figures: kernelemu builds, as on that kernel.
+	emulate  string
+	emulateN int
+	smoke    bool
+	only     map[string]bool
 }
 
 func (c *config) runs(section string) bool { return len(c.only) == 0 || c.only[section] }
+
+// releasePattern is what -emulate-kernel accepts: MAJOR.MINOR.
+var releasePattern = regexp.MustCompile(`^[0-9]+\.[0-9]+$`)
 
 func main() {
 	os.Exit(mainCode())
@@ -86,6 +97,7 @@ func mainCode() int {
 		scanN        = flag.Int("scan-n", 5000, "processes per namespace for the membership scan (GRACEFUL_BENCH_SCAN_N)")
 		profileDir   = flag.String("cpuprofile-dir", "", "passed to the shims as GRACEFUL_CPUPROFILE_DIR: a shim that supports it writes a CPU profile of each stop there")
 		stopOrder    = flag.String("stop-order", "", "the graceful runtime's stop order for the stop sections: auto (default), init-first or children-first")
+		emulate      = flag.String("emulate-kernel", "6.1", "an older kernel release to measure membership and the stop at N = 1000 as on, beside the native figures (kernelemu builds; see process/kernel.go); empty for none")
 		only         = flag.String("only", "", "comma list of sections to run (start,rss,stop,hostsize,scan,grace,idle,init); default all")
 	)
 	flag.Parse()
@@ -100,6 +112,11 @@ func mainCode() int {
 		fmt.Fprintf(os.Stderr, "bench: -stop-order %q: want auto, init-first or children-first\n", *stopOrder)
 		os.Exit(2)
 	}
+	if *emulate != "" && !releasePattern.MatchString(*emulate) {
+		fmt.Fprintf(os.Stderr, "bench: -emulate-kernel %q: want a release such as 6.1 or 5.10, or empty for none\n", *emulate)
+		return 2
+	}
+	cfg.emulate, cfg.emulateN = *emulate, 1000
 	for _, n := range strings.Split(*stopNs, ",") {
 		v, err := strconv.Atoi(strings.TrimSpace(n))
 		if err != nil || v < 1 {
@@ -137,6 +154,7 @@ func mainCode() int {
 		if !set["stop-n"] {
 			cfg.stopNs = []int{20}
 		}
+		cfg.emulateN = 20
 		if !set["host-sizes"] {
 			cfg.hostSizes = []int{0, 200}
 		}
@@ -197,7 +215,13 @@ func run(ctx context.Context, cfg *config) (*bench, error) {
 		b.section("scan", func() error { return b.runScan(ctx) })
 	}
 	if ctx.Err() == nil && (cfg.runs("start") || cfg.runs("rss") || cfg.runs("stop") || cfg.runs("hostsize") || cfg.runs("grace") || cfg.runs("idle") || cfg.runs("init")) {
-		if err := b.withStack(ctx); err != nil {
+		if err := b.withStack(ctx, ""); err != nil {
+			return b, err
+		}
+	}
+	if ctx.Err() == nil && cfg.runs("stop") && cfg.emulate != "" {
+		// A stack of its own, whose graceful shims behave as the older kernel.
+		if err := b.withStack(ctx, cfg.emulate); err != nil {
 			return b, err
 		}
 	}
@@ -222,9 +246,10 @@ func run(ctx context.Context, cfg *config) (*bench, error) {
 }
 
 // withStack starts the private containerd, runs the container measurements and removes everything
-// again, checking that nothing of the stack is left.
-func (b *bench) withStack(ctx context.Context) (retErr error) {
-	logf("starting a private containerd %s with both shims...", stack.ContainerdVersion())
+// again, checking that nothing of the stack is left. With emulate set (a release), the graceful
+// shims are kernelemu builds that behave as that kernel, and only the stop at emulateN runs.
+func (b *bench) withStack(ctx context.Context, emulate string) (retErr error) {
+	logf("starting a private containerd %s with both shims%s...", stack.ContainerdVersion(), map[bool]string{true: ", graceful as on Linux " + emulate}[emulate != ""])
 	// An absent defaults file: the graceful shim runs with its built-in defaults plus the
 	// benchmark's annotations, whatever /etc/containerd/graceful.toml says.
 	noDefaults := filepath.Join(os.TempDir(), fmt.Sprintf("graceful-bench-%d-no-defaults.toml", os.Getpid()))
@@ -239,7 +264,7 @@ func (b *bench) withStack(ctx context.Context) (retErr error) {
 		}
 		env = append(env, "GRACEFUL_CPUPROFILE_DIR="+dir)
 	}
-	s, err := stack.Start(ctx, stack.Options{Env: env})
+	s, err := stack.Start(ctx, stack.Options{Env: env, EmulateKernel: emulate})
 	if err != nil {
 		return fmt.Errorf("start the stack: %w", err)
 	}
@@ -256,10 +281,14 @@ func (b *bench) withStack(ctx context.Context) (retErr error) {
 			b.failf("cleanup: %s still exists after Close", dir)
 		}
 	}()
-	b.machine.readStack(ctx, s)
 	subCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	b.reports = subscribe(subCtx, s)
+	if emulate != "" {
+		b.section("stop-emulated", func() error { return b.emulatedStop(ctx, emulate) })
+		return nil
+	}
+	b.machine.readStack(ctx, s)
 
 	if b.cfg.runs("start") || b.cfg.runs("rss") {
 		b.section("start", func() error { return b.startLatency(ctx) })

@@ -41,10 +41,12 @@ func (s samples) s() stats                      { return summarise(s[stack.Stock
 type stopPoint struct {
 	n int
 	// sweep: a point of the host-size sweep, with hosts idle processes started on the host.
-	sweep   bool
-	hosts   int
-	latency samples   // ns
-	drain   []float64 // graceful: the drain's duration, from the report (ns)
+	sweep bool
+	hosts int
+	// emulated: the graceful shims behaved as this older kernel release (kernelemu builds).
+	emulated string
+	latency  samples   // ns
+	drain    []float64 // graceful: the drain's duration, from the report (ns)
 	// graceful: from the Kill call to the drain's start (State, tracer start and attach, init's
 	// own exit), and from the drain's end to the exit event at the client (release, the kernel's
 	// zap of what is left, reaping, the exit event), both in ns.
@@ -83,11 +85,13 @@ type bench struct {
 	rssOne, rssMany      samples // bytes
 	manyShims            map[string][]int
 	stops                []*stopPoint
+	emulatedStopPoint    *stopPoint // the stop at cfg.emulateN as on cfg.emulate
 	hostPoints           []*hostPoint
 	scan                 scanResult
-	graceOvershoot       []float64 // ns: drain end − grace, from the report
-	graceKilledAt        []float64 // ns: the TERM-ignoring process's end − grace, from the report
-	graceStop            []float64 // ns: client-side stop latency − grace
+	emulatedScan         scanResult // as on cfg.emulate
+	graceOvershoot       []float64  // ns: drain end − grace, from the report
+	graceKilledAt        []float64  // ns: the TERM-ignoring process's end − grace, from the report
+	graceStop            []float64  // ns: client-side stop latency − grace
 	graceReport          string
 	idleSwitches         samples
 	idleTicks            samples // ms of utime+stime
@@ -305,10 +309,29 @@ func (b *bench) stopReps(ctx context.Context, p *stopPoint) error {
 	return nil
 }
 
-// name names the point in failures: "stop N=100", or "hostsize 5000 (N=10)".
+// emulatedStop measures the stop at cfg.emulateN in the current stack, whose graceful shims behave
+// as the release emulate, and checks in containerd's log that they said so.
+func (b *bench) emulatedStop(ctx context.Context, emulate string) error {
+	p := newStopPoint(b.cfg.emulateN)
+	p.emulated = emulate
+	b.emulatedStopPoint = p
+	if err := b.stopReps(ctx, p); err != nil {
+		return err
+	}
+	if want := "behaving as Linux " + emulate; !strings.Contains(b.stack.Log(), want) {
+		return fmt.Errorf("containerd's log has no %q: the graceful shims did not behave as Linux %s", want, emulate)
+	}
+	return nil
+}
+
+// name names the point in failures: "stop N=100", "stop N=1000 as on Linux 6.1", or "hostsize
+// 5000 (N=10)".
 func (p *stopPoint) name() string {
 	if p.sweep {
 		return fmt.Sprintf("hostsize %d (N=%d)", p.hosts, p.n)
+	}
+	if p.emulated != "" {
+		return fmt.Sprintf("stop N=%d as on Linux %s", p.n, p.emulated)
 	}
 	return fmt.Sprintf("stop N=%d", p.n)
 }
@@ -569,18 +592,36 @@ var (
 // namespaces once and reports the median, minimum and maximum of its single Members() calls (the
 // container's own lists) and of its single AllMembers() calls (the full pass over /proc).
 func (b *bench) runScan(ctx context.Context) error {
-	b.scan = scanResult{}
+	b.scan, b.emulatedScan = scanResult{}, scanResult{}
+	if err := b.scanOnce(ctx, &b.scan, ""); err != nil {
+		return err
+	}
+	if b.cfg.emulate == "" {
+		return nil
+	}
+	return b.scanOnce(ctx, &b.emulatedScan, b.cfg.emulate)
+}
+
+// scanOnce runs BenchmarkMembers into result: natively, or as on the release emulate (a kernelemu
+// build of the benchmark).
+func (b *bench) scanOnce(ctx context.Context, result *scanResult, emulate string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
 	args := []string{"test", "-run", "^$", "-bench", "^BenchmarkMembers$", "-benchtime", b.cfg.scanBench,
-		"-count", "1", "-timeout", "20m", "./process/"}
-	b.scan.command = fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d go %s", b.cfg.scanN, strings.Join(args[:len(args)-1], " ")+" ./process/")
-	logf("scan: %s", b.scan.command)
+		"-count", "1", "-timeout", "20m"}
+	env := []string{fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d", b.cfg.scanN)}
+	if emulate != "" {
+		args = append(args, "-tags", "kernelemu")
+		env = append(env, "GRACEFUL_EMULATE_KERNEL="+emulate)
+	}
+	args = append(args, "./process/")
+	result.command = strings.Join(env, " ") + " go " + strings.Join(args, " ")
+	logf("scan: %s", result.command)
 	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = stack.ModuleRoot()
-	cmd.Env = append(os.Environ(), fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d", b.cfg.scanN))
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -598,11 +639,11 @@ func (b *bench) runScan(ctx context.Context) error {
 		if m == nil {
 			continue
 		}
-		b.scan.raw = line
-		b.scan.iterations, _ = strconv.Atoi(m[1])
-		b.scan.mean, _ = strconv.ParseFloat(m[2], 64)
+		result.raw = line
+		result.iterations, _ = strconv.Atoi(m[1])
+		result.mean, _ = strconv.ParseFloat(m[2], 64)
 		// The metrics by prefix: "" Members(), "fullpass-" AllMembers(), "bulk-" the bulk list.
-		byPrefix := map[string]*stats{"": &b.scan.st, "fullpass-": &b.scan.full, "bulk-": &b.scan.bulk}
+		byPrefix := map[string]*stats{"": &result.st, "fullpass-": &result.full, "bulk-": &result.bulk}
 		for _, mm := range benchMetric.FindAllStringSubmatch(line, -1) {
 			v, _ := strconv.ParseFloat(mm[1], 64)
 			name := mm[2]
@@ -618,14 +659,14 @@ func (b *bench) runScan(ctx context.Context) error {
 			}
 		}
 		for _, st := range byPrefix {
-			st.n = b.scan.iterations
+			st.n = result.iterations
 		}
 		logf("scan: %s", line)
 	}
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("go test: %w\n%s", err, strings.Join(output, "\n"))
 	}
-	if b.scan.raw == "" || b.scan.st.median == 0 || b.scan.full.median == 0 || b.scan.bulk.median == 0 {
+	if result.raw == "" || result.st.median == 0 || result.full.median == 0 || result.bulk.median == 0 {
 		return fmt.Errorf("no BenchmarkMembers result with median-ns, fullpass-median-ns and bulk-median-ns in the output:\n%s", strings.Join(output, "\n"))
 	}
 	return nil

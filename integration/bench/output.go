@@ -69,6 +69,13 @@ func (b *bench) rows() []row {
 			"0 (SIGKILLed by the kernel's zap)", "—", "all N", met})
 		infoRow(fmt.Sprintf("… N = %d: shim CPU time per stop (schedstat, its threads; Kill → exit event)", p.n), p.cpu, millis)
 	}
+	if p := b.emulatedStopPoint; p != nil {
+		ratioRow(fmt.Sprintf("stop latency, N = %d, as on Linux %s (graceful: a kernelemu build without the newer kernels' calls; its own stack, same run)", p.n, p.emulated), p.latency, millis, stopTarget)
+		cell, met := termedCell(p)
+		rows = append(rows, row{fmt.Sprintf("… N = %d as on Linux %s: processes that exited after SIGTERM (stop report)", p.n, p.emulated), cell,
+			"0 (SIGKILLed by the kernel's zap)", "—", "all N", met})
+		infoRow(fmt.Sprintf("… N = %d as on Linux %s: shim CPU time per stop (schedstat, its threads; Kill → exit event)", p.n, p.emulated), p.cpu, millis)
+	}
 	rows = append(rows, b.hostRows()...)
 	var tracer []float64
 	for _, p := range b.stops {
@@ -90,6 +97,14 @@ func (b *bench) rows() []row {
 			millis.cell(st), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(st.median <= float64(scanTarget))})
 		rows = append(rows, row{fmt.Sprintf("… the full pass over /proc (one `Scope.AllMembers()`, run aside, off the stop's critical path), same host, %d calls", full.n),
 			millis.cell(full), "— (no scan)", "—", "—", "—"})
+	}
+	if e := b.emulatedScan; e.raw != "" {
+		rows = append(rows, row{fmt.Sprintf("… as on Linux %s (a kernelemu build: each candidate's PID namespace looked up in /proc/PID/ns, not asked of the namespace or the pidfd by ioctl): the bulk list, %d calls", b.cfg.emulate, e.bulk.n),
+			millis.cell(e.bulk), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(e.bulk.median <= float64(scanTarget))})
+		rows = append(rows, row{fmt.Sprintf("… as on Linux %s: membership confirmed process by process (`Scope.Members()`), %d calls", b.cfg.emulate, e.st.n),
+			millis.cell(e.st), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(e.st.median <= float64(scanTarget))})
+		rows = append(rows, row{fmt.Sprintf("… as on Linux %s: the full pass over /proc (`Scope.AllMembers()`), %d calls", b.cfg.emulate, e.full.n),
+			millis.cell(e.full), "— (no scan)", "—", "—", "—"})
 	}
 	if b.graceOvershoot != nil {
 		st := summarise(b.graceOvershoot)
@@ -214,6 +229,9 @@ func (b *bench) markdown(rows []row) string {
 	w("- **Start latency** (%d samples per runtime): `sh -c 'echo ready; exec sleep 100000'`; from before `NewContainer` (snapshot, spec, `NewTask`, which starts the shim) until `Task.Start` returns, and until the container's `ready` reached the client.\n", b.cfg.startSamples)
 	w("- **Shim RSS**: `VmRSS` of the shim, found as the parent (`PPid`) of the container's init, 0.5 s after the start (1 container, same samples as the start latency) or 1 s after %d containers started, summed over their distinct shims (%d repetitions per runtime).\n", b.cfg.manyN, b.cfg.reps)
 	w("- **Stop latency** (%d repetitions per N and runtime, more than elsewhere: a stop's time moves by 10–15 %% from run to run): init is `trap \"exit 0\" TERM`, then two background spawners `(for i in $(seq N/2-1); do sleep 1000 & done; exec sleep 1000) &` (so exactly N sleeps, created twice as fast), `echo ready; wait`; once all N sleeps are in the container's PID namespace (counted through `/proc/PID/ns/pid`), SIGTERM to the task (`Task.Kill`) until its exit event. Graceful's default order (`auto`) is init-first here, since init traps TERM: init exits and is held while the N sleeps get SIGTERM all at once, from graceful's signaller inside the container's PID namespace (`kill(-1)`), and are followed through the container's task count (`pids.current`) and `cgroup.procs` until they are gone, releasing themselves as they die (init, held, was made to ignore SIGCHLD on its way to its exit: autoreap); then init is released; the stock shim's init exits and the kernel SIGKILLs the N sleeps, which reap themselves as they die (the zap sets init's SIGCHLD to ignored first). The processes TERMed are counted from the graceful shim's stop report (topic `/graceful/stop`): outcome `exited` with `SIGTERM` among its signals (a report that details only its first processes gives totals by outcome: there, the `exited` total, less any detailed `exited` process without `SIGTERM`). The shim CPU time per stop is the first field of `/proc/SHIM/task/*/schedstat` (time on CPU, ns), summed over the shim's threads, read before the Kill and after the exit event (graceful's tracer and signaller, processes of their own, are not counted).\n", b.cfg.stopReps)
+	if p := b.emulatedStopPoint; p != nil {
+		w("- **As on Linux %[1]s** (the stop at N = %[2]d, and membership): the same measurements with the graceful shim, graceful-hold and the benchmark built with the `kernelemu` tag and `GRACEFUL_EMULATE_KERNEL=%[1]s`, so that every call newer than that kernel fails as it would there and the fallback runs (see the README's Kernels section); the stop in a second private containerd, started after the first one has gone, graceful and stock taking turns as above, and checked in containerd's log to have behaved as %[1]s.\n", p.emulated, p.n)
+	}
 	if len(b.hostPoints) > 0 {
 		sb.WriteString(b.hostMeasured())
 	}
@@ -259,6 +277,9 @@ func (b *bench) markdown(rows []row) string {
 	}
 	if b.scan.raw != "" {
 		w("\n### Membership\n\n`%s` (`median-ns`, `min-ns`, `max-ns`: `Members()`; `fullpass-*`: `AllMembers()`; `bulk-*`: the bulk list):\n\n```\n%s\n```\n", b.scan.command, b.scan.raw)
+		if e := b.emulatedScan; e.raw != "" {
+			w("\nAs on Linux %s, `%s`:\n\n```\n%s\n```\n", b.cfg.emulate, e.command, e.raw)
+		}
 	}
 	if b.rssMany != nil {
 		w("\n### Shim RSS\n\n")

@@ -5,7 +5,7 @@
 #
 # The guest has no disk: its initramfs loads the 9p and overlay modules of that kernel, mounts the
 # host's root file system read-only over virtio-9p with a tmpfs overlay on top, and runs the test
-# binaries (built here, on the host) in a chroot of it, as root, with its own /proc, /sys, /dev and
+# binaries (built here, on the host) in it (switch_root), as root, with its own /proc, /sys, /dev and
 # cgroups as this host has them (v1 hybrid). The test binary's output comes back on the serial console, and its exit status in
 # the last line ("kernel-vm: exit N"), which this script turns into its own.
 #
@@ -78,7 +78,7 @@ if [[ " $VM_SUITES " == *" integration "* ]]; then
 	(cd "$root" && sh initproc/build.sh "$pre/graceful-init" v0.0.0-test stack)
 fi
 
-# What the guest runs in the chroot: each suite in turn (VM_*_ARGS split into words here and
+# What the guest runs: each suite in turn (VM_*_ARGS split into words here and
 # quoted for it), then the first failure's status or 0.
 suite() { # suite NAME ARGS [ENV...]
 	local name=$1 args=() ; read -ra args <<< "$2"; shift 2
@@ -152,9 +152,10 @@ mount -t tmpfs tmpfs /newroot/dev/shm
 for d in tmp run; do mount -t tmpfs tmpfs /newroot/\$d; done
 ulimit -n 1048576 # as containerd's and systemd's services have it
 echo "kernel-vm: \$(uname -r), \$(nproc) CPUs, running: $VM_SUITES"
-chroot /newroot /bin/bash $work/run.sh
-echo "kernel-vm: exit \$?"
-poweroff -f
+# switch_root, not chroot: the overlay becomes the mount namespace's root, so that runc can
+# pivot_root into a container: from the initramfs it cannot, and the containers it starts there
+# anyway have a root that a later runc exec does not enter (the exec'd process saw the initramfs).
+exec switch_root /newroot /bin/bash -c 'bash $work/run.sh; echo "kernel-vm: exit \$?"; exec /bin/busybox poweroff -f'
 EOF
 chmod +x "$init/init"
 (cd "$init" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.gz"
