@@ -53,16 +53,17 @@ func (d Disposition) Handles() bool {
 //   - signalfd: the main thread blocks sig and a signalfd of the process has it in its mask
 //     (/proc/PID/fdinfo).
 //   - blocked: the main thread blocks sig; shells block every signal for a moment around a
-//     fork, so a signal seen only as blocked is sampled again a few times before it counts.
+//     fork, so a signal seen only as blocked is sampled again for up to blockedPatience before
+//     it counts.
 //   - ignored, default: otherwise.
 func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
-	const samples = 4
+	start := time.Now()
 	for i := 0; ; i++ {
 		d, st, err := lookDisposition(pid, sig)
 		switch {
 		case err != nil:
 			return "", err
-		case d == Blocked && i < samples-1:
+		case d == Blocked && time.Since(start) < blockedPatience:
 		case d == Default && i == 0 && mayBeBetweenWaits(pid):
 		case d == Default && st.Ignored&bit(sig) != 0:
 			return Ignored, nil
@@ -72,6 +73,11 @@ func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// blockedPatience is how long ReadDisposition samples a signal seen only as blocked: a shell's
+// fork on a loaded machine or a slow kernel outlasts a few milliseconds (seen at 3 ms under
+// emulation), and a process that really blocks the signal costs the stop this much once.
+const blockedPatience = 50 * time.Millisecond
 
 // lookDisposition is one look at how pid treats sig (see ReadDisposition), without Ignored (a
 // Default then), and the status it read.

@@ -57,6 +57,25 @@ func awaitSigwait(t *testing.T, pid int) {
 // catatonit-style signalfd readers, shells with a trap, and a PID 1 that drops TERM. Each one
 // read as handling TERM then acts on it: it runs its shutdown and exits 0, where a SIGKILL in its
 // place (what a PID 1 read as dropping TERM gets) would have cut the shutdown.
+// An init that blocks every signal for a moment now and then, as a shell does around each fork, is
+// read by what it does between those moments: a TERM-ignoring one is not taken for one that
+// blocks TERM to take it later (on a slow kernel, a loaded machine, a shell's fork outlasted a
+// few milliseconds of sampling).
+func TestDispositionLooksPastMomentsWithEverySignalBlocked(t *testing.T) {
+	blockloop := buildTestProgram(t, "blockloop")
+	ns := startNamespace(t, "exec "+blockloop)
+	ns.expect(t, "ready")
+	for i := 0; i < 5; i++ {
+		got, err := ReadDisposition(ns.init, unix.SIGTERM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != Ignored {
+			t.Fatalf("look %d: init's TERM disposition = %q, want %q", i+1, got, Ignored)
+		}
+	}
+}
+
 func TestDispositionOfRealInits(t *testing.T) {
 	sigwaitInit := buildSigwaitInit(t)
 	tini, err := exec.LookPath("tini")
