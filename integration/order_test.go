@@ -391,6 +391,9 @@ func stackFunctions(stack string) []string {
 			continue
 		}
 		fn, _, _ := strings.Cut(f[1], "+")
+		// A compiler's clone of a function keeps its name with a suffix: ptrace_stop.part.0
+		// (Debian's 6.1), foo.isra.0, foo.constprop.0.
+		fn, _, _ = strings.Cut(fn, ".")
 		fns = append(fns, fn)
 	}
 	return fns
