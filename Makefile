@@ -149,7 +149,7 @@ test-kernel-emulated: stack
 # The process/ suite and the core stop tests on a real older kernel: Debian 12's Linux 6.1, booted
 # under qemu (TCG), with the host's file system over 9p and a private containerd, runc and the shim
 # inside the guest (integration/stack/kernel-vm.sh). Waits and bounds are stretched tenfold
-# (GRACEFUL_TEST_SLOWDOWN): the emulated CPUs run the suite about ten times slower.
+# (GRACEFUL_TEST_SLOWDOWN): the emulated CPUs run the suite about ten times slower. About 5 min.
 test-kernel-6.1: stack
 	VM_INTEGRATION_ARGS='-test.v -test.timeout 60m -test.run ^($(KERNEL_EMU_NAMES))$$' bash integration/stack/kernel-vm.sh
 
