@@ -275,7 +275,7 @@ const waitLoop = `while :; do sleep 1 & wait $!; done`
 // helper beside it starts its flush in a child process at once. Graceful holds tini at its exit
 // (init-first) and drains what is left without signalling the processes created just after tini
 // got TERM: the helper's flush completes. Under the stock shim the kernel zaps the flush when tini
-// exits. (A container large enough to be signalled at once is not spared: see README, Limits.)
+// exits. (A container large enough to be signalled at once is not spared: see docs/design.md, Decisions and limits.)
 func TestGroupForwardingInitLetsForkingHandlersFinish(t *testing.T) {
 	// slow: the app takes 0.9 s, and the helper's flush starts its second stage's sleep 0.6 s
 	// in, past the first 0.5 s but before the drain: the work of a spared process is spared too

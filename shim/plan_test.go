@@ -8,8 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The rows are the README's tables: "Which signals drain" and the Kill rules, "Stop order" with
-// its fallbacks, and the drain's last step (what init is sent).
+// The rows are docs/design.md's tables: "Kill: which signals start a stop", "Stop order" with its
+// fallbacks, and the drain's last step (what init is sent).
 
 func TestDecideKill(t *testing.T) {
 	def := DefaultPolicy()
