@@ -279,8 +279,10 @@ const waitLoop = `while :; do sleep 1 & wait $!; done`
 func TestGroupForwardingInitLetsForkingHandlersFinish(t *testing.T) {
 	// slow: the app takes 0.9 s, and the helper's flush starts its second stage's sleep 0.6 s
 	// in, past the first 0.5 s but before the drain: the work of a spared process is spared too
-	// (a TERMed sleep leaves no marker).
-	slowHelper := `sh -c 'flush() { trap : TERM; sh -c "sleep 0.6; sh -c \"sleep 0.3 && echo clean > /out/helper\""; exit 0; }; trap flush TERM; echo trapped helper; ` + waitLoop + `' &` + "\n"
+	// (a TERMed sleep leaves no marker). The flush ends 0.2 s after the app, so that the stock
+	// shim's zap cuts it also on a slow machine (ending together, it won the race once under
+	// emulation).
+	slowHelper := `sh -c 'flush() { trap : TERM; sh -c "sleep 0.6; sh -c \"sleep 0.5 && echo clean > /out/helper\""; exit 0; }; trap flush TERM; echo trapped helper; ` + waitLoop + `' &` + "\n"
 	for _, shape := range []struct{ name, app string }{
 		{"quick", helperForks("helper") + `trap "sleep 0.2; exit 0" TERM; echo ready; ` + waitLoop},
 		{"slow", slowHelper + `trap "sleep 0.9; exit 0" TERM; echo ready; ` + waitLoop},

@@ -149,7 +149,10 @@ mkdir /newroot/sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /newroot/sys/fs
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
+# The guest's own /tmp and /run; a source tree in the host's (a CI clone in /tmp) stays visible.
+mkdir /keep && mount --bind /newroot$root /keep
 for d in tmp run; do mount -t tmpfs tmpfs /newroot/\$d; done
+mkdir -p /newroot$root && mount --move /keep /newroot$root
 ulimit -n 1048576 # as containerd's and systemd's services have it
 echo "kernel-vm: \$(uname -r), \$(nproc) CPUs, running: $VM_SUITES"
 # switch_root, not chroot: the overlay becomes the mount namespace's root, so that runc can
