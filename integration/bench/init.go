@@ -81,7 +81,10 @@ func (v initVariant) spec(id string) stack.Spec {
 
 // initMemory is a process's memory from /proc/PID/smaps_rollup, in bytes; fileDirty is the part
 // of privateDirty in file mappings (from /proc/PID/smaps), the rest being anonymous memory.
-type initMemory struct{ rss, pss, privateDirty, fileDirty int64 }
+// writableDirty is privateDirty in writable mappings only: the pages each process has of its
+// own. A binary on tmpfs (the stack's shim, in /run) shows its read-only pages as private dirty
+// while one process maps them, though every process of that binary shares them.
+type initMemory struct{ rss, pss, privateDirty, fileDirty, writableDirty int64 }
 
 func readSmapsRollup(pid int) (initMemory, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
@@ -106,17 +109,23 @@ func readSmapsRollup(pid int) (initMemory, error) {
 	if err != nil {
 		return initMemory{}, err
 	}
-	file := false
+	file, writable := false, false
 	for _, line := range strings.Split(string(smaps), "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
 			// A mapping's header: range perms offset dev inode [path].
 			file = len(f) >= 6 && strings.HasPrefix(f[5], "/")
+			writable = strings.Contains(f[1], "w")
 			continue
 		}
-		if file && len(f) >= 2 && f[0] == "Private_Dirty:" {
+		if len(f) >= 2 && f[0] == "Private_Dirty:" {
 			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			m.fileDirty += kb * 1024
+			if file {
+				m.fileDirty += kb * 1024
+			}
+			if writable {
+				m.writableDirty += kb * 1024
+			}
 		}
 	}
 	return m, nil

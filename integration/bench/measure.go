@@ -83,22 +83,25 @@ type bench struct {
 
 	startRun, startReady samples // ns
 	rssOne, rssMany      samples // bytes
-	manyShims            map[string][]int
-	stops                []*stopPoint
-	emulatedStopPoint    *stopPoint // the stop at cfg.emulateN as on cfg.emulate
-	hostPoints           []*hostPoint
-	scan                 scanResult
-	emulatedScan         scanResult // as on cfg.emulate
-	graceOvershoot       []float64  // ns: drain end − grace, from the report
-	graceKilledAt        []float64  // ns: the TERM-ignoring process's end − grace, from the report
-	graceStop            []float64  // ns: client-side stop latency − grace
-	graceReport          string
-	idleSwitches         samples
-	idleTicks            samples // ms of utime+stime
-	idleCPU              samples // ns from schedstat
-	idleThreads          samples
-	idleActive           samples // seconds of the window in which the shim was switched in at all
-	init                 *initResults
+	// Private_Dirty of writable mappings (what each extra shim really costs; see initMemory) and
+	// Pss, from smaps, in bytes: of the one shim, and summed over the many.
+	dirtyOne, dirtyMany, pssMany samples
+	manyShims                    map[string][]int
+	stops                        []*stopPoint
+	emulatedStopPoint            *stopPoint // the stop at cfg.emulateN as on cfg.emulate
+	hostPoints                   []*hostPoint
+	scan                         scanResult
+	emulatedScan                 scanResult // as on cfg.emulate
+	graceOvershoot               []float64  // ns: drain end − grace, from the report
+	graceKilledAt                []float64  // ns: the TERM-ignoring process's end − grace, from the report
+	graceStop                    []float64  // ns: client-side stop latency − grace
+	graceReport                  string
+	idleSwitches                 samples
+	idleTicks                    samples // ms of utime+stime
+	idleCPU                      samples // ns from schedstat
+	idleThreads                  samples
+	idleActive                   samples // seconds of the window in which the shim was switched in at all
+	init                         *initResults
 
 	failures []string
 	elapsed  time.Duration
@@ -127,7 +130,7 @@ func (b *bench) deleteContainer(c *stack.Container) {
 // 1 (and 2, one container). Start latency: from NewContainer until Task.Start returns, and until
 // the container's process printed "ready"; then, once settled, the RSS of its shim.
 func (b *bench) startLatency(ctx context.Context) error {
-	b.startRun, b.startReady, b.rssOne = samples{}, samples{}, samples{}
+	b.startRun, b.startReady, b.rssOne, b.dirtyOne = samples{}, samples{}, samples{}, samples{}
 	// A start of each runtime first, not measured: the first start of a shim binary pays for
 	// cold caches.
 	for _, rt := range order {
@@ -158,6 +161,10 @@ func (b *bench) startLatency(ctx context.Context) error {
 					if rss, err = vmRSS(shim); err == nil {
 						b.rssOne.add(rt, float64(rss))
 					}
+					var m initMemory
+					if m, err = readSmapsRollup(shim); err == nil {
+						b.dirtyOne.add(rt, float64(m.writableDirty))
+					}
 				}
 			}
 			b.deleteContainer(c)
@@ -183,7 +190,7 @@ func last(v []float64) float64 {
 
 // 2. Shim RSS summed over many idle containers, one shim each.
 func (b *bench) manyRSS(ctx context.Context) error {
-	b.rssMany, b.manyShims = samples{}, map[string][]int{}
+	b.rssMany, b.dirtyMany, b.pssMany, b.manyShims = samples{}, samples{}, samples{}, map[string][]int{}
 	const workers = 4
 	for rep := 0; rep < b.cfg.reps; rep++ {
 		for _, rt := range order {
@@ -196,7 +203,7 @@ func (b *bench) manyRSS(ctx context.Context) error {
 				cs[i], errs[i] = b.stack.Run(ctx, stack.Spec{ID: b.nextID("rss", rt), Runtime: rt, Args: []string{"sleep", "100000"}})
 			})
 			err := errors.Join(errs...)
-			var total int64
+			var total, dirty, pss int64
 			shims := map[int]bool{}
 			if err == nil {
 				time.Sleep(time.Second) // let the shims settle after the start
@@ -213,7 +220,12 @@ func (b *bench) manyRSS(ctx context.Context) error {
 							err = rerr
 							break
 						}
-						total += rss
+						m, merr := readSmapsRollup(shim)
+						if merr != nil {
+							err = merr
+							break
+						}
+						total, dirty, pss = total+rss, dirty+m.writableDirty, pss+m.pss
 					}
 				}
 			}
@@ -230,7 +242,10 @@ func (b *bench) manyRSS(ctx context.Context) error {
 			}
 			b.manyShims[rt] = append(b.manyShims[rt], len(shims))
 			b.rssMany.add(rt, float64(total))
-			logf("rss %d/%d: %s, %d containers, %d shims: %.1f MiB", rep+1, b.cfg.reps, short(rt), b.cfg.manyN, len(shims), float64(total)/(1<<20))
+			b.dirtyMany.add(rt, float64(dirty))
+			b.pssMany.add(rt, float64(pss))
+			logf("rss %d/%d: %s, %d containers, %d shims: RSS %.1f MiB, Private_Dirty %.1f MiB, Pss %.1f MiB", rep+1, b.cfg.reps, short(rt), b.cfg.manyN, len(shims),
+				float64(total)/(1<<20), float64(dirty)/(1<<20), float64(pss)/(1<<20))
 		}
 	}
 	return nil

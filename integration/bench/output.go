@@ -15,6 +15,7 @@ import (
 const (
 	startTarget     = 1.02
 	rssTarget       = 1.05
+	memoryTarget    = 1.03 // the shim's private dirty memory and summed Pss
 	stopTarget      = 1.05
 	scanTarget      = 10 * time.Millisecond
 	tracerTarget    = 5 * time.Millisecond
@@ -57,9 +58,12 @@ func (b *bench) rows() []row {
 	if b.startRun != nil {
 		ratioRow("start latency: create+start until Task.Start returns", b.startRun, millis, startTarget)
 		infoRow("start latency: create+start until the container printed `ready`", b.startReady, millis)
+		ratioRow("shim private dirty memory (Private_Dirty of its writable mappings: what each extra shim costs), 1 idle container", b.dirtyOne, mebibyte, memoryTarget)
 		ratioRow("shim RSS, 1 idle container", b.rssOne, mebibyte, rssTarget)
 	}
 	if b.rssMany != nil {
+		ratioRow(fmt.Sprintf("shim private dirty memory summed over %d idle containers (one shim each)", b.cfg.manyN), b.dirtyMany, mebibyte, memoryTarget)
+		ratioRow(fmt.Sprintf("shim Pss summed over %d idle containers (the binary's shared pages split between the shims)", b.cfg.manyN), b.pssMany, mebibyte, memoryTarget)
 		ratioRow(fmt.Sprintf("shim RSS summed over %d idle containers (one shim each)", b.cfg.manyN), b.rssMany, mebibyte, rssTarget)
 	}
 	for _, p := range b.stops {
@@ -227,7 +231,7 @@ func (b *bench) markdown(rows []row) string {
 	}
 	w("\n## How each figure is measured\n\n")
 	w("- **Start latency** (%d samples per runtime): `sh -c 'echo ready; exec sleep 100000'`; from before `NewContainer` (snapshot, spec, `NewTask`, which starts the shim) until `Task.Start` returns, and until the container's `ready` reached the client.\n", b.cfg.startSamples)
-	w("- **Shim RSS**: `VmRSS` of the shim, found as the parent (`PPid`) of the container's init, 0.5 s after the start (1 container, same samples as the start latency) or 1 s after %d containers started, summed over their distinct shims (%d repetitions per runtime).\n", b.cfg.manyN, b.cfg.reps)
+	w("- **Shim memory**: `VmRSS` of the shim, `Private_Dirty` of its writable mappings (its own pages: the stack's shim binary lies on tmpfs, whose read-only pages would show as private dirty while one process maps them) and `Pss` from `/proc/PID/smaps`, found as the parent (`PPid`) of the container's init, 0.5 s after the start (1 container, same samples as the start latency) or 1 s after %d containers started, summed over their distinct shims (%d repetitions per runtime).\n", b.cfg.manyN, b.cfg.reps)
 	w("- **Stop latency** (%d repetitions per N and runtime, more than elsewhere: a stop's time moves by 10–15 %% from run to run): init is `trap \"exit 0\" TERM`, then two background spawners `(for i in $(seq N/2-1); do sleep 1000 & done; exec sleep 1000) &` (so exactly N sleeps, created twice as fast), `echo ready; wait`; once all N sleeps are in the container's PID namespace (counted through `/proc/PID/ns/pid`), SIGTERM to the task (`Task.Kill`) until its exit event. Graceful's default order (`auto`) is init-first here, since init traps TERM: init exits and is held while the N sleeps get SIGTERM all at once, from graceful's signaller inside the container's PID namespace (`kill(-1)`), and are followed through the container's task count (`pids.current`) and `cgroup.procs` until they are gone, releasing themselves as they die (init, held, was made to ignore SIGCHLD on its way to its exit: autoreap); then init is released; the stock shim's init exits and the kernel SIGKILLs the N sleeps, which reap themselves as they die (the zap sets init's SIGCHLD to ignored first). The processes TERMed are counted from the graceful shim's stop report (topic `/graceful/stop`): outcome `exited` with `SIGTERM` among its signals (a report that details only its first processes gives totals by outcome: there, the `exited` total, less any detailed `exited` process without `SIGTERM`). The shim CPU time per stop is the first field of `/proc/SHIM/task/*/schedstat` (time on CPU, ns), summed over the shim's threads, read before the Kill and after the exit event (graceful's tracer and signaller, processes of their own, are not counted).\n", b.cfg.stopReps)
 	if p := b.emulatedStopPoint; p != nil {
 		w("- **As on Linux %[1]s** (the stop at N = %[2]d, and membership): the same measurements with the graceful shim, graceful-hold and the benchmark built with the `kernelemu` tag and `GRACEFUL_EMULATE_KERNEL=%[1]s`, so that every call newer than that kernel fails as it would there and the fallback runs (see the README's Kernels section and docs/benchmark-notes.md); the stop in a second private containerd, started after the first one has gone, graceful and stock taking turns as above, and checked in containerd's log to have behaved as %[1]s.\n", p.emulated, p.n)
@@ -284,8 +288,8 @@ func (b *bench) markdown(rows []row) string {
 	if b.rssMany != nil {
 		w("\n### Shim RSS\n\n")
 		for _, rt := range order {
-			w("- %s, 1 container (MiB): %s; %d containers (MiB): %s; shims per run: %v\n", short(rt),
-				mibList(b.rssOne[rt]), b.cfg.manyN, mibList(b.rssMany[rt]), b.manyShims[rt])
+			w("- %s, 1 container (MiB): RSS %s, Private_Dirty %s; %d containers (MiB): RSS %s, Private_Dirty %s, Pss %s; shims per run: %v\n", short(rt),
+				mibList(b.rssOne[rt]), mibList(b.dirtyOne[rt]), b.cfg.manyN, mibList(b.rssMany[rt]), mibList(b.dirtyMany[rt]), mibList(b.pssMany[rt]), b.manyShims[rt])
 		}
 	}
 	if b.idleSwitches != nil {
