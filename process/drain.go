@@ -190,8 +190,10 @@ type Drainer struct {
 	// created within LateWindow of then, before the drain started: never sent the drain signal.
 	begun    int64
 	late     map[int]bool
-	lateRead bool
-	spared   int // members left unsignalled for it
+	lateLost bool // creations were lost to readLate (noted once)
+	spared   int  // members left unsignalled for it
+	// pendingForks are creations readLate read from the watch, for forked at the next wait.
+	pendingForks []fork
 
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
 	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
@@ -298,8 +300,8 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 	if d.cfg.chooses() {
 		d.report.StopSignal = SignalName(d.cfg.StopSignal)
 	}
-	if d.bulk == nil {
-		d.readLate()
+	if beforeFirstSweep != nil {
+		beforeFirstSweep()
 	}
 	if d.signalBulk(d.cfg.Signal) {
 		// kill(-1) reached every member, a handler's new processes too: signalling thousands
@@ -319,19 +321,26 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 // init takes long to exit (a loop's long sleep, which holds its shell's trap back) signalled.
 const LateWindow = 500 * time.Millisecond
 
-// readLate reads, once and before the drain signals anyone, the processes created within
-// LateWindow of the stop's beginning into late, with every process they created since (a spared
-// helper's own child is its work too). It does nothing when the stop's beginning is not known.
+// beforeFirstSweep, when set (by a test), runs in Start before the first sweep lists the members.
+var beforeFirstSweep func()
+
+// readLate reads the process creations since its last read, marking those within LateWindow of
+// the stop's beginning late, with every process they created since (a spared helper's own child
+// is its work too); the forks it read go on to forked at the next wait. A sweep calls it after
+// listing the members and before signalling them, so that every listed process's creation is
+// known: a handler that forks while the drain starts (tini -g passes init's TERM on at once) does
+// so after any earlier read. It does nothing when the stop's beginning is not known.
 func (d *Drainer) readLate() {
-	if d.begun == 0 || d.lateRead {
+	if d.begun == 0 || d.watch == nil {
 		return
 	}
-	d.lateRead = true
 	forks, lost := d.watch.read()
 	for _, f := range forks { // in the order they happened
 		d.markLate(f)
 	}
-	if lost {
+	d.pendingForks = append(d.pendingForks, forks...)
+	if lost && !d.lateLost {
+		d.lateLost = true
 		d.report.Notes = append(d.report.Notes, "process creations since the stop began were lost: a handler's helper may have been sent the drain signal")
 	}
 }
@@ -504,6 +513,9 @@ var readProcDir = allPIDs
 // sweepPids is sweep over the listed PIDs. filter says that most of them are not members (the
 // whole process table), so that each is checked cheaply before a pidfd is opened for it.
 func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
+	if sig != 0 {
+		d.readLate() // the listed processes' creations, before any is signalled
+	}
 	found := 0
 	initsOwn := map[int]bool{}
 	var batch []*tracked
@@ -819,6 +831,10 @@ func (d *Drainer) recordSignal(t *tracked, sig unix.Signal) {
 // drain is cancelled. It returns how many tracked processes exited, and whether fork events were
 // lost.
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
+	if forks := d.pendingForks; len(forks) > 0 {
+		d.pendingForks = nil
+		d.forked(forks)
+	}
 	ready := d.readyFds(wake, max(timeout, 0))
 	// The full pass's result is taken last: tracking what it found opens pidfds, which may get
 	// the number of a descriptor in ready (the pass's own eventfd, once closed).

@@ -130,3 +130,55 @@ echo ready; while :; do sleep 0.01; done`, dir)
 		t.Fatalf("the drain ended before the cleanup helper finished: %+v", report.Processes)
 	}
 }
+
+// A handler's process created while the drain starts, after the stop began but before the first
+// sweep lists the members, is spared like one created earlier: under tini -g a helper gets init's
+// TERM at once and forks its flush while the shim's drain starts (seen in CI: the drain TERMed the
+// flush).
+func TestDrainSparesAHandlersForkThatRacesTheFirstSweep(t *testing.T) {
+	dir := t.TempDir()
+	// The helper's USR1 stands for the TERM a group-forwarding init passes on: its handler runs a
+	// flush in a child process; it catches the drain's TERM and does nothing (its children, which
+	// do not inherit a handler, die of it), as a handler that lets a second signal pass does.
+	script := fmt.Sprintf(`sh -c 'trap "sh -c \"sleep 0.3; echo clean > %s/flush\"; exit 0" USR1; trap : TERM; echo trapped; while :; do sleep 0.05; done' &
+echo ready; wait`, dir)
+	ns := startNamespace(t, script)
+	ns.expect(t, "trapped")
+	children, err := childrenOf(ns.init)
+	if err != nil || len(children) != 1 {
+		t.Fatalf("init's children %v (%v), want the helper", children, err)
+	}
+	helper := children[0]
+	scope := ns.scope(t)
+	begun, err := NewForkWatch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	beforeFirstSweep = func() {
+		if err := unix.Kill(helper, unix.SIGUSR1); err != nil {
+			t.Error(err)
+			return
+		}
+		// The flush's shell is forked once the helper's current sleep ends; it runs once it has
+		// started its own sleep (a grandchild of the helper: the helper's loop sleeps have none).
+		deadline := time.Now().Add(testtime.Scale(5 * time.Second))
+		for time.Now().Before(deadline) {
+			kids, _ := childrenOf(helper)
+			for _, k := range kids {
+				if grandchildren, _ := childrenOf(k); len(grandchildren) > 0 {
+					return
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Error("the helper did not start its flush")
+	}
+	defer func() { beforeFirstSweep = nil }()
+	report := StartDrain(scope, DrainConfig{Signal: unix.SIGTERM, Grace: testtime.Scale(5 * time.Second), Begun: begun}).Finish(context.Background())
+	if got := readMarker(t, filepath.Join(dir, "flush")); got != "clean" {
+		t.Fatalf("the flush was cut (marker %q): notes %q, processes %+v", got, report.Notes, report.Processes)
+	}
+	if report.GraceExpired {
+		t.Fatalf("the drain waited out its grace: %+v", report.Processes)
+	}
+}
