@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
@@ -12,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/graceful-shim/graceful/process"
 )
@@ -60,7 +58,7 @@ func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
 		var meta struct {
 			Metadata struct {
 				Config *struct {
-					StopSignal runtimeapi.Signal `json:"stop_signal"`
+					StopSignal int32 `json:"stop_signal"` // CRI's Signal enum
 				}
 				StopSignal string
 			}
@@ -68,8 +66,11 @@ func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
 		if err := json.Unmarshal(ext.GetValue(), &meta); err != nil {
 			return 0, "", fmt.Errorf("CRI container metadata: %w", err)
 		}
-		if cfg := meta.Metadata.Config; cfg != nil && cfg.StopSignal != runtimeapi.Signal_SIGNAL_RUNTIME_DEFAULT {
-			name := strings.TrimPrefix(cfg.StopSignal.String(), "SIGNAL_")
+		if cfg := meta.Metadata.Config; cfg != nil && cfg.StopSignal != 0 { // 0: RUNTIME_DEFAULT
+			if cfg.StopSignal < 0 || int(cfg.StopSignal) >= len(criSignalNames) {
+				return 0, "", fmt.Errorf("CRI stop_signal %d: not a value of CRI's Signal enum", cfg.StopSignal)
+			}
+			name := criSignalNames[cfg.StopSignal]
 			sig, err := process.ParseSignal(name)
 			if err != nil {
 				return 0, "", fmt.Errorf("CRI stop_signal %s: %w", name, err)
@@ -92,4 +93,22 @@ func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
 		return sig, "label " + StopSignalLabel, nil
 	}
 	return 0, "", nil
+}
+
+// criSignalNames are the names of CRI's Signal enum (k8s.io/cri-api runtime/v1), by value, without
+// its SIGNAL_ prefix. A table rather than the package: importing it registers the whole CRI API's
+// protobuf descriptors in every shim, about 150 KB of each idle shim's heap
+// (TestCRISignalNamesMatchTheCRIAPI keeps the two the same).
+var criSignalNames = [...]string{
+	"RUNTIME_DEFAULT", "SIGABRT", "SIGALRM", "SIGBUS", "SIGCHLD", "SIGCLD",
+	"SIGCONT", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGIO",
+	"SIGIOT", "SIGKILL", "SIGPIPE", "SIGPOLL", "SIGPROF", "SIGPWR",
+	"SIGQUIT", "SIGSEGV", "SIGSTKFLT", "SIGSTOP", "SIGSYS", "SIGTERM",
+	"SIGTRAP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGUSR1",
+	"SIGUSR2", "SIGVTALRM", "SIGWINCH", "SIGXCPU", "SIGXFSZ", "SIGRTMIN",
+	"SIGRTMINPLUS1", "SIGRTMINPLUS2", "SIGRTMINPLUS3", "SIGRTMINPLUS4", "SIGRTMINPLUS5", "SIGRTMINPLUS6",
+	"SIGRTMINPLUS7", "SIGRTMINPLUS8", "SIGRTMINPLUS9", "SIGRTMINPLUS10", "SIGRTMINPLUS11", "SIGRTMINPLUS12",
+	"SIGRTMINPLUS13", "SIGRTMINPLUS14", "SIGRTMINPLUS15", "SIGRTMAXMINUS14", "SIGRTMAXMINUS13", "SIGRTMAXMINUS12",
+	"SIGRTMAXMINUS11", "SIGRTMAXMINUS10", "SIGRTMAXMINUS9", "SIGRTMAXMINUS8", "SIGRTMAXMINUS7", "SIGRTMAXMINUS6",
+	"SIGRTMAXMINUS5", "SIGRTMAXMINUS4", "SIGRTMAXMINUS3", "SIGRTMAXMINUS2", "SIGRTMAXMINUS1", "SIGRTMAX",
 }

@@ -6,7 +6,20 @@ import (
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
+
+// The shim's table of CRI's Signal enum is CRI's own, value by value.
+func TestCRISignalNamesMatchTheCRIAPI(t *testing.T) {
+	if len(criSignalNames) != len(runtimeapi.Signal_name) {
+		t.Fatalf("%d names, CRI has %d", len(criSignalNames), len(runtimeapi.Signal_name))
+	}
+	for v, name := range runtimeapi.Signal_name {
+		if got := "SIGNAL_" + criSignalNames[v]; got != name {
+			t.Errorf("value %d: %s, CRI says %s", v, got, name)
+		}
+	}
+}
 
 func TestStopSignalOfTheContainerRecord(t *testing.T) {
 	cri := func(json string) map[string]*anypb.Any {
@@ -38,6 +51,9 @@ func TestStopSignalOfTheContainerRecord(t *testing.T) {
 	}
 	if _, _, err := stopSignalOf(&containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGNOPE"}}); err == nil {
 		t.Fatal("a bad label was accepted")
+	}
+	if _, _, err := stopSignalOf(&containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":99}}}`)}); err == nil {
+		t.Fatal("a CRI stop_signal outside the enum was accepted")
 	}
 }
 
