@@ -192,8 +192,10 @@ type Drainer struct {
 	late     map[int]bool
 	lateLost bool // creations were lost to readLate (noted once)
 	spared   int  // members left unsignalled for it
-	// pendingForks are creations readLate read from the watch, for forked at the next wait.
+	// pendingForks are creations readLate read from the watch, for forked at the next wait, and
+	// pendingLost says that creations were lost then (for wait to report).
 	pendingForks []fork
+	pendingLost  bool
 
 	// The bulk drain (bulk.go): helper is the signaller's PID; bulk the members followed through
 	// cgroup.procs; bulkWin when they were signalled; bulkPolled the last poll, bulkGen the count
@@ -339,6 +341,7 @@ func (d *Drainer) readLate() {
 		d.markLate(f)
 	}
 	d.pendingForks = append(d.pendingForks, forks...)
+	d.pendingLost = d.pendingLost || lost
 	if lost && !d.lateLost {
 		d.lateLost = true
 		d.report.Notes = append(d.report.Notes, "process creations since the stop began were lost: a handler's helper may have been sent the drain signal")
@@ -831,9 +834,10 @@ func (d *Drainer) recordSignal(t *tracked, sig unix.Signal) {
 // drain is cancelled. It returns how many tracked processes exited, and whether fork events were
 // lost.
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
-	if forks := d.pendingForks; len(forks) > 0 {
-		d.pendingForks = nil
+	if forks, gone := d.pendingForks, d.pendingLost; len(forks) > 0 || gone {
+		d.pendingForks, d.pendingLost = nil, false
 		d.forked(forks)
+		defer func() { lost = lost || gone }()
 	}
 	ready := d.readyFds(wake, max(timeout, 0))
 	// The full pass's result is taken last: tracking what it found opens pidfds, which may get
