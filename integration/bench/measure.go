@@ -162,8 +162,10 @@ func (b *bench) startLatency(ctx context.Context) error {
 						b.rssOne.add(rt, float64(rss))
 					}
 					var m initMemory
-					if m, err = readSmapsRollup(shim); err == nil {
-						b.dirtyOne.add(rt, float64(m.writableDirty))
+					if err == nil {
+						if m, err = readSmapsRollup(shim); err == nil {
+							b.dirtyOne.add(rt, float64(m.writableDirty))
+						}
 					}
 				}
 			}
@@ -629,7 +631,7 @@ func (b *bench) scanOnce(ctx context.Context, result *scanResult, emulate string
 	env := []string{fmt.Sprintf("GRACEFUL_BENCH_SCAN_N=%d", b.cfg.scanN)}
 	if emulate != "" {
 		args = append(args, "-tags", "kernelemu")
-		env = append(env, "GRACEFUL_EMULATE_KERNEL="+emulate)
+		env = append(env, stack.EmulateKernelEnv+"="+emulate)
 	}
 	args = append(args, "./process/")
 	result.command = strings.Join(env, " ") + " go " + strings.Join(args, " ")

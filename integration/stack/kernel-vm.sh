@@ -5,9 +5,10 @@
 #
 # The guest has no disk: its initramfs loads the 9p and overlay modules of that kernel, mounts the
 # host's root file system read-only over virtio-9p with a tmpfs overlay on top, and runs the test
-# binaries (built here, on the host) in it (switch_root), as root, with its own /proc, /sys, /dev and
-# cgroups as this host has them (v1 hybrid). The test binary's output comes back on the serial console, and its exit status in
-# the last line ("kernel-vm: exit N"), which this script turns into its own.
+# binaries (built here, on the host) in it (switch_root), as root, with its own /proc, /sys, /dev
+# and cgroups as this host has them (v1 hybrid). The tests' output comes back on the serial
+# console, and the suites' status in the last line ("kernel-vm: exit N"), which this script turns
+# into its own.
 #
 #   STACK_DIR       cache directory (default /var/cache/graceful-stack)
 #   VM_KERNEL_PKG   the kernel package (default: what linux-image-amd64 depends on in bookworm)
@@ -100,8 +101,8 @@ suite() { # suite NAME ARGS [ENV...]
 	echo 'exit $status'
 } > "$work/run.sh"
 
-# The initramfs: busybox, the modules 9p, overlay and fuse (for the stuck-argv test) need (in the order modprobe would load them),
-# and /init.
+# The initramfs: busybox, the modules that 9p, overlay and fuse (for the stuck-argv test) need, in
+# the order modprobe would load them, and /init.
 init="$work/initramfs"
 mkdir -p "$init"/{bin,proc,sys,dev,newroot,lower,upper,modules}
 cp /bin/busybox "$init/bin/busybox"

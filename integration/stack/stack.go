@@ -44,8 +44,8 @@ type Options struct {
 	EmulateKernel string
 }
 
-// emulateKernelEnv is process.EmulateKernelEnv, which exists only in kernelemu builds.
-const emulateKernelEnv = "GRACEFUL_EMULATE_KERNEL"
+// EmulateKernelEnv is process.EmulateKernelEnv, which exists only in kernelemu builds.
+const EmulateKernelEnv = "GRACEFUL_EMULATE_KERNEL"
 
 // Stack is a running private containerd.
 type Stack struct {
@@ -182,7 +182,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, retErr error) {
 	tags := buildTags
 	if opts.EmulateKernel != "" {
 		tags = "kernelemu"
-		opts.Env = append(opts.Env, emulateKernelEnv+"="+opts.EmulateKernel)
+		opts.Env = append(opts.Env, EmulateKernelEnv+"="+opts.EmulateKernel)
 	}
 	if err := buildGoTags(filepath.Join(shimBin, "containerd-shim-graceful-v2"), "./cmd/containerd-shim-graceful-v2", tags, true); err != nil {
 		return nil, err

@@ -13,7 +13,8 @@ import (
 // SlowdownEnv is the environment variable that holds the factor.
 const SlowdownEnv = "GRACEFUL_TEST_SLOWDOWN"
 
-// factor is the slowdown, read once; a bad value panics at the first use, naming the variable.
+// factor is the slowdown, read once when the package initialises; a bad value panics then,
+// naming the variable.
 var factor = func() float64 {
 	v := os.Getenv(SlowdownEnv)
 	if v == "" {
