@@ -18,7 +18,7 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// Main is the shim binary's main: the version, the tracer mode, the start bootstrap for daemons
+// Main is the shim binary's main: the version, the tracer mode, the stop signal lookup, the start bootstrap for daemons
 // of every generation, and otherwise containerd's shim runtime.
 func Main() {
 	args := os.Args[1:]
@@ -28,6 +28,8 @@ func Main() {
 		return
 	case len(args) >= 2 && args[0] == HoldCommand:
 		os.Exit(process.HolderMain(args[1:]))
+	case len(args) >= 1 && args[0] == StopSignalCommand:
+		os.Exit(StopSignalMain(args[1:], os.Stdout))
 	case len(args) > 0 && args[len(args)-1] == "start":
 		handled, err := legacyStart(args)
 		if err != nil {

@@ -121,15 +121,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
 		}
 	}
+	var recorded <-chan recordedSignal
 	if !settings.Policy.Passthrough && !settings.Policy.StopSignalsSet {
-		sig, where, err := recordedStopSignal(ctx, s.containerdAddress, s.namespace, r.ID)
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("graceful: cannot read the container's recorded stop signal")
-		}
-		var added bool
-		if settings.Policy, added = settings.Policy.WithRecordedStopSignal(sig); added {
-			log.G(ctx).WithField("id", r.ID).Infof("graceful: %s (from %s) drains too", process.SignalName(sig), where)
-		}
+		recorded = lookupStopSignal(s.containerdAddress, s.namespace, r.ID)
 	}
 	if settings.Policy.Init {
 		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath, InitCopyDir); err != nil {
@@ -139,6 +133,16 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	resp, err := s.TTRPCTaskService.Create(ctx, r)
 	if err != nil {
 		return nil, err
+	}
+	if recorded != nil {
+		rs := <-recorded
+		if rs.Error != "" {
+			log.G(ctx).WithField("id", r.ID).Warnf("graceful: cannot read the container's recorded stop signal: %s", rs.Error)
+		}
+		var added bool
+		if settings.Policy, added = settings.Policy.WithRecordedStopSignal(rs.Signal); added {
+			log.G(ctx).WithField("id", r.ID).Infof("graceful: %s (from %s) drains too", process.SignalName(rs.Signal), rs.Where)
+		}
 	}
 	s.mu.Lock()
 	s.containers[r.ID] = &container{policy: settings.Policy}

@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"time"
 
-	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/graceful-shim/graceful/process"
 )
@@ -29,6 +32,76 @@ const (
 // stopSignalLookupTimeout bounds the call to containerd at Create.
 const stopSignalLookupTimeout = 2 * time.Second
 
+// StopSignalCommand is the argument with which the shim binary re-executes itself to look up a
+// container's recorded stop signal (StopSignalMain). The lookup runs in a process of its own so
+// that the gRPC client, its buffers and the containers API's descriptors never enter the
+// long-lived shim: in-process they stayed in its heap, about 0.4 MiB of every idle shim.
+const StopSignalCommand = "recorded-stop-signal"
+
+// recordedSignal is the outcome of a lookup, as the lookup process writes it.
+type recordedSignal struct {
+	Signal unix.Signal `json:"signal"`
+	Where  string      `json:"where,omitempty"`
+	Error  string      `json:"error,omitempty"`
+}
+
+// StopSignalMain is the lookup process's main: args are containerd's gRPC address, the namespace
+// and the container id; it writes one recordedSignal to out.
+func StopSignalMain(args []string, out io.Writer) int {
+	if len(args) != 3 {
+		fmt.Fprintf(os.Stderr, "usage: %s ADDRESS NAMESPACE ID\n", StopSignalCommand)
+		return 2
+	}
+	var r recordedSignal
+	sig, where, err := recordedStopSignal(context.Background(), args[0], args[1], args[2])
+	r.Signal, r.Where = sig, where
+	if err != nil {
+		r.Error = err.Error()
+	}
+	if err := json.NewEncoder(out).Encode(r); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// lookupStopSignal starts the lookup of container id's recorded stop signal in a process of its
+// own (StopSignalMain) and returns where its outcome comes, at most stopSignalLookupTimeout and a
+// second later. Create overlaps it with runc's create.
+func lookupStopSignal(address, ns, id string) <-chan recordedSignal {
+	ch := make(chan recordedSignal, 1)
+	if address == "" {
+		ch <- recordedSignal{Error: "no containerd address"}
+		return ch
+	}
+	cmd := exec.Command("/proc/self/exe", StopSignalCommand, address, ns, id)
+	in, out, done, err := startHelper(cmd)
+	if err != nil {
+		ch <- recordedSignal{Error: fmt.Sprintf("start the lookup: %v", err)}
+		return ch
+	}
+	in.Close()
+	go func() {
+		defer out.Close()
+		decoded := make(chan recordedSignal, 1)
+		go func() {
+			var r recordedSignal
+			if err := json.NewDecoder(out).Decode(&r); err != nil {
+				r = recordedSignal{Error: fmt.Sprintf("read the lookup's answer: %v", err)}
+			}
+			decoded <- r
+		}()
+		select {
+		case r := <-decoded:
+			ch <- r
+		case <-time.After(stopSignalLookupTimeout + time.Second):
+			cmd.Process.Kill()
+			ch <- recordedSignal{Error: fmt.Sprintf("the lookup did not answer within %s", stopSignalLookupTimeout+time.Second)}
+		}
+		<-done
+	}()
+	return ch
+}
+
 // recordedStopSignal asks containerd (gRPC at address) for the stop signal that a client recorded
 // for container id in namespace ns, and says where it was found. It returns 0 when none is.
 func recordedStopSignal(ctx context.Context, address, ns, id string) (unix.Signal, string, error) {
@@ -43,18 +116,140 @@ func recordedStopSignal(ctx context.Context, address, ns, id string) (unix.Signa
 	}
 	defer conn.Close()
 	ctx = metadata.AppendToOutgoingContext(ctx, "containerd-namespace", ns)
-	resp, err := containersapi.NewContainersClient(conn).Get(ctx, &containersapi.GetContainerRequest{ID: id})
+	req := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), id) // GetContainerRequest.id
+	var resp []byte
+	if err := conn.Invoke(ctx, getContainerMethod, req, &resp, grpc.ForceCodec(wireCodec{})); err != nil {
+		return 0, "", fmt.Errorf("get container %s: %w", id, err)
+	}
+	rec, err := decodeGetContainerResponse(resp)
 	if err != nil {
 		return 0, "", fmt.Errorf("get container %s: %w", id, err)
 	}
-	return stopSignalOf(resp.GetContainer())
+	return stopSignalOf(rec)
+}
+
+// getContainerMethod is containerd's Containers.Get (api/services/containers/v1).
+const getContainerMethod = "/containerd.services.containers.v1.Containers/Get"
+
+// wireCodec passes protobuf messages already in wire form: the lookup reads the two fields it
+// needs itself rather than link the containers API's generated types, whose descriptors every
+// shim would otherwise register at start.
+type wireCodec struct{}
+
+func (wireCodec) Marshal(v any) ([]byte, error) {
+	b, ok := v.([]byte)
+	if !ok {
+		return nil, fmt.Errorf("wire codec: %T is not []byte", v)
+	}
+	return b, nil
+}
+
+func (wireCodec) Unmarshal(data []byte, v any) error {
+	p, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("wire codec: %T is not *[]byte", v)
+	}
+	*p = append((*p)[:0], data...)
+	return nil
+}
+
+// Name is "proto", so that containerd's server decodes the request with its protobuf codec.
+func (wireCodec) Name() string { return "proto" }
+
+// containerRecord is what the stop signal lookup reads of containerd's Container message: its
+// labels, and the value of each extension (a google.protobuf.Any) by name.
+type containerRecord struct {
+	Labels     map[string]string
+	Extensions map[string][]byte
+}
+
+// Field numbers of containerd's containers API (containers.proto) and of google.protobuf.Any.
+const (
+	getContainerResponseContainer = 1
+	containerLabels               = 2
+	containerExtensions           = 10
+	mapEntryKey, mapEntryValue    = 1, 2
+	anyValue                      = 2
+)
+
+// decodeGetContainerResponse reads a GetContainerResponse's container record.
+func decodeGetContainerResponse(b []byte) (containerRecord, error) {
+	rec := containerRecord{Labels: map[string]string{}, Extensions: map[string][]byte{}}
+	err := eachField(b, func(num protowire.Number, v []byte) error {
+		if num != getContainerResponseContainer {
+			return nil
+		}
+		return eachField(v, func(num protowire.Number, v []byte) error {
+			switch num {
+			case containerLabels:
+				key, value, err := mapEntry(v)
+				rec.Labels[key] = string(value)
+				return err
+			case containerExtensions:
+				key, value, err := mapEntry(v)
+				if err != nil {
+					return err
+				}
+				return eachField(value, func(num protowire.Number, v []byte) error {
+					if num == anyValue {
+						rec.Extensions[key] = v
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	})
+	return rec, err
+}
+
+// mapEntry reads a protobuf map entry with a string key.
+func mapEntry(b []byte) (key string, value []byte, err error) {
+	err = eachField(b, func(num protowire.Number, v []byte) error {
+		switch num {
+		case mapEntryKey:
+			key = string(v)
+		case mapEntryValue:
+			value = v
+		}
+		return nil
+	})
+	return key, value, err
+}
+
+// eachField calls f with the number and contents of each length-delimited field of message b,
+// skipping fields of other wire types.
+func eachField(b []byte, f func(protowire.Number, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("container record: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return fmt.Errorf("container record: %w", protowire.ParseError(n))
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return fmt.Errorf("container record: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := f(num, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stopSignalOf finds the stop signal in a container record: CRI's metadata first (the pod's
 // lifecycle.stopSignal, else the image's StopSignal, which is what CRI's StopContainer sends), then
 // the well-known label.
-func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
-	if ext, ok := c.GetExtensions()[criMetadataExtension]; ok {
+func stopSignalOf(c containerRecord) (unix.Signal, string, error) {
+	if ext, ok := c.Extensions[criMetadataExtension]; ok {
 		var meta struct {
 			Metadata struct {
 				Config *struct {
@@ -63,7 +258,7 @@ func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
 				StopSignal string
 			}
 		}
-		if err := json.Unmarshal(ext.GetValue(), &meta); err != nil {
+		if err := json.Unmarshal(ext, &meta); err != nil {
 			return 0, "", fmt.Errorf("CRI container metadata: %w", err)
 		}
 		if cfg := meta.Metadata.Config; cfg != nil && cfg.StopSignal != 0 { // 0: RUNTIME_DEFAULT
@@ -85,7 +280,7 @@ func stopSignalOf(c *containersapi.Container) (unix.Signal, string, error) {
 			return sig, "the image's StopSignal (CRI)", nil
 		}
 	}
-	if v := c.GetLabels()[StopSignalLabel]; v != "" {
+	if v := c.Labels[StopSignalLabel]; v != "" {
 		sig, err := process.ParseSignal(v)
 		if err != nil {
 			return 0, "", fmt.Errorf("label %s=%q: %w", StopSignalLabel, v, err)

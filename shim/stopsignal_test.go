@@ -5,7 +5,9 @@ import (
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -43,17 +45,45 @@ func TestStopSignalOfTheContainerRecord(t *testing.T) {
 		{"CRI without a stop signal", &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{}}}`)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, where, err := stopSignalOf(tc.c)
+			got, where, err := stopSignalOf(record(t, tc.c))
 			if err != nil || got != tc.want || (got != 0) != (where != "") {
 				t.Fatalf("stopSignalOf = %v from %q (%v), want %v", got, where, err, tc.want)
 			}
 		})
 	}
-	if _, _, err := stopSignalOf(&containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGNOPE"}}); err == nil {
+	if _, _, err := stopSignalOf(record(t, &containersapi.Container{Labels: map[string]string{StopSignalLabel: "SIGNOPE"}})); err == nil {
 		t.Fatal("a bad label was accepted")
 	}
-	if _, _, err := stopSignalOf(&containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":99}}}`)}); err == nil {
+	if _, _, err := stopSignalOf(record(t, &containersapi.Container{Extensions: cri(`{"Version":"v1","Metadata":{"Config":{"stop_signal":99}}}`)})); err == nil {
 		t.Fatal("a CRI stop_signal outside the enum was accepted")
+	}
+}
+
+// record is c as the lookup reads it from containerd's answer: a GetContainerResponse in wire
+// form, decoded by decodeGetContainerResponse.
+func record(t *testing.T, c *containersapi.Container) containerRecord {
+	t.Helper()
+	c.ID, c.Image, c.Runtime = "x", "docker.io/library/busybox:latest", &containersapi.Container_Runtime{Name: RuntimeName}
+	c.CreatedAt = timestamppb.Now()
+	b, err := proto.Marshal(&containersapi.GetContainerResponse{Container: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := decodeGetContainerResponse(b)
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	return rec
+}
+
+// A truncated answer is an error, not a record without a stop signal.
+func TestTruncatedContainerRecordIsAnError(t *testing.T) {
+	b, err := proto.Marshal(&containersapi.GetContainerResponse{Container: &containersapi.Container{ID: "x", Labels: map[string]string{StopSignalLabel: "SIGQUIT"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := decodeGetContainerResponse(b[:len(b)-3]); err == nil {
+		t.Fatal("a truncated GetContainerResponse decoded")
 	}
 }
 
