@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/events"
@@ -93,7 +92,7 @@ func (s *service) awaitReports(ctx context.Context) error {
 // answered with a plain address at start).
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
-	taskv2.RegisterTTRPCTaskService(server, taskV2{v3: s})
+	registerTaskV2(server, s)
 	return nil
 }
 
