@@ -4,7 +4,6 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"sync"
 	"time"
 )
@@ -19,7 +18,6 @@ import (
 const (
 	stopHeadroom   = 64 << 20
 	stopPauseGCFor = 10 * time.Second
-	goMemoryMetric = "/memory/classes/total:bytes"
 )
 
 // gcPause counts the stops that hold the collector off; the first one turns it off and the last
@@ -35,12 +33,12 @@ var gcPause struct {
 func pauseGC() (resume func()) {
 	gcPause.mu.Lock()
 	if gcPause.holders == 0 {
-		sample := []metrics.Sample{{Name: goMemoryMetric}}
-		metrics.Read(sample)
+		// MemStats rather than runtime/metrics, whose package initialisation alone adds 15 KB to
+		// every idle shim's heap; the read's stop of the world is microseconds on a shim's heap.
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
 		limit := debug.SetMemoryLimit(-1) // a GOMEMLIMIT below the headroom is kept
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			limit = min(limit, int64(min(sample[0].Value.Uint64(), math.MaxInt64-stopHeadroom))+stopHeadroom)
-		}
+		limit = min(limit, int64(min(m.Sys, math.MaxInt64-stopHeadroom))+stopHeadroom)
 		gcPause.limit = debug.SetMemoryLimit(limit)
 		gcPause.percent = debug.SetGCPercent(-1)
 	}

@@ -10,8 +10,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/containerd/continuity"
-
 	"github.com/graceful-shim/graceful/initproc"
 )
 
@@ -66,7 +64,7 @@ func wrapWithInit(bundle, initPath, copyDir string) error {
 	if err != nil {
 		return err
 	}
-	return continuity.AtomicWriteFile(specPath, out, 0o644)
+	return atomicWriteFile(specPath, out, 0o644)
 }
 
 // wrapSpec returns the OCI spec data with graceful-init (mounted from source) as PID 1.
@@ -119,7 +117,7 @@ func initCopy(src, dir string) (string, error) {
 	}
 	// Written (and synced) to a temporary file, then renamed: a running container keeps the old
 	// copy, and no container ever sees a partial one.
-	if err := continuity.AtomicWriteFile(dst, data, 0o555); err != nil {
+	if err := atomicWriteFile(dst, data, 0o555); err != nil {
 		return "", fmt.Errorf("init: copy graceful-init to %s: %w", dir, err)
 	}
 	return dst, nil
