@@ -66,40 +66,17 @@ func (d *Drainer) prepareBulk() {
 	d.addBulk(pids)
 }
 
-// Signalling at once costs the kernel's kill(-1) loop, which looks at every task on the host,
-// twice (the signal, then SIGCONT): about killCostPerTask a task, plus the signaller's start. Each
-// member signalled through its own pidfd costs the shim about pidfdCostPerMember.
-const (
-	killCostPerTask    = 400 * time.Nanosecond
-	signallerCost      = time.Millisecond
-	pidfdCostPerMember = 20 * time.Microsecond
-)
-
-// SignalsAtOnce reports whether a drain of the scope should signal its namespace at once (with a
-// Signaller) rather than member by member: the scope is a PID namespace of its own, with a cgroup
-// to list its members from, and they are many enough for kill(-1), whose cost grows with the
-// host, to cost less than a pidfd each (a 10-process container on a host of 20 000 tasks is
-// cheaper member by member). The container's size is the pids controller's count of its tasks
-// (threads included) where there is one: reading cgroup.procs costs about 2 µs a process under
-// load, and this runs before init is signalled.
-func (s *Scope) SignalsAtOnce() bool {
-	if s.Kind != ByPIDNamespace || s.cgroupDir == "" {
-		return false
-	}
-	size, ok := s.size()
-	if !ok {
-		return false
-	}
-	tasks, err := hostTasks()
-	if err != nil {
-		return true
-	}
-	return time.Duration(size)*pidfdCostPerMember > time.Duration(tasks)*killCostPerTask+signallerCost
+// CanSignalAtOnce reports whether a drain of the scope can signal its members at once, with a
+// Signaller: the scope is a PID namespace of its own, with a cgroup to list its members from.
+func (s *Scope) CanSignalAtOnce() bool {
+	return s.Kind == ByPIDNamespace && s.cgroupDir != ""
 }
 
-// size is the number of tasks the pids controller counts in the container's cgroup, else the
-// number of processes its cgroup.procs list (ok false when neither can be read).
-func (s *Scope) size() (int, bool) {
+// Size is the number of tasks (threads included) the pids controller counts in the container's
+// cgroup, else the number of processes its cgroup.procs lists (ok false when neither can be
+// read). The counter is one integer however many tasks: reading cgroup.procs costs about 2 µs a
+// process under load.
+func (s *Scope) Size() (int, bool) {
 	if n, ok := s.taskCount(); ok {
 		return n, true
 	}
@@ -122,9 +99,9 @@ func (s *Scope) taskCount() (int, bool) {
 	return n, err == nil
 }
 
-// hostTasks is the number of tasks (threads) on the host, from /proc/loadavg's fourth field
+// HostTasks is the number of tasks (threads) on the host, from /proc/loadavg's fourth field
 // (running/total).
-func hostTasks() (int, error) {
+func HostTasks() (int, error) {
 	var buf [128]byte
 	data, err := readProcFile("/proc/loadavg", buf[:])
 	if err != nil {

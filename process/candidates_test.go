@@ -49,8 +49,12 @@ func TestMembersAreFoundFromTheContainersCgroup(t *testing.T) {
 	if !slices.Equal(members, all) {
 		t.Fatalf("Members() = %v, want %v (the full pass's), without the outsider %d", members, all, outsider)
 	}
-	if scope.SignalsAtOnce() {
-		t.Fatal("3 members: want them signalled one by one, not through kill(-1) over the whole host")
+	// What the shim's choice of signalling rests on (shim/plan.go decideSignalling).
+	if size, ok := scope.Size(); !ok || size < len(all) {
+		t.Fatalf("size %d (ok %v), want at least the %d members", size, ok, len(all))
+	}
+	if tasks, err := HostTasks(); err != nil || tasks < len(all) {
+		t.Fatalf("host tasks %d (%v)", tasks, err)
 	}
 }
 
@@ -84,12 +88,12 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	if len(members) != n || !ok || len(listed) < n {
 		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
 	}
-	// Its size, for that choice, is read from the pids controller's counter where there is one.
-	if size, ok := scope.size(); !ok || size < n || (strings.HasSuffix(root, "/pids") && scope.pidsCounter == "") {
+	// Its size, for the choice of signalling at once, is read from the pids controller's counter where there is one.
+	if size, ok := scope.Size(); !ok || size < n || (strings.HasSuffix(root, "/pids") && scope.pidsCounter == "") {
 		t.Fatalf("size %d (ok %v, from %q under %s), want at least %d, from pids.current under a pids hierarchy", size, ok, scope.pidsCounter, root, n)
 	}
-	if tasks, _ := hostTasks(); !scope.SignalsAtOnce() {
-		t.Fatalf("%d members on a host of %d tasks: want them signalled at once", n, tasks)
+	if !scope.CanSignalAtOnce() {
+		t.Fatal("a PID namespace with a cgroup of its own: want it signallable at once")
 	}
 }
 
@@ -140,7 +144,7 @@ echo ready; wait`, dir))
 		t.Fatalf("nsenter's child %d: in the container's own lists %v, in the full pass %v; want only the latter", straggler[0], members, all)
 	}
 
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "straggler")); got != "t" {
 		t.Errorf("the nsenter'd process did not run its TERM handler (marker %q)", got)
 	}

@@ -115,7 +115,7 @@ echo ready; wait`, dir, helper)
 	drained := make(chan *Report, 1)
 	start := time.Now()
 	goAside("the drain", func() {
-		drained <- Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace})
+		drained <- Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, grace)
 	})
 	var report *Report
 	select {

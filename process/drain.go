@@ -17,11 +17,12 @@ import (
 type DrainConfig struct {
 	// Signal is sent to every member (followed by SIGCONT, so a stopped process can act on it).
 	Signal unix.Signal
-	// Grace is how long members have to exit before the rest are SIGKILLed.
-	Grace time.Duration
-	// KillWait bounds the wait for SIGKILLed members to disappear (default 2s). A process in
-	// uninterruptible sleep may outlive it; it is reported as survived.
+	// KillWait bounds the wait for SIGKILLed members to disappear. A process in uninterruptible
+	// sleep may outlive it; it is reported as survived.
 	KillWait time.Duration
+	// KillSweeps bounds the SIGKILL sweeps at the grace period's end, which a fork bomb would
+	// otherwise refill forever (at least one is made).
+	KillSweeps int
 	// Signaller, when set for a container in a PID namespace of its own, signals every member at
 	// once from inside the namespace (see bulk.go); else each member is signalled through its
 	// pidfd.
@@ -128,9 +129,6 @@ const (
 	rescanMax = 250 * time.Millisecond
 )
 
-// maxKillSweeps bounds the SIGKILL sweeps at the end of the grace period (against fork bombs).
-const maxKillSweeps = 8
-
 type tracked struct {
 	h      *Handle
 	detail int // index in Report.Processes, -1 when the process is only counted
@@ -159,11 +157,12 @@ type finishedPid struct {
 // pruneMin is the fewest finished entries that trigger pruning between sweeps.
 const pruneMin = 1024
 
-// Drainer is a drain in progress: StartDrain has signalled the members found so far, Finish waits
+// Drainer is a drain in progress: Start has signalled the members found so far, Finish waits
 // for them.
 type Drainer struct {
 	scope    *Scope
 	cfg      DrainConfig
+	grace    time.Duration // from Start
 	report   *Report
 	watch    *forkWatcher  // nil when the proc connector is not available
 	ep       int           // epoll instance watching the active pidfds, the fork watcher and wake
@@ -227,7 +226,8 @@ type Drainer struct {
 }
 
 // Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
-// until none remains or cfg.Grace ends, then SIGKILLs the rest. It is StartDrain and Finish in one.
+// until none remains or the grace period ends, then SIGKILLs the rest. It is PrepareDrain, Start
+// and Finish in one.
 //
 // The members are found from the container itself first (Scope.candidates), at a cost that grows
 // with the container, not with the host, and signalled at once. A full pass over /proc then runs
@@ -235,15 +235,8 @@ type Drainer struct {
 // the container's cgroup): it is signalled as soon as the pass finds it. The drain does not wait
 // for the pass: when every other member is gone first, the report says the pass did not finish,
 // and what it had not reached is left to the kernel's SIGKILL, as under the stock shim.
-func Drain(ctx context.Context, scope *Scope, cfg DrainConfig) *Report {
-	return StartDrain(scope, cfg).Finish(ctx)
-}
-
-// StartDrain sends cfg.Signal to every current member of scope except its init and returns at
-// once; the grace period starts now. It never signals a process that is not a member (see
-// Scope.OpenMember).
-func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
-	return PrepareDrain(scope, cfg).Start(cfg.Grace)
+func Drain(ctx context.Context, scope *Scope, cfg DrainConfig, grace time.Duration) *Report {
+	return PrepareDrain(scope, cfg).Start(grace).Finish(ctx)
 }
 
 // PrepareDrain readies a drain of scope without signalling anything yet: it starts watching forks
@@ -251,9 +244,7 @@ func StartDrain(scope *Scope, cfg DrainConfig) *Drainer {
 // first of them, so that Start has little left to do. A prepared drain that is not started must
 // be closed (Close).
 func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
-	if cfg.KillWait <= 0 {
-		cfg.KillWait = 2 * time.Second
-	}
+	cfg.KillSweeps = max(cfg.KillSweeps, 1)
 	d := &Drainer{
 		scope:    scope,
 		cfg:      cfg,
@@ -295,7 +286,7 @@ func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 // at once; the grace period, of length grace, starts now. It never signals a process that is not
 // a member (see Scope.OpenMember; a bulk drain signals from inside the container's namespace).
 func (d *Drainer) Start(grace time.Duration) *Drainer {
-	d.cfg.Grace = grace
+	d.grace = grace
 	d.report.Grace = grace
 	d.report.Started = time.Now()
 	d.startTicks = bootTicks()
@@ -406,7 +397,7 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 		defer stop()
 	}
 
-	if !d.phase(ctx, wake, d.report.Started.Add(d.cfg.Grace)) {
+	if !d.phase(ctx, wake, d.report.Started.Add(d.grace)) {
 		return d.finish(Aborted)
 	}
 	if d.remaining() > 0 {
@@ -421,7 +412,7 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 			t.killed, t.deferred = true, false
 		}
 		d.deferred = 0
-		for i := 0; i < maxKillSweeps && d.sweep(unix.SIGKILL) > 0; i++ {
+		for i := 0; i < d.cfg.KillSweeps && d.sweep(unix.SIGKILL) > 0; i++ {
 		}
 		if !d.phase(ctx, wake, time.Now().Add(d.cfg.KillWait)) {
 			return d.finish(Aborted)
@@ -433,7 +424,7 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 // phase waits until no member is active or the deadline passes, tracking processes that members
 // start. It returns false when ctx was cancelled.
 func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool {
-	lastScan := time.Now() // StartDrain or the grace's end has just swept
+	lastScan := time.Now() // Start or the grace's end has just swept
 	interval := rescanMin
 	dirty := false
 	for {

@@ -25,7 +25,7 @@ echo ready; wait`, dir)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped") // the nested init's child has set its trap (so the nested init is there)
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 30 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 30*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "nested")); got != "clean" {
 		t.Fatalf("the nested init's child did not finish its TERM handler: %+v", report.Processes)
 	}
@@ -47,7 +47,7 @@ echo ready; wait`, forks)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped")
 	scope := ns.scope(t)
-	d := StartDrain(scope, DrainConfig{Signal: unix.SIGTERM, Grace: 60 * time.Second})
+	d := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}).Start(60 * time.Second)
 	report := d.Finish(context.Background())
 	total := 0
 	for _, n := range report.Totals {
@@ -84,7 +84,7 @@ echo ready; wait`, dir)
 	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
 	t.Logf("totals %v after %v", report.Totals, report.Duration)
 	// Nothing here starts a cleanup helper: every process must have been sent the drain signal.
 	if report.GraceExpired || report.Totals[Killed] > 0 || report.Totals[ExitedUnsignalled] > 0 {
@@ -125,7 +125,7 @@ echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped")
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: testtime.Scale(5 * time.Second)})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, testtime.Scale(5*time.Second))
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
 		t.Fatalf("the drain ended before the cleanup helper finished: %+v", report.Processes)
 	}
@@ -174,7 +174,7 @@ echo ready; wait`, dir)
 		t.Error("the helper did not start its flush")
 	}
 	defer func() { beforeFirstSweep = nil }()
-	report := StartDrain(scope, DrainConfig{Signal: unix.SIGTERM, Grace: testtime.Scale(5 * time.Second), Begun: begun}).Finish(context.Background())
+	report := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, Begun: begun, KillWait: testKillWait, KillSweeps: testKillSweeps}).Start(testtime.Scale(5 * time.Second)).Finish(context.Background())
 	if got := readMarker(t, filepath.Join(dir, "flush")); got != "clean" {
 		t.Fatalf("the flush was cut (marker %q): notes %q, processes %+v", got, report.Notes, report.Processes)
 	}

@@ -64,7 +64,7 @@ echo ready; wait`, dir)
 	grace, killWait := 700*time.Millisecond, 10*time.Second
 	bound := 3 * grace
 	start := time.Now()
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: grace, KillWait: killWait})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: killWait, KillSweeps: testKillSweeps}, grace)
 	took := time.Since(start)
 	for _, name := range []string{"a", "b", "c"} {
 		if got := readMarker(t, filepath.Join(dir, name)); got != name {
@@ -92,7 +92,7 @@ func TestDrainEndsAsSoonAsMembersExit(t *testing.T) {
 	ns := startNamespace(t, `sleep 60 & sleep 60 & echo ready; wait`)
 	ns.awaitExeced(t, "sleep", 2)
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
 	if report.Duration > 2*time.Second || report.GraceExpired {
 		t.Fatalf("drain of processes that exit on TERM took %v (grace expired %v)", report.Duration, report.GraceExpired)
 	}
@@ -110,7 +110,7 @@ echo ready; while :; do sleep 0.01; done`, dir)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped")
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 5*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "late")); got != "late" {
 		t.Fatalf("the drain ended before the cleanup helper finished, or signalled it: %+v", report.Processes)
 	}
@@ -125,7 +125,7 @@ func TestDrainCancelStopsAtOnce(t *testing.T) {
 	scope := ns.scope(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
-	report := Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, Grace: 30 * time.Second})
+	report := Drain(ctx, scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 30*time.Second)
 	if !report.Cancelled || report.Duration > 2*time.Second {
 		t.Fatalf("cancelled drain: cancelled=%v after %v", report.Cancelled, report.Duration)
 	}
@@ -172,7 +172,7 @@ echo ready; wait`, dir)
 	ns := startNamespace(t, script)
 	ns.expect(t, "trapped q")
 	ns.expect(t, "trapped t")
-	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, StopSignal: unix.SIGQUIT, Grace: 10 * time.Second})
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, StopSignal: unix.SIGQUIT, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "q")); got != "quit" {
 		t.Errorf("the QUIT-trapping process's handlers ran %q, want its QUIT handler only", got)
 	}
@@ -211,3 +211,9 @@ echo ready; wait`, dir)
 		t.Fatalf("found %v in the report: %+v", got, report.Processes)
 	}
 }
+
+// The bounds of a drain's end in these tests: the shim's (killWait and killSweeps in shim/plan.go).
+const (
+	testKillWait   = 2 * time.Second
+	testKillSweeps = 8
+)

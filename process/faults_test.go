@@ -49,7 +49,7 @@ echo ready; wait`, dir))
 		return open(pid, flags)
 	}
 	t.Cleanup(func() { pidfdOpen = open })
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
 	if refused.Load() == 0 {
 		t.Fatal("the injected failure was never hit: the test proves nothing")
 	}
@@ -98,7 +98,7 @@ func TestBulkDrainSurvivesAFailedListRead(t *testing.T) {
 	}
 	readProcDir = func() ([]int, error) { return nil, fmt.Errorf("open /proc: %w", unix.EMFILE) }
 	t.Cleanup(func() { readCgroupTree, readProcDir = read, readProc })
-	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 10 * time.Second, Signaller: sig})
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
 	mu.Lock()
 	n := reads
 	mu.Unlock()

@@ -60,7 +60,7 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	syscall.Kill(ns.init, syscall.SIGTERM)
 	expectHolder(t, next, HoldAutoreap, HoldExiting)
 	scope := ns.scope(t)
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 5 * time.Second})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 5*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "child")); got != "clean" {
 		t.Fatalf("child did not finish its cleanup while init was held: %+v", report.Processes)
 	}

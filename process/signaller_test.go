@@ -152,7 +152,7 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 			defer h.Close()
 		}
 	}
-	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
 	if sig.calls != 1 {
 		t.Fatalf("the signaller was asked %d times, want once", sig.calls)
 	}
@@ -203,7 +203,7 @@ func TestBulkDrainFallsBackToSignallingEachMember(t *testing.T) {
 	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sh -c 'trap "echo clean > %s/child; exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
 echo ready; while :; do sleep 0.05; done`, marks))
 	ns.expect(t, "trapped")
-	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: failingSignaller{}})
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: failingSignaller{}, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
 	if got := readMarker(t, filepath.Join(marks, "child")); got != "clean" {
 		t.Fatalf("child did not run its TERM handler: %+v", report)
 	}
@@ -252,7 +252,7 @@ trap 'sh -c "trap \"echo clean > %[1]s/late; exit 0\" TERM; echo late; while :; 
 echo ready; while :; do sleep 0.05; done`, marks))
 	sig := startTestSignaller(t, ns.init)
 	scope := ns.scope(t)
-	d := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, Signaller: sig})
+	d := PrepareDrain(scope, DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps})
 	nsPid, _ := strconv.Atoi(readMarker(t, filepath.Join(marks, "short")))
 	shortPid := hostPid(t, scope, nsPid)
 	short, err := Open(shortPid)
@@ -330,7 +330,7 @@ func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	}
 	ns.awaitExeced(t, "sleep", 3)
 	sig := startTestSignaller(t, ns.init)
-	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
 	if report.Bulk == 0 || len(report.Notes) > 0 {
 		t.Fatalf("bulk %d, notes %q: want a bulk drain", report.Bulk, report.Notes)
 	}
@@ -384,7 +384,7 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	ns := startNamespaceIn(t, dir, script)
 	ns.awaitExeced(t, "sleep", 3) // a fork not yet exec'd would die of TERM
 	sig := startTestSignaller(t, ns.init)
-	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig}).Start(time.Minute)
+	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}).Start(time.Minute)
 	defer d.Close()
 	if d.report.Bulk == 0 || d.bulkHandles == 0 {
 		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.bulkHandles, d.report.Notes)
@@ -452,7 +452,7 @@ func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
 		}
 		ns.awaitExeced(t, "sleep", members) // and its sleep started
 		sig := startTestSignaller(t, ns.init)
-		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Grace: 20 * time.Second, Signaller: sig})
+		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
 		if report.Bulk == 0 || len(report.Notes) > 0 {
 			t.Fatalf("stop %d: bulk %d, notes %q: want a bulk drain", stop, report.Bulk, report.Notes)
 		}

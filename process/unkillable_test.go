@@ -42,15 +42,16 @@ func TestDrainGivesUpOnAnUnkillableProcess(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("FROZEN"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := DrainConfig{Signal: unix.SIGTERM, Grace: 200 * time.Millisecond, KillWait: 300 * time.Millisecond}
-	report := Drain(context.Background(), scope, cfg)
+	grace := 200 * time.Millisecond
+	cfg := DrainConfig{Signal: unix.SIGTERM, KillWait: 300 * time.Millisecond, KillSweeps: testKillSweeps}
+	report := Drain(context.Background(), scope, cfg, grace)
 	if report.Count(Survived) != 1 {
 		t.Fatalf("want the frozen process reported as survived: %+v", report.Processes)
 	}
 	// About Grace + KillWait (0.5 s) is expected: 4x that leaves a loaded machine its margin, and
-	// stays under the 2.2 s at least (Grace + the default KillWait of 2 s) that a drain ignoring
-	// cfg.KillWait would take.
-	if limit := 4 * (cfg.Grace + cfg.KillWait); report.Duration > limit {
+	// stays under the 2.2 s at least (the grace and the shim's KillWait of 2 s) that a drain
+	// ignoring cfg.KillWait would take.
+	if limit := 4 * (grace + cfg.KillWait); report.Duration > limit {
 		t.Fatalf("drain took %v, want under %v", report.Duration, limit)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,5 +99,91 @@ func TestInitSignal(t *testing.T) {
 				t.Fatalf("initSignal = %s (%q), want %s, with a note only when changed", unix.SignalName(got), why, unix.SignalName(tc.want))
 			}
 		})
+	}
+}
+
+func TestDecideBegin(t *testing.T) {
+	if got := decideBegin(true); got != StartStop {
+		t.Fatalf("running container: %s, want %s", got, StartStop)
+	}
+	if got := decideBegin(false); got != Forward {
+		t.Fatalf("container not running (created, paused, stopped): %s, want %s", got, Forward)
+	}
+}
+
+// The tracer starts before the plan whenever the plan may hold init; a children-first drain holds
+// an init that is PID 1 of its namespace.
+func TestMayHold(t *testing.T) {
+	order := func(o StopOrder) Policy { p := DefaultPolicy(); p.StopOrder = o; return p }
+	for _, tc := range []struct {
+		name                        string
+		policy                      Policy
+		namespaceInit, injectedInit bool
+		want                        bool
+	}{
+		{"auto, PID 1", order(Auto), true, false, true},
+		{"auto, shared namespace", order(Auto), false, false, true},
+		{"init-first, shared namespace", order(InitFirst), false, false, true},
+		{"children-first, PID 1: held if it exits by itself", order(ChildrenFirst), true, false, true},
+		{"children-first, shared namespace: nothing to hold", order(ChildrenFirst), false, false, false},
+		{"graceful-init holds the namespace itself", order(Auto), true, true, false},
+	} {
+		if got := mayHold(tc.policy, tc.namespaceInit, tc.injectedInit); got != tc.want {
+			t.Errorf("%s: mayHold = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if !holdsDuringDrain(InitStatus{NamespaceInit: true}) || holdsDuringDrain(InitStatus{Handles: true}) {
+		t.Error("holdsDuringDrain: want a hold for PID 1 of the namespace only")
+	}
+}
+
+// The drain signals at once when kill(-1) over the host costs less than a pidfd per member, the
+// scope allows it, and every member gets the same signal.
+func TestDecideSignalling(t *testing.T) {
+	def := DefaultPolicy()
+	facts := func(size, host int) ScopeFacts {
+		return ScopeFacts{CanSignalAtOnce: true, Size: size, SizeKnown: true, HostTasks: host}
+	}
+	for _, tc := range []struct {
+		name    string
+		sig     unix.Signal
+		facts   ScopeFacts
+		want    bool
+		noteHas string
+	}{
+		{"1 000 members on a host of 2 000 tasks", unix.SIGTERM, facts(1000, 2000), true, ""},
+		{"10 members on a host of 20 000 tasks", unix.SIGTERM, facts(10, 20000), false, ""},
+		{"1 000 members on a host of 100 000 tasks", unix.SIGTERM, facts(1000, 100000), false, ""},
+		{"5 000 members on a host of 100 000 tasks", unix.SIGTERM, facts(5000, 100000), true, ""},
+		{"host size unknown", unix.SIGTERM, facts(100, 0), true, ""},
+		{"size unknown", unix.SIGTERM, ScopeFacts{CanSignalAtOnce: true, HostTasks: 100}, false, ""},
+		{"a shared PID namespace or no cgroup", unix.SIGTERM, ScopeFacts{Size: 1000, SizeKnown: true, HostTasks: 100}, false, ""},
+		{"the image's SIGQUIT for its handlers, TERM for the rest", unix.SIGQUIT, facts(1000, 2000), false, "member by member"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, note := decideSignalling(def, tc.sig, tc.facts)
+			if got != tc.want || !strings.Contains(note, tc.noteHas) || (tc.noteHas == "") != (note == "") {
+				t.Fatalf("decideSignalling = %v (note %q), want %v (note with %q)", got, note, tc.want, tc.noteHas)
+			}
+		})
+	}
+}
+
+// The grace is the policy's, cut to end within Kubernetes' budget when there is one.
+func TestDrainGrace(t *testing.T) {
+	p := DefaultPolicy() // 10 s
+	if g, note := drainGrace(p, 3*time.Second); g != 10*time.Second || note != "" {
+		t.Fatalf("no budget: %v (%q), want 10s", g, note)
+	}
+	p.StopBudget = 8 * time.Second
+	if g, note := drainGrace(p, 3*time.Second); g != 5*time.Second || !strings.Contains(note, "kubelet") {
+		t.Fatalf("8 s budget, 3 s gone: %v (%q), want 5s, noted", g, note)
+	}
+	if g, _ := drainGrace(p, 9*time.Second); g != 0 {
+		t.Fatalf("budget spent: %v, want 0", g)
+	}
+	p.StopBudget = time.Minute
+	if g, note := drainGrace(p, time.Second); g != 10*time.Second || note != "" {
+		t.Fatalf("a budget longer than the grace: %v (%q), want 10s", g, note)
 	}
 }

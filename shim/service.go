@@ -218,8 +218,7 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 		}
 	}()
 	state, err := s.TTRPCTaskService.State(ctx, &taskAPI.StateRequest{ID: r.ID})
-	if err != nil || state.Status != task.Status_RUNNING {
-		// Not running (created, paused, stopped): the runc service answers as it always has.
+	if decideBegin(err == nil && state.Status == task.Status_RUNNING) == Forward {
 		st.close()
 		return s.TTRPCTaskService.Kill(ctx, r)
 	}

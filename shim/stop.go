@@ -129,10 +129,9 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		return false, s.closeForwarded()
 	}
 	// The tracer takes a few milliseconds to start: it is started first, aside, whenever the plan
-	// may hold init (every order but an explicit children-first of a container without a PID
-	// namespace of its own; graceful-init holds the namespace itself).
+	// may hold init.
 	var tracer <-chan attachedTracer
-	if mainExit == nil && (s.policy.StopOrder != ChildrenFirst || st.NamespaceInit()) {
+	if mayHold(s.policy, st.NamespaceInit(), mainExit != nil) {
 		tracer = startTracer(s.init)
 	}
 	status, err := observeInit(pid, st, s.signal)
@@ -209,16 +208,16 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTracer) (bool, *StopReport) {
 	d := &drainThenInit{thenInit: true}
 	s.strategy = d
-	if !status.NamespaceInit || tracer == nil {
+	if !holdsDuringDrain(status) || tracer == nil {
 		s.discard(tracer)
 		if s.ctx.Err() != nil {
 			s.note("stop aborted by SIGKILL before it began")
 			return false, s.closeForwarded()
 		}
-		d.drainer = process.StartDrain(s.scope, s.drainConfig())
+		d.drainer = s.startDrain(process.PrepareDrain(s.scope, s.drainConfig()))
 		return true, nil
 	}
-	drainer := process.PrepareDrain(s.scope, s.drainSetup())
+	drainer := process.PrepareDrain(s.scope, s.drainConfig())
 	if h, err := awaitTracer(tracer); err != nil {
 		s.note("cannot hold init's exit during the drain (init exiting by itself would let the kernel kill the rest): %v", err)
 	} else {
@@ -230,7 +229,7 @@ func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTrace
 		s.note("stop aborted by SIGKILL before it began")
 		return false, s.closeForwarded()
 	}
-	d.drainer = drainer.Start(s.grace())
+	d.drainer = s.startDrain(drainer)
 	return true, nil
 }
 
@@ -246,7 +245,7 @@ func (s *stop) beginMainExit(pid int) bool {
 	s.order = plan.Order
 	s.profile = startProfile(s.id)
 	s.startSignaller()
-	s.strategy = &drainThenInit{drainer: process.StartDrain(s.scope, s.drainConfig())}
+	s.strategy = &drainThenInit{drainer: s.startDrain(process.PrepareDrain(s.scope, s.drainConfig()))}
 	return true
 }
 
@@ -344,7 +343,7 @@ type holdInitThenDrain struct {
 
 func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 	// The drain is prepared (its members listed, their commands read) while init exits.
-	cfg := s.drainSetup()
+	cfg := s.drainConfig()
 	cfg.Begun, h.begun = h.begun, nil
 	drainer := process.PrepareDrain(s.scope, cfg)
 	select {
@@ -354,7 +353,7 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 		if f := h.hold.autoreapFailure; f != "" {
 			s.note("init's children could not be made to release themselves (they wait for the kernel's reap): %s", f)
 		}
-		drain := drainer.Start(s.grace()).Finish(s.ctx)
+		drain := s.startDrain(drainer).Finish(s.ctx)
 		s.closeSignaller()
 		if s.ctx.Err() == nil {
 			h.hold.Release()
@@ -385,7 +384,7 @@ func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
 	select {
 	case <-a.mainExit:
 		s.startSignaller()
-		return process.StartDrain(s.scope, s.drainConfig()).Finish(s.ctx)
+		return s.startDrain(process.PrepareDrain(s.scope, s.drainConfig())).Finish(s.ctx)
 	case <-s.ctx.Done():
 		return nil
 	}
@@ -393,51 +392,53 @@ func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
 
 func (a *awaitMainThenDrain) close() {}
 
-// drainConfig is the drain's signal, signaller and grace period (see grace).
+// drainConfig is what PrepareDrain needs: the drain's signals, its signaller, and the bounds of
+// its end (plan.go).
 func (s *stop) drainConfig() process.DrainConfig {
-	cfg := s.drainSetup()
-	cfg.Grace = s.grace()
-	return cfg
-}
-
-// drainSetup is the drain's signals and signaller, what PrepareDrain needs.
-func (s *stop) drainSetup() process.DrainConfig {
-	cfg := process.DrainConfig{Signal: s.policy.DrainSignal, StopSignal: s.policy.DrainStopSignal(s.signal)}
+	cfg := process.DrainConfig{Signal: s.policy.DrainSignal, StopSignal: s.policy.DrainStopSignal(s.signal),
+		KillWait: killWait, KillSweeps: killSweeps}
 	if s.signaller != nil {
 		cfg.Signaller = s.signaller
 	}
 	return cfg
 }
 
-// grace is the drain's grace period, cut short to end within the stop budget (Kubernetes'
-// termination grace period less a margin) when there is one.
-func (s *stop) grace() time.Duration {
-	grace := s.policy.GracePeriod
-	if s.policy.StopBudget > 0 {
-		if left := max(s.policy.StopBudget-time.Since(s.started), 0); left < grace {
-			grace = left
-			s.note("grace period cut to %s to end before kubelet's SIGKILL", grace.Round(time.Millisecond))
-		}
+// startDrain starts a prepared drain with its grace period (drainGrace) as of now.
+func (s *stop) startDrain(d *process.Drainer) *process.Drainer {
+	grace, note := drainGrace(s.policy, time.Since(s.started))
+	if note != "" {
+		s.note("%s", note)
 	}
-	return grace
+	return d.Start(grace)
 }
 
-// startSignaller starts the process that signals the container's whole PID namespace at once, for
-// a container with a PID namespace of its own and enough members to make it pay
-// (Scope.SignalsAtOnce); without it, the drain signals member by member (as it does when the
-// signaller fails: the drain report says so).
+// startSignaller starts the process that signals the container's whole PID namespace at once,
+// when decideSignalling (plan.go) says so; without it, the drain signals member by member (as it
+// does when the signaller fails: the drain report says so).
 func (s *stop) startSignaller() {
 	ns := s.scope.Namespace()
-	if ns == 0 || s.signaller != nil || !s.scope.SignalsAtOnce() {
+	if ns == 0 || s.signaller != nil {
 		return
 	}
-	if sig := s.policy.DrainStopSignal(s.signal); sig != 0 {
-		// One kill(-1) cannot give each process its own signal.
-		s.note("signalled member by member: the processes that handle %s get it, the rest %s",
-			process.SignalName(sig), process.SignalName(s.policy.DrainSignal))
-		return
+	atOnce, note := decideSignalling(s.policy, s.signal, s.scopeFacts())
+	if note != "" {
+		s.note("%s", note)
 	}
-	s.signaller = startSignaller(s.init, ns)
+	if atOnce {
+		s.signaller = startSignaller(s.init, ns)
+	}
+}
+
+// scopeFacts reads what decideSignalling needs of the container and the host.
+func (s *stop) scopeFacts() ScopeFacts {
+	f := ScopeFacts{CanSignalAtOnce: s.scope.CanSignalAtOnce()}
+	if !f.CanSignalAtOnce {
+		return f
+	}
+	if f.Size, f.SizeKnown = s.scope.Size(); f.SizeKnown {
+		f.HostTasks, _ = process.HostTasks()
+	}
+	return f
 }
 
 // closeSignaller ends the signaller, if any.
