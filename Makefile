@@ -34,7 +34,7 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
-	$(GO) test -race -count=1 -timeout 15m ./process/... ./shim/... ./initproc/... ./integration/stack/
+	$(GO) test -race -count=1 -timeout 15m ./process/... ./helper/... ./shim/... ./initproc/... ./integration/stack/
 
 test-integration: stack
 	$(GO) test -count=1 -v -timeout 20m ./integration/

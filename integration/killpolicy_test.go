@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
 )
@@ -155,12 +156,12 @@ func traceFromOutside(t *testing.T, pid int) (releaseAtExit func()) {
 		})
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); release() })
-	if err := out.WaitLine(process.HoldAttached, 10*time.Second); err != nil {
+	if err := out.WaitLine(helper.Attached, 10*time.Second); err != nil {
 		t.Fatalf("outside tracer: %v\n%s", err, out)
 	}
 	return func() {
 		t.Helper()
-		if err := out.WaitLine(process.HoldExiting, 10*time.Second); err != nil {
+		if err := out.WaitLine(helper.Exiting, 10*time.Second); err != nil {
 			t.Errorf("init never began to exit: %v\n%s", err, out)
 		}
 		release()

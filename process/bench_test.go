@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
 	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
@@ -306,7 +307,7 @@ func (bn *benchNamespace) await(b *testing.B, want int, timeout time.Duration) {
 		b.Fatalf("unshare has children %q, want one", children)
 	}
 	bn.init, _ = strconv.Atoi(fields[0])
-	if bn.ns, err = nsInode(fmt.Sprintf("/proc/%d/ns/pid", bn.init)); err != nil {
+	if bn.ns, err = procfs.NSInode(fmt.Sprintf("/proc/%d/ns/pid", bn.init)); err != nil {
 		b.Fatal(err)
 	}
 	for {
@@ -329,7 +330,7 @@ func countInNamespace(ns uint64) int {
 	}
 	n := 0
 	for _, pid := range pids {
-		if ino, err := nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid"); err == nil && ino == ns {
+		if ino, err := procfs.NSInode("/proc/" + strconv.Itoa(pid) + "/ns/pid"); err == nil && ino == ns {
 			n++
 		}
 	}

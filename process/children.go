@@ -1,29 +1,14 @@
 package process
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
-	"strings"
+
+	"github.com/graceful-shim/graceful/internal/procfs"
 
 	"golang.org/x/sys/unix"
 )
-
-// statFields returns the fields of a /proc stat file after the command name (which may hold
-// spaces and parentheses), so that fields[0] is field 3, the state.
-func statFields(path string) ([]string, bool) {
-	stat, err := os.ReadFile(path)
-	if err != nil {
-		return nil, false
-	}
-	end := bytes.LastIndexByte(stat, ')')
-	if end < 0 {
-		return nil, false
-	}
-	return strings.Fields(string(stat[end+1:])), true
-}
 
 // startTime is when pid started, in clock ticks after boot (stat field 22).
 func startTime(pid int) (uint64, bool) {
@@ -73,7 +58,7 @@ func (c child) olderThan(o child) bool {
 // startAndGroup is when pid started, in clock ticks after boot (stat field 22), and whether it
 // leads its process group (field 5).
 func startAndGroup(pid int) (start uint64, leads bool, ok bool) {
-	fields, ok := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, ok := procfs.StatFields(fmt.Sprintf("/proc/%d/stat", pid))
 	if !ok || len(fields) < 20 {
 		return 0, false, false
 	}

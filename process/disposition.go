@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -65,7 +67,7 @@ func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
 			return "", err
 		case d == Blocked && time.Since(start) < blockedPatience:
 		case d == Default && i == 0 && mayBeBetweenWaits(pid):
-		case d == Default && st.Ignored&bit(sig) != 0:
+		case d == Default && st.Ignored&procfs.Bit(sig) != 0:
 			return Ignored, nil
 		default:
 			return d, nil
@@ -86,10 +88,10 @@ func lookDisposition(pid int, sig unix.Signal) (Disposition, Status, error) {
 	if err != nil {
 		return "", st, err
 	}
-	if st.Caught&bit(sig) != 0 {
+	if st.Caught&procfs.Bit(sig) != 0 {
 		return Caught, st, nil
 	}
-	blocked := st.Blocked&bit(sig) != 0
+	blocked := st.Blocked&procfs.Bit(sig) != 0
 	waiting, err := sigwaitingThread(pid, sig)
 	switch {
 	case err != nil:
@@ -157,7 +159,7 @@ func sigwaitingThread(pid int, sig unix.Signal) (int, error) {
 		}
 		// A sigset_t is little-endian on every architecture read here; a compat (32-bit) one
 		// is two 32-bit words, the same bytes.
-		if binary.LittleEndian.Uint64(mask[:])&bit(sig) != 0 {
+		if binary.LittleEndian.Uint64(mask[:])&procfs.Bit(sig) != 0 {
 			return tid, nil
 		}
 	}
@@ -225,7 +227,7 @@ func readsSignalfd(pid int, sig unix.Signal) bool {
 		}
 		for _, line := range strings.Split(string(data), "\n") {
 			if v, ok := strings.CutPrefix(line, "sigmask:"); ok {
-				if mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && mask&bit(sig) != 0 {
+				if mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && mask&procfs.Bit(sig) != 0 {
 					return true
 				}
 			}

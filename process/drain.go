@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -682,7 +684,7 @@ func (d *Drainer) newDetail(pid int) int {
 func (d *Drainer) defers(pid int, ns uint64, sig unix.Signal) (uint64, bool) {
 	var err error
 	if ns == 0 {
-		ns, err = nsInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
+		ns, err = procfs.NSInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
 	}
 	if err != nil || ns == d.scope.nsIno || ns == d.scope.selfNS || sig == 0 || sig == unix.SIGKILL {
 		// In the container's own namespace (or the caller's, for a cgroup scope) only the

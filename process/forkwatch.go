@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -86,7 +88,7 @@ func readInitialNamespaces() error {
 		path string
 		ino  uint64
 	}{{"/proc/self/ns/user", procUserInitIno}, {"/proc/self/ns/pid", procPidInitIno}} {
-		ino, err := nsInode(ns.path)
+		ino, err := procfs.NSInode(ns.path)
 		if err != nil {
 			return fmt.Errorf("proc connector: %w", err)
 		}

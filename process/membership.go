@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -68,7 +70,7 @@ func ScopeOf(init int) (*Scope, error) {
 	if err != nil {
 		return nil, err
 	}
-	self, err := nsInode("/proc/self/ns/pid")
+	self, err := procfs.NSInode("/proc/self/ns/pid")
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +246,7 @@ func (s *Scope) threadWithin(pid int, entries []cgroupEntry) bool {
 
 func (s *Scope) inNamespace(pid int) (uint64, bool) {
 	path := "/proc/" + strconv.Itoa(pid) + "/ns/pid"
-	ino, err := nsInode(path)
+	ino, err := procfs.NSInode(path)
 	if err != nil {
 		return ino, false
 	}
@@ -484,26 +486,6 @@ func allPIDs() ([]int, error) {
 		}
 	}
 	return pids, nil
-}
-
-// nsInode returns the inode of the namespace file at path. It reads the link ("pid:[4026531836]"),
-// which costs about half a stat through procfs: this is the per-process cost of every scan.
-func nsInode(path string) (uint64, error) {
-	var buf [64]byte
-	n, err := unix.Readlink(path, buf[:])
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	link := buf[:n]
-	open, end := bytes.IndexByte(link, '['), bytes.IndexByte(link, ']')
-	if open < 0 || end <= open {
-		return 0, fmt.Errorf("read %s: unexpected link %q", path, link)
-	}
-	ino, err := strconv.ParseUint(string(link[open+1:end]), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	return ino, nil
 }
 
 // cgroupEntry is one line of /proc/PID/cgroup: a hierarchy ("ID:controllers", "0:" for the cgroup

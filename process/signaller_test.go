@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graceful-shim/graceful/helper"
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/internal/testguard"
@@ -24,7 +27,7 @@ import (
 
 const signallerEnv = "GRACEFUL_TEST_SIGNALLER_NS"
 
-// testSignaller is SignallerMain in a process of its own (the test binary), started inside the
+// testSignaller is helper.SignallerMain in a process of its own (the test binary), started inside the
 // PID namespace of a test namespace's init, as the shim starts graceful-hold -signal-all.
 type testSignaller struct {
 	cmd   *exec.Cmd
@@ -36,7 +39,7 @@ type testSignaller struct {
 
 func startTestSignaller(t *testing.T, init int) *testSignaller {
 	t.Helper()
-	ns, err := nsInode(fmt.Sprintf("/proc/%d/ns/pid", init))
+	ns, err := procfs.NSInode(fmt.Sprintf("/proc/%d/ns/pid", init))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +87,7 @@ func (s *testSignaller) Pid() int { return s.cmd.Process.Pid }
 func (s *testSignaller) SignalAll(sig unix.Signal) (SignalWindow, error) {
 	s.calls++
 	if !s.ready {
-		if !s.out.Scan() || s.out.Text() != SignallerReady {
+		if !s.out.Scan() || s.out.Text() != helper.SignallerReady {
 			return SignalWindow{}, fmt.Errorf("signaller did not start: %q", s.out.Text())
 		}
 		s.ready = true
@@ -93,7 +96,8 @@ func (s *testSignaller) SignalAll(sig unix.Signal) (SignalWindow, error) {
 	if !s.out.Scan() {
 		return SignalWindow{}, errors.New("signaller exited")
 	}
-	return ParseSignallerReply(s.out.Text())
+	from, to, err := helper.ParseSignalled(s.out.Text())
+	return SignalWindow{From: from, To: to}, err
 }
 
 // failingSignaller stands for a signaller that died.
@@ -212,25 +216,6 @@ echo ready; while :; do sleep 0.05; done`, marks))
 	}
 	if report.Count(ExitedAfterSignal) == 0 {
 		t.Fatalf("totals %v", report.Totals)
-	}
-}
-
-// The signaller refuses to run kill(-1) anywhere but in the namespace it was asked for, and
-// never in /proc's (the host's).
-func TestSignallerRefusesTheWrongNamespace(t *testing.T) {
-	own, err := nsInode("/proc/self/ns/pid")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := inNamespace(own); err == nil || !strings.Contains(err.Error(), "refusing") {
-		t.Fatalf("in the host's namespace: %v, want a refusal", err)
-	}
-	if err := inNamespace(own + 1); err == nil {
-		t.Fatal("in a namespace other than the one asked for: no error")
-	}
-	var out strings.Builder
-	if code := SignallerMain([]string{strconv.FormatUint(own, 10)}, strings.NewReader("15\n"), &out); code == 0 || !strings.HasPrefix(out.String(), HoldError) {
-		t.Fatalf("SignallerMain in the host's namespace: exit %d, said %q", code, out.String())
 	}
 }
 

@@ -7,42 +7,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/process"
 )
-
-// HoldCommand is the argument with which the shim binary re-executes itself as the tracer that
-// holds a container's init at exit, when graceful-hold is not installed next to it. The tracer runs
-// in its own process because the shim's reaper waits for every child and would steal the
-// tracer's ptrace stops.
-const HoldCommand = "hold-init"
-
-// HoldBinary is the tracer's own small binary (cmd/graceful-hold), looked up next to the shim's
-// binary. It starts in about a millisecond; re-executing the 40 MB shim instead runs every
-// containerd, gRPC and otel package's initialisation again (tens of milliseconds).
-const HoldBinary = "graceful-hold"
-
-// tracerCommand returns the command that runs the tracer for init pid (see helperCommand).
-func tracerCommand(pid int) *exec.Cmd { return helperCommand(strconv.Itoa(pid)) }
-
-// helperCommand returns the command that runs graceful-hold with args: graceful-hold next to the
-// shim when it is there, else the shim binary itself in HoldCommand mode.
-func helperCommand(args ...string) *exec.Cmd {
-	if exe, err := os.Executable(); err == nil {
-		helper := filepath.Join(filepath.Dir(exe), HoldBinary)
-		if unix.Access(helper, unix.X_OK) == nil {
-			return exec.Command(helper, args...)
-		}
-	}
-	return exec.Command("/proc/self/exe", append([]string{HoldCommand}, args...)...)
-}
 
 // hold is a running tracer holding one container's init.
 type hold struct {
@@ -53,7 +25,7 @@ type hold struct {
 	done    <-chan struct{}
 	// startup is how long the tracer took from its start until it traced every thread of init.
 	startup time.Duration
-	// autoreap: init was made to ignore SIGCHLD on its way to exit (process.HoldAutoreap);
+	// autoreap: init was made to ignore SIGCHLD on its way to exit (helper.Autoreap);
 	// autoreapFailure says why that failed. Both are set before exiting is closed.
 	autoreap        bool
 	autoreapFailure string
@@ -98,37 +70,6 @@ func startHold(init *process.Handle) (*hold, error) {
 	}
 }
 
-// startHelper starts a helper (the tracer, the signaller) with the shim's reaper and returns its
-// standard input, its standard output, which the caller reads to EOF and closes, and a channel
-// closed once the helper has exited and been reaped. The output is a pipe of the shim's own:
-// exec.Cmd's StdoutPipe would not do, since the reaper's Wait closes it as soon as the helper is
-// reaped, which can be before its last line is read (a signaller exits right after its answer).
-func startHelper(cmd *exec.Cmd) (in io.WriteCloser, out *os.File, done <-chan struct{}, err error) {
-	if in, err = cmd.StdinPipe(); err != nil {
-		return nil, nil, nil, err
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("output pipe: %w", err)
-	}
-	cmd.Stdout = w
-	exits, err := reaper.Default.Start(cmd)
-	w.Close() // the helper's end
-	if err != nil {
-		out.Close()
-		return nil, nil, nil, err
-	}
-	exited := make(chan struct{})
-	go func() {
-		reaper.Default.Wait(cmd, exits)
-		// The reaper waited for it, not cmd.Wait: the os.Process still holds a pidfd of the
-		// helper, which the Go collector (paused during stops) would close only much later.
-		cmd.Process.Release()
-		close(exited)
-	}()
-	return in, out, exited, nil
-}
-
 // readTracer follows the tracer's messages until it exits. attached gets one value: nil once the
 // tracer has attached, or why it could not; nobody need be reading it (after a timeout, say).
 func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
@@ -137,18 +78,18 @@ func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
 	failure := errors.New("the tracer exited before attaching")
 	for sc.Scan() {
 		switch line := sc.Text(); {
-		case line == process.HoldAttached && !reported:
+		case line == helper.Attached && !reported:
 			attached <- nil
 			reported = true
-		case line == process.HoldAutoreap:
+		case line == helper.Autoreap:
 			h.autoreap = true
-		case strings.HasPrefix(line, process.HoldAutoreapFailed):
-			h.autoreapFailure = strings.TrimSpace(strings.TrimPrefix(line, process.HoldAutoreapFailed))
-		case line == process.HoldExiting && !exiting:
+		case strings.HasPrefix(line, helper.AutoreapFailed):
+			h.autoreapFailure = strings.TrimSpace(strings.TrimPrefix(line, helper.AutoreapFailed))
+		case line == helper.Exiting && !exiting:
 			close(h.exiting)
 			exiting = true
-		case strings.HasPrefix(line, process.HoldError):
-			failure = errors.New(strings.TrimSpace(strings.TrimPrefix(line, process.HoldError)))
+		case strings.HasPrefix(line, helper.Failed):
+			failure = errors.New(strings.TrimSpace(strings.TrimPrefix(line, helper.Failed)))
 		}
 	}
 	if !reported {
@@ -223,7 +164,7 @@ func awaitTracer(tracer <-chan attachedTracer) (*hold, error) {
 // discardTracer ends a tracer started by startTracer that the stop does not use, aside. The
 // returned channel is closed once the tracer is gone: init must not be signalled before, since a
 // signal that init is being stopped for when its tracer exits is lost (the kernel's implicit
-// detach drops it: measured 37 times in 200 with a holder released right after a TERM).
+// detach drops it: measured 37 times in 200 with a tracer released right after a TERM).
 func discardTracer(tracer <-chan attachedTracer) <-chan struct{} {
 	gone := make(chan struct{})
 	go func() {

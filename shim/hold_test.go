@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/process"
 )
 
@@ -22,7 +23,7 @@ import (
 // more (startHold gave up after its timeout): the reader must not block on a second result.
 func TestTracerReaderNeverBlocksOnALateAttach(t *testing.T) {
 	h := &hold{exiting: make(chan struct{}), done: make(chan struct{})}
-	messages := strings.NewReader(process.HoldAttached + "\n" + process.HoldExiting + "\n")
+	messages := strings.NewReader(helper.Attached + "\n" + helper.Exiting + "\n")
 	returned := make(chan struct{})
 	go func() {
 		h.readTracer(messages, make(chan error, 1)) // buffered for one result, as startHold's

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/graceful-shim/graceful/process"
+	"github.com/graceful-shim/graceful/helper"
 )
 
 // Main is the shim binary's main: the version, the tracer mode, the stop signal lookup, the start bootstrap for daemons
@@ -27,7 +27,7 @@ func Main() {
 		printVersion()
 		return
 	case len(args) >= 2 && args[0] == HoldCommand:
-		os.Exit(process.HolderMain(args[1:]))
+		os.Exit(helper.Main(args[1:]))
 	case len(args) >= 1 && args[0] == StopSignalCommand:
 		os.Exit(StopSignalMain(args[1:], os.Stdout))
 	case len(args) > 0 && args[len(args)-1] == "start":

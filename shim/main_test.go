@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/internal/testguard"
-	"github.com/graceful-shim/graceful/process"
 )
 
 // holdDelayEnv names a file that the test binary, run as the tracer (HoldCommand), writes when it
@@ -22,12 +22,12 @@ func TestMain(m *testing.M) {
 	// next to it).
 	if len(os.Args) > 1 && os.Args[1] == HoldCommand {
 		if mark := os.Getenv(holdDelayEnv); mark != "" {
-			process.HoldInjectionHook = func(int) {
+			helper.InjectionHook = func(int) {
 				os.WriteFile(mark, []byte("injecting\n"), 0o644)
 				time.Sleep(holdDelay)
 			}
 		}
-		os.Exit(process.HolderMain(os.Args[2:]))
+		os.Exit(helper.Main(os.Args[2:]))
 	}
 	os.Exit(testguard.Main(m))
 }

@@ -7,12 +7,12 @@ import (
 	"io"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/process"
 )
 
@@ -72,7 +72,7 @@ func newSignaller() *signaller {
 
 // spawn starts the signaller command from the calling thread.
 func (s *signaller) spawn(ns uint64) error {
-	return s.run(helperCommand(process.SignallerArg, strconv.FormatUint(ns, 10)))
+	return s.run(signallerCommand(ns))
 }
 
 // run starts cmd as the signaller and follows its replies and its exit.
@@ -124,8 +124,8 @@ func (s *signaller) SignalAll(sig unix.Signal) (process.SignalWindow, error) {
 		if err != nil {
 			return process.SignalWindow{}, err
 		}
-		if line != process.SignallerReady {
-			_, err := process.ParseSignallerReply(line)
+		if line != helper.SignallerReady {
+			_, _, err := helper.ParseSignalled(line)
 			return process.SignalWindow{}, fmt.Errorf("the signaller did not start: %w", err)
 		}
 		s.ready = true
@@ -138,7 +138,8 @@ func (s *signaller) SignalAll(sig unix.Signal) (process.SignalWindow, error) {
 	if err != nil {
 		return process.SignalWindow{}, err
 	}
-	return process.ParseSignallerReply(line)
+	from, to, err := helper.ParseSignalled(line)
+	return process.SignalWindow{From: from, To: to}, err
 }
 
 func (s *signaller) reply(timer *time.Timer) (string, error) {

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/process"
 )
 
@@ -17,7 +18,7 @@ func TestSignallerAnswerIsReadWhenItExitsAtOnce(t *testing.T) {
 	runReaper(t)
 	for i := 0; i < 500; i++ {
 		s := newSignaller()
-		s.err = s.run(exec.Command("sh", "-c", `echo `+process.SignallerReady+`; read sig; echo "`+process.SignallerDone+` 1 2"`))
+		s.err = s.run(exec.Command("sh", "-c", `echo `+helper.SignallerReady+`; read sig; echo "`+helper.Signalled+` 1 2"`))
 		close(s.started)
 		win, err := s.SignalAll(unix.SIGTERM)
 		if err != nil || win != (process.SignalWindow{From: 1, To: 2}) {

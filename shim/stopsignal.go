@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,12 +30,6 @@ const (
 
 // stopSignalLookupTimeout bounds the call to containerd at Create.
 const stopSignalLookupTimeout = 2 * time.Second
-
-// StopSignalCommand is the argument with which the shim binary re-executes itself to look up a
-// container's recorded stop signal (StopSignalMain). The lookup runs in a process of its own so
-// that the gRPC client, its buffers and the containers API's descriptors never enter the
-// long-lived shim: in-process they stayed in its heap, about 0.4 MiB of every idle shim.
-const StopSignalCommand = "recorded-stop-signal"
 
 // recordedSignal is the outcome of a lookup, as the lookup process writes it.
 type recordedSignal struct {
@@ -73,7 +66,7 @@ func lookupStopSignal(address, ns, id string) <-chan recordedSignal {
 		ch <- recordedSignal{Error: "no containerd address"}
 		return ch
 	}
-	cmd := exec.Command("/proc/self/exe", StopSignalCommand, address, ns, id)
+	cmd := lookupCommand(address, ns, id)
 	in, out, done, err := startHelper(cmd)
 	if err != nil {
 		ch <- recordedSignal{Error: fmt.Sprintf("start the lookup: %v", err)}

@@ -1,8 +1,8 @@
 // Command graceful-hold is the shim's tracer: it holds a container's init at exit, inside the
-// kernel's exit path, while the shim drains the rest of the container (see process.RunHolder).
+// kernel's exit path, while the shim drains the rest of the container (see helper.RunTracer).
 // With -signal-all it is the drain's signaller instead, started inside the container's PID
-// namespace (see process.SignallerMain).
-// It imports nothing but the process package, so it starts in about a millisecond where
+// namespace (see helper.SignallerMain).
+// It imports nothing but the helper package, so it starts in about a millisecond where
 // re-executing the shim binary runs every containerd package's initialisation again.
 //
 // Usage (by the shim only):
@@ -14,9 +14,9 @@ package main
 import (
 	"os"
 
-	"github.com/graceful-shim/graceful/process"
+	"github.com/graceful-shim/graceful/helper"
 )
 
 func main() {
-	os.Exit(process.HolderMain(os.Args[1:]))
+	os.Exit(helper.Main(os.Args[1:]))
 }

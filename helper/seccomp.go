@@ -1,4 +1,4 @@
-package process
+package helper
 
 import (
 	"encoding/binary"
@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/graceful-shim/graceful/internal/procfs"
 )
 
 // ptraceSeccompGetFilter is PTRACE_SECCOMP_GET_FILTER (Linux 4.4, CONFIG_CHECKPOINT_RESTORE): a
@@ -26,7 +28,7 @@ const (
 // passes after one read of its status. A filter that cannot be read (a tracer without
 // CAP_SYS_ADMIN, a kernel without CONFIG_CHECKPOINT_RESTORE) or evaluated fails the check.
 func seccompAllowsAutoreap(tid int, info syscallInfo) error {
-	st, err := ReadStatus(tid)
+	st, err := procfs.ReadStatus(tid)
 	switch {
 	case err != nil:
 		return fmt.Errorf("cannot read init's seccomp mode: %w", err)

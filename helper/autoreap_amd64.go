@@ -1,4 +1,4 @@
-package process
+package helper
 
 import (
 	"encoding/binary"
@@ -29,7 +29,7 @@ type autoreap struct {
 // autoreapImplemented: this architecture can rewrite init's exit syscall.
 const autoreapImplemented = true
 
-// canAutoreap reports whether a syscall stop is of a process this holder can rewrite: a 64-bit
+// canAutoreap reports whether a syscall stop is of a process this tracer can rewrite: a 64-bit
 // x86 one (a 32-bit process on the same kernel uses other syscall numbers and registers).
 func canAutoreap(info syscallInfo) bool { return info.Arch == unix.AUDIT_ARCH_X86_64 }
 

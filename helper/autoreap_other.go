@@ -1,6 +1,6 @@
 //go:build !amd64
 
-package process
+package helper
 
 import "errors"
 

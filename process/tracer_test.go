@@ -19,25 +19,26 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/graceful-shim/graceful/helper"
 	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
-const holderEnv = "GRACEFUL_TEST_HOLDER_PID"
+const tracerEnv = "GRACEFUL_TEST_HOLDER_PID"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(threadInitEnv) != "" {
 		threadInit()
 	}
 	if ns := os.Getenv(signallerEnv); ns != "" {
-		os.Exit(SignallerMain([]string{ns}, os.Stdin, os.Stdout))
+		os.Exit(helper.SignallerMain([]string{ns}, os.Stdin, os.Stdout))
 	}
 	if os.Getenv(epollSeccompEnv) != "" {
 		os.Exit(epollUnderSeccomp())
 	}
-	if pid := os.Getenv(holderEnv); pid != "" {
-		setHolderHook(os.Getenv(holderHookEnv))
+	if pid := os.Getenv(tracerEnv); pid != "" {
+		setTracerHook(os.Getenv(tracerHookEnv))
 		n, _ := strconv.Atoi(pid)
-		if err := RunHolder(n, 3, os.Stdin, os.Stdout); err != nil {
+		if err := helper.RunTracer(n, 3, os.Stdin, os.Stdout); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -46,33 +47,33 @@ func TestMain(m *testing.M) {
 	os.Exit(testguard.Main(m))
 }
 
-// The holder keeps a namespace's init in its exit while the rest of the namespace is drained;
+// The tracer keeps a namespace's init in its exit while the rest of the namespace is drained;
 // release lets it finish.
-func TestHolderHoldsInitWhileTheRestDrains(t *testing.T) {
+func TestTracerHoldsInitWhileTheRestDrains(t *testing.T) {
 	dir := t.TempDir()
 	ns := startNamespace(t, fmt.Sprintf(`sh -c 'trap "sleep 0.2; echo clean > %s/child; exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
 trap "exit 0" TERM
 echo ready; while :; do sleep 0.05; done`, dir))
 	ns.expect(t, "trapped")
 
-	holder, release, next := startHolder(t, ns.init)
-	expectHolder(t, next, HoldAttached)
+	tracer, release, next := startTracer(t, ns.init)
+	expectTracer(t, next, helper.Attached)
 	syscall.Kill(ns.init, syscall.SIGTERM)
-	expectHolder(t, next, HoldAutoreap, HoldExiting)
+	expectTracer(t, next, helper.Autoreap, helper.Exiting)
 	scope := ns.scope(t)
 	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 5*time.Second)
 	if got := readMarker(t, filepath.Join(dir, "child")); got != "clean" {
 		t.Fatalf("child did not finish its cleanup while init was held: %+v", report.Processes)
 	}
 	releaseHeld(t, ns.init, release)
-	if err := holder.Wait(); err != nil {
-		t.Fatalf("holder: %v", err)
+	if err := tracer.Wait(); err != nil {
+		t.Fatalf("tracer: %v", err)
 	}
 }
 
-// holderCommand is RunHolder in a process of its own for PID pid, handed a copy of pidfd (a pidfd
+// tracerCommand is helper.RunTracer in a process of its own for PID pid, handed a copy of pidfd (a pidfd
 // of pid, unless a test fakes a recycled PID); the copy is closed at the test's end.
-func holderCommand(t *testing.T, pid int, pidfd *Handle) *exec.Cmd {
+func tracerCommand(t *testing.T, pid int, pidfd *Handle) *exec.Cmd {
 	t.Helper()
 	fd, err := unix.FcntlInt(uintptr(pidfd.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -80,45 +81,45 @@ func holderCommand(t *testing.T, pid int, pidfd *Handle) *exec.Cmd {
 	}
 	file := os.NewFile(uintptr(fd), "pidfd")
 	t.Cleanup(func() { file.Close() })
-	holder := exec.Command("/proc/self/exe")
-	holder.Env = append(os.Environ(), holderEnv+"="+strconv.Itoa(pid))
-	holder.ExtraFiles = []*os.File{file}
-	return holder
+	tracer := exec.Command("/proc/self/exe")
+	tracer.Env = append(os.Environ(), tracerEnv+"="+strconv.Itoa(pid))
+	tracer.ExtraFiles = []*os.File{file}
+	return tracer
 }
 
-// holderHookEnv names the HoldInjectionHook a test's holder runs: "usr1" makes SIGUSR1 pending
+// tracerHookEnv names the helper.InjectionHook a test's tracer runs: "usr1" makes SIGUSR1 pending
 // for the injected thread.
-const holderHookEnv = "GRACEFUL_TEST_HOLDER_HOOK"
+const tracerHookEnv = "GRACEFUL_TEST_HOLDER_HOOK"
 
-func setHolderHook(hook string) {
+func setTracerHook(hook string) {
 	switch hook {
 	case "usr1":
-		HoldInjectionHook = func(tid int) { unix.Tgkill(tid, tid, unix.SIGUSR1) }
+		helper.InjectionHook = func(tid int) { unix.Tgkill(tid, tid, unix.SIGUSR1) }
 	}
 }
 
-// startHolder starts a holder for process pid. next returns its next message.
-func startHolder(t *testing.T, pid int) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
+// startTracer starts a tracer for process pid. next returns its next message.
+func startTracer(t *testing.T, pid int) (tracer *exec.Cmd, release io.WriteCloser, next func() string) {
 	t.Helper()
-	return startHolderWith(t, pid, "")
+	return startTracerWith(t, pid, "")
 }
 
-// startHolderWith is startHolder with the injection hook named hook (see holderHookEnv).
-func startHolderWith(t *testing.T, pid int, hook string) (holder *exec.Cmd, release io.WriteCloser, next func() string) {
+// startTracerWith is startTracer with the injection hook named hook (see tracerHookEnv).
+func startTracerWith(t *testing.T, pid int, hook string) (tracer *exec.Cmd, release io.WriteCloser, next func() string) {
 	t.Helper()
 	h, err := Open(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	holder = holderCommand(t, pid, h)
-	holder.Env = append(holder.Env, holderHookEnv+"="+hook)
-	release, _ = holder.StdinPipe()
-	stdout, _ := holder.StdoutPipe()
-	if err := testguard.Start(holder); err != nil {
+	tracer = tracerCommand(t, pid, h)
+	tracer.Env = append(tracer.Env, tracerHookEnv+"="+hook)
+	release, _ = tracer.StdinPipe()
+	stdout, _ := tracer.StdoutPipe()
+	if err := testguard.Start(tracer); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	t.Cleanup(func() { tracer.Process.Kill(); tracer.Wait() })
 	lines := bufio.NewScanner(stdout)
 	next = func() string {
 		if !lines.Scan() {
@@ -126,7 +127,7 @@ func startHolderWith(t *testing.T, pid int, hook string) (holder *exec.Cmd, rele
 		}
 		return strings.TrimSpace(lines.Text())
 	}
-	return holder, release, next
+	return tracer, release, next
 }
 
 // releaseHeld checks that the held process pid is still there, releases it and waits until it
@@ -180,9 +181,9 @@ func threadInit() {
 	os.Exit(0)
 }
 
-// A thread of init that ends during init's shutdown is not init's exit: the holder lets it go and
+// A thread of init that ends during init's shutdown is not init's exit: the tracer lets it go and
 // reports init exiting only when its last thread exits.
-func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
+func TestTracerHoldsOnlyTheLastThread(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "init")
 	self, err := os.Executable()
@@ -205,19 +206,19 @@ func TestHolderHoldsOnlyTheLastThread(t *testing.T) {
 	if init == 0 {
 		t.Fatalf("no init under unshare: %q", children)
 	}
-	_, release, next := startHolder(t, init)
-	expectHolder(t, next, HoldAttached)
+	_, release, next := startTracer(t, init)
+	expectTracer(t, next, helper.Attached)
 	syscall.Kill(init, syscall.SIGTERM)
-	expectHolder(t, next, HoldExiting)
+	expectTracer(t, next, helper.Exiting)
 	if got := readMarker(t, marker); got != "exiting" {
-		t.Fatal("the holder reported init exiting when one of its threads ended, before init itself exited")
+		t.Fatal("the tracer reported init exiting when one of its threads ended, before init itself exited")
 	}
 	releaseHeld(t, init, release)
 }
 
-// A holder whose pidfd no longer refers to the process numbered pid (the PID was recycled) refuses
+// A tracer whose pidfd no longer refers to the process numbered pid (the PID was recycled) refuses
 // to hold it, and leaves it untraced.
-func TestHolderRefusesARecycledPID(t *testing.T) {
+func TestTracerRefusesARecycledPID(t *testing.T) {
 	gone := exec.Command("true")
 	if err := testguard.Start(gone); err != nil {
 		t.Fatal(err)
@@ -233,10 +234,10 @@ func TestHolderRefusesARecycledPID(t *testing.T) {
 	}
 	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
 
-	out, err := holderCommand(t, live.Process.Pid, h).Output()
+	out, err := tracerCommand(t, live.Process.Pid, h).Output()
 	h.Close()
-	if err == nil || !strings.HasPrefix(string(out), HoldError) {
-		t.Fatalf("holder given a stale pidfd said %q (%v), want %s", out, err, HoldError)
+	if err == nil || !strings.HasPrefix(string(out), helper.Failed) {
+		t.Fatalf("tracer given a stale pidfd said %q (%v), want %s", out, err, helper.Failed)
 	}
 	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", live.Process.Pid))
 	if !strings.Contains(string(st), "TracerPid:\t0\n") {
@@ -265,10 +266,10 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	}
 	defer childfd.Close()
 
-	_, release, next := startHolder(t, ns.init)
-	expectHolder(t, next, HoldAttached)
+	_, release, next := startTracer(t, ns.init)
+	expectTracer(t, next, helper.Attached)
 	syscall.Kill(ns.init, syscall.SIGTERM)
-	expectHolder(t, next, HoldAutoreap, HoldExiting)
+	expectTracer(t, next, helper.Autoreap, helper.Exiting)
 	syscall.Kill(child, syscall.SIGKILL)
 	if !waitExited(childfd, 5*time.Second) {
 		t.Fatal("the child did not die of SIGKILL")
@@ -288,21 +289,21 @@ echo ready; while :; do sleep 0.05; done`, dir))
 	expectExitStatus(t, ns.cmd, 7)
 }
 
-// expectHolder fails the test unless the holder's next lines are want, in order.
-func expectHolder(t *testing.T, next func() string, want ...string) {
+// expectTracer fails the test unless the tracer's next lines are want, in order.
+func expectTracer(t *testing.T, next func() string, want ...string) {
 	t.Helper()
 	for _, w := range want {
 		if got := next(); got != w {
-			t.Fatalf("holder said %q, want %q", got, w)
+			t.Fatalf("tracer said %q, want %q", got, w)
 		}
 	}
 }
 
 // A process that keeps starting threads is attached to whole: a thread started by an already
-// seized thread while the holder lists the others is traced automatically (PTRACE_O_TRACECLONE),
-// and seizing it again fails with EPERM. That must not make the holder give up, which let such an
+// seized thread while the tracer lists the others is traced automatically (PTRACE_O_TRACECLONE),
+// and seizing it again fails with EPERM. That must not make the tracer give up, which let such an
 // init be zapped as if no tracer could hold it.
-func TestHolderAttachesToAProcessStartingThreads(t *testing.T) {
+func TestTracerAttachesToAProcessStartingThreads(t *testing.T) {
 	spawner := exec.Command("python3", "-c", `
 import threading, time
 def work():
@@ -322,13 +323,13 @@ while True:
 		t.Fatalf("the thread spawner said %q", line)
 	}
 	for i := 0; i < 30; i++ {
-		holder, release, next := startHolder(t, spawner.Process.Pid)
-		if got := next(); got != HoldAttached {
-			t.Fatalf("attach %d: holder said %q, want %q", i, got, HoldAttached)
+		tracer, release, next := startTracer(t, spawner.Process.Pid)
+		if got := next(); got != helper.Attached {
+			t.Fatalf("attach %d: tracer said %q, want %q", i, got, helper.Attached)
 		}
 		release.Close()
-		if err := holder.Wait(); err != nil {
-			t.Fatalf("attach %d: holder: %v", i, err)
+		if err := tracer.Wait(); err != nil {
+			t.Fatalf("attach %d: tracer: %v", i, err)
 		}
 	}
 	if err := spawner.Process.Signal(syscall.Signal(0)); err != nil {
@@ -337,9 +338,9 @@ while True:
 }
 
 // A release while init is being followed through its signal handler, syscall by syscall, ends
-// the holder at once and lets init go on untraced: its handler finishes and init exits with the
+// the tracer at once and lets init go on untraced: its handler finishes and init exits with the
 // handler's own status, not killed, not held.
-func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
+func TestTracerReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 	init := exec.Command("sh", "-c", `trap 'echo handling; sleep 0.3; exit 3' TERM; echo ready; while :; do sleep 0.05; done`)
 	out, _ := init.StdoutPipe()
 	if err := testguard.Start(init); err != nil {
@@ -350,15 +351,15 @@ func TestHolderReleasedDuringInitsHandlerLetsInitFinish(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Fatalf("init said %q", lines.Text())
 	}
-	holder, release, next := startHolder(t, init.Process.Pid)
-	expectHolder(t, next, HoldAttached)
+	tracer, release, next := startTracer(t, init.Process.Pid)
+	expectTracer(t, next, helper.Attached)
 	init.Process.Signal(syscall.SIGTERM)
 	if !lines.Scan() || lines.Text() != "handling" {
 		t.Fatalf("init said %q, want its handler's output", lines.Text())
 	}
 	fmt.Fprintln(release, "release")
-	if err := holder.Wait(); err != nil {
-		t.Fatalf("holder after release: %v", err)
+	if err := tracer.Wait(); err != nil {
+		t.Fatalf("tracer after release: %v", err)
 	}
 	expectExitStatus(t, init, 3) // its handler's
 }
@@ -399,10 +400,10 @@ func expectExitStatus(t *testing.T, cmd *exec.Cmd, want int) {
 // it came, and its handler would run with SIGCHLD ignored. init exits with its own status.
 func TestAutoreapDropsASignalPendingAfterTheInjection(t *testing.T) {
 	init, mark := startAutoreapInit(t, buildAutoreapInit(t), "plain")
-	_, release, next := startHolderWith(t, init.Process.Pid, "usr1")
-	expectHolder(t, next, HoldAttached)
+	_, release, next := startTracerWith(t, init.Process.Pid, "usr1")
+	expectTracer(t, next, helper.Attached)
 	init.Process.Signal(syscall.SIGTERM)
-	expectHolder(t, next, HoldAutoreap, HoldExiting)
+	expectTracer(t, next, helper.Autoreap, helper.Exiting)
 	release.Close()
 	expectExitStatus(t, init, 5)
 	if data, err := os.ReadFile(mark); err == nil {
@@ -411,24 +412,24 @@ func TestAutoreapDropsASignalPendingAfterTheInjection(t *testing.T) {
 }
 
 // A seccomp filter that kills on rt_sigaction(SIGCHLD) (loaded after init's handlers) would turn
-// autoreap into a SIGSYS: the holder reads the filter, leaves the exit alone and says why; init
+// autoreap into a SIGSYS: the tracer reads the filter, leaves the exit alone and says why; init
 // exits with its own status. A filter that allows rt_sigaction does not stop autoreap.
 func TestAutoreapRespectsSeccomp(t *testing.T) {
 	bin := buildAutoreapInit(t)
 	for _, tc := range []struct {
 		mode string
 		want string
-	}{{"seccomp-sigchld", HoldAutoreapFailed}, {"seccomp-other", HoldAutoreap}} {
+	}{{"seccomp-sigchld", helper.AutoreapFailed}, {"seccomp-other", helper.Autoreap}} {
 		t.Run(tc.mode, func(t *testing.T) {
 			init, _ := startAutoreapInit(t, bin, tc.mode)
-			_, release, next := startHolder(t, init.Process.Pid)
-			expectHolder(t, next, HoldAttached)
+			_, release, next := startTracer(t, init.Process.Pid)
+			expectTracer(t, next, helper.Attached)
 			init.Process.Signal(syscall.SIGTERM)
 			got := next()
-			if !strings.HasPrefix(got, tc.want) || (tc.want == HoldAutoreapFailed && !strings.Contains(got, "seccomp")) {
-				t.Fatalf("holder said %q, want %s", got, tc.want)
+			if !strings.HasPrefix(got, tc.want) || (tc.want == helper.AutoreapFailed && !strings.Contains(got, "seccomp")) {
+				t.Fatalf("tracer said %q, want %s", got, tc.want)
 			}
-			expectHolder(t, next, HoldExiting)
+			expectTracer(t, next, helper.Exiting)
 			release.Close()
 			expectExitStatus(t, init, 5)
 		})

@@ -1,4 +1,4 @@
-package process
+package helper
 
 import (
 	"bufio"
@@ -10,57 +10,36 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/graceful-shim/graceful/internal/procfs"
+
 	"golang.org/x/sys/unix"
 )
 
-// Messages a holder writes, one per line.
+// Messages a tracer writes, one per line.
 const (
-	// HoldAttached: every thread of init is traced; the stop signal can be sent.
-	HoldAttached = "attached"
-	// HoldExiting: init has begun to exit and is held before its PID namespace is torn down.
-	HoldExiting = "exiting"
-	// HoldError prefixes a fatal error; the holder exits after it, which releases init.
-	HoldError = "error"
-	// HoldAutoreap: init, entering its exit syscall, was made to ignore SIGCHLD first (autoreap),
+	// Attached: every thread of init is traced; the stop signal can be sent.
+	Attached = "attached"
+	// Exiting: init has begun to exit and is held before its PID namespace is torn down.
+	Exiting = "exiting"
+	// Failed prefixes a fatal error; the tracer exits after it, which releases init.
+	Failed = "error"
+	// Autoreap: init, entering its exit syscall, was made to ignore SIGCHLD first (autoreap),
 	// so that the children that die while it is held release themselves.
-	HoldAutoreap = "autoreap"
-	// HoldAutoreapFailed prefixes why that could not be done; the hold goes on without it.
-	HoldAutoreapFailed = "autoreap-failed"
+	Autoreap = "autoreap"
+	// AutoreapFailed prefixes why that could not be done; the hold goes on without it.
+	AutoreapFailed = "autoreap-failed"
 )
 
-// autoreapSyscallBudget bounds the syscall stops a holder spends waiting for init's exit
+// autoreapSyscallBudget bounds the syscall stops a tracer spends waiting for init's exit
 // syscall after init got a signal: an init whose handler makes more syscalls than this is left
 // to run untraced (and its children to be reaped by the kernel's zap), so a long shutdown is
 // not slowed down by two ptrace stops per syscall.
 const autoreapSyscallBudget = 512
 
-// HolderPidfd is the descriptor on which a holder process receives init's pidfd.
-const HolderPidfd = 3
+// TracerPidfd is the descriptor on which a tracer process receives init's pidfd.
+const TracerPidfd = 3
 
-// HolderMain is a holder process's main (graceful-hold, or the shim's fallback mode): args is the
-// PID to hold, whose pidfd is on HolderPidfd; stdin and stdout are as RunHolder's in and out. With
-// SignallerArg first, it is a signaller instead (SignallerMain). It returns the process's exit
-// status.
-func HolderMain(args []string) int {
-	if len(args) > 0 && args[0] == SignallerArg {
-		return SignallerMain(args[1:], os.Stdin, os.Stdout)
-	}
-	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: graceful-hold PID (with a pidfd of PID on descriptor 3)")
-		return 2
-	}
-	pid, err := strconv.Atoi(args[0])
-	if err != nil || pid <= 0 {
-		fmt.Fprintf(os.Stdout, "%s want a PID, got %q\n", HoldError, args[0])
-		return 2
-	}
-	if err := RunHolder(pid, HolderPidfd, os.Stdin, os.Stdout); err != nil {
-		return 1
-	}
-	return 0
-}
-
-// RunHolder traces every thread of process pid (PTRACE_SEIZE with PTRACE_O_TRACEEXIT and
+// RunTracer traces every thread of process pid (PTRACE_SEIZE with PTRACE_O_TRACEEXIT and
 // PTRACE_O_TRACECLONE) and holds the process when it starts to exit, inside the kernel's exit path
 // and before exit_notify, so that while it is held the rest of its PID namespace is still alive and
 // can be drained. Every signal-delivery-stop is passed straight through.
@@ -77,11 +56,11 @@ func HolderMain(args []string) int {
 // autoreapSyscallBudget of them) until its exit syscall, which is turned into an autoreap first:
 // see autoreap.
 //
-// It writes HoldAttached once all threads are traced and HoldExiting when the last thread stops
+// It writes Attached once all threads are traced and Exiting when the last thread stops
 // at exit, each on its own line to out. When in yields a line "release" or reaches EOF, the
 // process running it exits with status 0 at once (never in the middle of an injected syscall):
 // the tracer's death makes the kernel detach and release every thread, sooner than waking the
-// tracing thread from its wait would. RunHolder itself returns only on an error, or once no
+// tracing thread from its wait would. RunTracer itself returns only on an error, or once no
 // traced thread is left. It must run in a process of its own, as that process's main: ptrace
 // stops are reported through wait, which the caller must not share with another reaper. If the
 // process running it dies, the kernel detaches all the same.
@@ -90,7 +69,7 @@ func HolderMain(args []string) int {
 // then costs one wake-up of that thread instead of a signal handler, a goroutine and a channel
 // (a single-threaded init followed to its exit makes about ten stops between its signal and its
 // hold).
-func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
+func RunTracer(pid, pidfd int, in io.Reader, out io.Writer) error {
 	raiseHelperPriority() // and every ptrace request must come from the tracing thread
 	gate := &releaseGate{}
 	// No exit before the attach is reported, or undone by the error: busy before the reader can
@@ -103,23 +82,23 @@ func RunHolder(pid, pidfd int, in io.Reader, out io.Writer) error {
 		gate.release()
 	}()
 
-	h := &holder{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out,
+	h := &tracer{pid: pid, threads: map[int]bool{}, exitLetGo: map[int]bool{}, out: out,
 		syscallBudget: autoreapSyscallBudget, gate: gate}
 	err := h.attach()
 	if err == nil {
 		err = verifyPidfd(pidfd, pid)
 	}
 	if err != nil {
-		fmt.Fprintf(out, "%s %v\n", HoldError, err)
+		fmt.Fprintf(out, "%s %v\n", Failed, err)
 		return err
 	}
-	fmt.Fprintln(out, HoldAttached)
+	fmt.Fprintln(out, Attached)
 	gate.busy(false)
 	h.follow()
 	return nil // every thread is gone: nothing left to hold
 }
 
-// releaseGate ends the holder's process on release, unless the tracing thread is in the middle of
+// releaseGate ends the tracer's process on release, unless the tracing thread is in the middle of
 // something that must not be cut short (an injected syscall, whose registers are still to be put
 // back): then the tracing thread ends the process once it is done.
 type releaseGate struct {
@@ -148,7 +127,7 @@ func (g *releaseGate) busy(b bool) {
 	}
 }
 
-type holder struct {
+type tracer struct {
 	pid     int
 	threads map[int]bool // traced thread ids
 	// exitLetGo are threads that ended on their own while others lived on: past their exit stop.
@@ -196,7 +175,7 @@ func verifyPidfd(pidfd, pid int) error {
 const traceOptions = unix.PTRACE_O_TRACEEXIT | unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACESYSGOOD
 
 // attach seizes every thread of the process, listing its tasks until no new thread shows up.
-func (h *holder) attach() error {
+func (h *tracer) attach() error {
 	for {
 		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", h.pid))
 		if err != nil {
@@ -244,7 +223,7 @@ func (h *holder) attach() error {
 
 // follow handles every ptrace stop and thread exit, blocking in wait4 on the tracing thread,
 // until no traced thread is left.
-func (h *holder) follow() {
+func (h *tracer) follow() {
 	for {
 		var ws unix.WaitStatus
 		tid, err := unix.Wait4(-1, &ws, unix.WALL, nil)
@@ -267,7 +246,7 @@ func (h *holder) follow() {
 	}
 }
 
-func (h *holder) stopped(tid int, ws unix.WaitStatus) {
+func (h *tracer) stopped(tid int, ws unix.WaitStatus) {
 	sig := ws.StopSignal()
 	switch event := int(uint32(ws)>>16) & 0xff; event {
 	case unix.PTRACE_EVENT_EXIT:
@@ -286,7 +265,7 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 		// The last live thread: hold it until the tracer goes away.
 		if !h.exiting {
 			h.exiting = true
-			fmt.Fprintln(h.out, HoldExiting)
+			fmt.Fprintln(h.out, Exiting)
 		}
 	case unix.PTRACE_EVENT_CLONE:
 		if msg, err := unix.PtraceGetEventMsg(tid); err == nil {
@@ -327,18 +306,18 @@ func (h *holder) stopped(tid int, ws unix.WaitStatus) {
 	}
 }
 
-// HoldInjectionHook, when set (by tests only), runs in the holder right after an autoreap
+// InjectionHook, when set (by tests only), runs in the tracer right after an autoreap
 // injection is set up and before the traced thread runs it: a test delays it there, or makes a
 // signal pending.
-var HoldInjectionHook func(tid int)
+var InjectionHook func(tid int)
 
 // singleThreaded reports whether init has had one thread since it was traced: only such an init
 // is followed to its exit syscall (another thread would go on running user code in a process
 // that ignores SIGCHLD).
-func (h *holder) singleThreaded() bool { return !h.cloned && len(h.threads) == 1 }
+func (h *tracer) singleThreaded() bool { return !h.cloned && len(h.threads) == 1 }
 
 // resume lets tid run on, to its next syscall stop while init is followed.
-func (h *holder) resume(tid, sig int) {
+func (h *tracer) resume(tid, sig int) {
 	if h.followSyscalls {
 		unix.PtraceSyscall(tid, sig)
 		return
@@ -348,13 +327,13 @@ func (h *holder) resume(tid, sig int) {
 
 // syscallStop handles a syscall-entry or -exit stop of a followed init: the exit syscall is
 // turned into an autoreap, then into itself again (autoreap).
-func (h *holder) syscallStop(tid int) {
+func (h *tracer) syscallStop(tid int) {
 	if a := h.autoreap; a != nil {
 		h.autoreap, h.followSyscalls = nil, false
 		if err := a.finish(); err != nil {
-			fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+			fmt.Fprintf(h.out, "%s %v\n", AutoreapFailed, err)
 		} else {
-			fmt.Fprintln(h.out, HoldAutoreap)
+			fmt.Fprintln(h.out, Autoreap)
 		}
 		if a.restored {
 			h.restarted = tid
@@ -366,7 +345,7 @@ func (h *holder) syscallStop(tid int) {
 	info, err := getSyscallInfo(tid)
 	if err == nil && !canAutoreap(info) {
 		// An init of another architecture (a 32-bit one) never makes an exit syscall this
-		// holder can rewrite: following it would only cost two stops a syscall.
+		// tracer can rewrite: following it would only cost two stops a syscall.
 		h.followSyscalls = false
 		h.resume(tid, 0)
 		return
@@ -376,7 +355,7 @@ func (h *holder) syscallStop(tid int) {
 		if err := seccompAllowsAutoreap(tid, info); err != nil {
 			// A seccomp filter that traps or kills on rt_sigaction would turn the exit into a
 			// SIGSYS: init exits as it asked, its children reaped by the kernel's zap.
-			fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+			fmt.Fprintf(h.out, "%s %v\n", AutoreapFailed, err)
 			h.resume(tid, 0)
 			return
 		}
@@ -384,14 +363,14 @@ func (h *holder) syscallStop(tid int) {
 		a, err := beginAutoreap(tid)
 		if err == nil {
 			h.autoreap, h.followSyscalls = a, true
-			if HoldInjectionHook != nil {
-				HoldInjectionHook(tid)
+			if InjectionHook != nil {
+				InjectionHook(tid)
 			}
 			unix.PtraceSyscall(tid, 0)
 			return
 		}
 		h.gate.busy(false)
-		fmt.Fprintf(h.out, "%s %v\n", HoldAutoreapFailed, err)
+		fmt.Fprintf(h.out, "%s %v\n", AutoreapFailed, err)
 	}
 	if h.syscallBudget--; h.syscallBudget <= 0 {
 		h.followSyscalls = false
@@ -402,7 +381,7 @@ func (h *holder) syscallStop(tid int) {
 // othersLive reports whether a traced thread other than tid is alive and not dying. A process
 // that exits as a whole (exit_group, a fatal signal) queues SIGKILL for every other thread first,
 // so at the exit stop of its last thread no other thread counts as live.
-func (h *holder) othersLive(tid int) bool {
+func (h *tracer) othersLive(tid int) bool {
 	for t := range h.threads {
 		if t != tid && !h.exitLetGo[t] && threadLive(h.pid, t) {
 			return true
@@ -417,23 +396,23 @@ const pfExiting = 0x4
 // threadLive reports whether thread tid of process pid runs on: it exists, is not a zombie, has
 // not begun to exit and has no SIGKILL pending.
 func threadLive(pid, tid int) bool {
-	fields, ok := statFields(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	fields, ok := procfs.StatFields(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
 	if !ok || len(fields) < 7 || fields[0] == "Z" || fields[0] == "X" {
 		return false
 	}
 	if flags, err := strconv.ParseUint(fields[6], 10, 64); err != nil || flags&pfExiting != 0 {
 		return false
 	}
-	st, err := ReadStatus(tid)
-	return err == nil && st.Tgid == pid && st.Pending&bit(unix.SIGKILL) == 0
+	st, err := procfs.ReadStatus(tid)
+	return err == nil && st.Tgid == pid && st.Pending&procfs.Bit(unix.SIGKILL) == 0
 }
 
 // seizedAlready explains an EPERM from seizing tid, a thread of init. traced: the calling thread
 // (every ptrace request comes from it) traces tid already, as it does a thread that a seized
 // thread started (PTRACE_O_TRACECLONE attaches it), which a second PTRACE_SEIZE refuses.
 // exiting: tid has exited or is exiting, which PTRACE_SEIZE refuses too.
-func (h *holder) seizedAlready(tid int) (traced, exiting bool) {
-	st, err := ReadStatus(tid)
+func (h *tracer) seizedAlready(tid int) (traced, exiting bool) {
+	st, err := procfs.ReadStatus(tid)
 	if err != nil {
 		return false, true
 	}
@@ -445,6 +424,6 @@ func (h *holder) seizedAlready(tid int) (traced, exiting bool) {
 
 // threadOf reports whether tid is a thread of process pid.
 func threadOf(tid, pid int) bool {
-	st, err := ReadStatus(tid)
+	st, err := procfs.ReadStatus(tid)
 	return err == nil && st.Tgid == pid
 }
