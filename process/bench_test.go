@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/graceful-shim/graceful/internal/procfs"
-	"github.com/graceful-shim/graceful/internal/testguard"
 )
 
 // benchScanN is how many processes each namespace of BenchmarkMembers holds: GRACEFUL_BENCH_SCAN_N,
@@ -66,7 +64,7 @@ func benchFIFO(b *testing.B) string {
 //     path): every process of the host is looked at, and the sibling's are the expensive ones
 //     (their namespace is neither the container's nor the caller's, so its parents are walked).
 //     Timed once per iteration, outside ns/op: fullpass-median-ns, fullpass-min-ns, fullpass-max-ns.
-//   - the bulk list (Scope.bulkList), what a drain with a signaller follows: the container's
+//   - the bulk list (Scope.cgroupList), what a drain with a signaller follows: the container's
 //     cgroup.procs, read in one pass, unconfirmed (the kernel's kill(-1) from inside the namespace
 //     is what reaches exactly the members). Timed outside ns/op: bulk-median-ns, bulk-min-ns,
 //     bulk-max-ns.
@@ -157,10 +155,10 @@ func BenchmarkMembers(b *testing.B) {
 	b.ReportMetric(float64(n), "others")
 }
 
-// bulkMembers is what a bulk drain lists (Scope.bulkList), without init and without repeats, as
-// its prepareBulk keeps them.
+// bulkMembers is what a bulk drain lists (Scope.cgroupList), without init and without repeats, as
+// its prepareList keeps them.
 func bulkMembers(b *testing.B, scope *Scope) []int {
-	pids, ok := scope.bulkList()
+	pids, ok := scope.cgroupList()
 	if !ok {
 		b.Fatal("no cgroup to list")
 	}
@@ -207,17 +205,16 @@ func benchCgroup(tb testing.TB) string {
 	return dir
 }
 
-// benchNamespace is a PID namespace (unshare) whose PID 1 runs a shell script.
+// benchNamespace is a PID namespace (launchNamespace) whose PID 1 runs a benchmark's script.
 type benchNamespace struct {
-	cmd   *exec.Cmd
+	*pidNamespace
 	ready chan error
-	init  int    // host PID of the namespace's PID 1
 	ns    uint64 // inode of the namespace
 }
 
 // launchBenchNamespace runs script as PID 1 of a new PID namespace. At cleanup the namespace is
-// killed (SIGKILL to unshare's group and to PID 1, so the kernel kills the rest) and the benchmark
-// fails if any of its processes is still there after 30s.
+// killed (launchNamespace) and the benchmark fails if any of its processes is still there after
+// 30s.
 func launchBenchNamespace(b *testing.B, script string) *benchNamespace {
 	b.Helper()
 	return launchBenchNamespaceIn(b, "", script)
@@ -227,48 +224,13 @@ func launchBenchNamespace(b *testing.B, script string) *benchNamespace {
 // container's is ("": the caller's cgroup).
 func launchBenchNamespaceIn(b *testing.B, dir, script string) *benchNamespace {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Fatal("this benchmark needs root: it creates PID namespaces")
-	}
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
-	if dir != "" {
-		// Join the cgroup first, then become unshare: PID 1 and everything it starts is in it.
-		cmd = exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc --kill-child sh -c "$2"`, "sh", dir, script)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := testguard.Start(cmd); err != nil {
-		b.Fatal(err)
-	}
-	bn := &benchNamespace{cmd: cmd, ready: make(chan error, 1)}
-	b.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if bn.init > 0 {
-			syscall.Kill(bn.init, syscall.SIGKILL)
-		}
-		cmd.Wait()
-		if bn.ns == 0 {
-			return
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			left := countInNamespace(bn.ns)
-			if left == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				b.Errorf("%d processes of PID namespace %d still there 30s after it was killed", left, bn.ns)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
+	bn := &benchNamespace{ready: make(chan error, 1)}
+	// Registered before the launch, so that it runs after the launcher's cleanup has killed the
+	// namespace.
+	b.Cleanup(func() { bn.awaitEmpty(b) })
+	bn.pidNamespace = launchNamespace(b, dir, script)
 	go func() {
-		r := bufio.NewReader(stdout)
+		r := bufio.NewReader(bn.stdout)
 		for {
 			line, err := r.ReadString('\n')
 			if err != nil {
@@ -284,6 +246,25 @@ func launchBenchNamespaceIn(b *testing.B, dir, script string) *benchNamespace {
 	return bn
 }
 
+// awaitEmpty fails the benchmark unless the killed namespace's processes are gone within 30s.
+func (bn *benchNamespace) awaitEmpty(b *testing.B) {
+	if bn.ns == 0 {
+		return
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := countInNamespace(bn.ns)
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Errorf("%d processes of PID namespace %d still there 30s after it was killed", left, bn.ns)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // await waits for the namespace's "ready" line and until it holds want processes besides its
 // PID 1.
 func (bn *benchNamespace) await(b *testing.B, want int, timeout time.Duration) {
@@ -297,19 +278,12 @@ func (bn *benchNamespace) await(b *testing.B, want int, timeout time.Duration) {
 	case <-time.After(timeout):
 		b.Fatalf("no \"ready\" from the namespace after %v", timeout)
 	}
-	pid := strconv.Itoa(bn.cmd.Process.Pid)
-	children, err := os.ReadFile(filepath.Join("/proc", pid, "task", pid, "children"))
+	bn.findInit(b)
+	ns, err := procfs.NSInode(fmt.Sprintf("/proc/%d/ns/pid", bn.init))
 	if err != nil {
 		b.Fatal(err)
 	}
-	fields := strings.Fields(string(children))
-	if len(fields) != 1 {
-		b.Fatalf("unshare has children %q, want one", children)
-	}
-	bn.init, _ = strconv.Atoi(fields[0])
-	if bn.ns, err = procfs.NSInode(fmt.Sprintf("/proc/%d/ns/pid", bn.init)); err != nil {
-		b.Fatal(err)
-	}
+	bn.ns = ns
 	for {
 		got := countInNamespace(bn.ns) - 1 // its PID 1
 		if got == want {

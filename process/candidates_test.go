@@ -84,7 +84,7 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listed, ok := scope.bulkList()
+	listed, ok := scope.cgroupList()
 	if len(members) != n || !ok || len(listed) < n {
 		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
 	}

@@ -4,7 +4,7 @@ import "golang.org/x/sys/unix"
 
 // DrainDescriptors is how many descriptors a process that drains should have room for at once
 // without its descriptor table growing: a drain holds a pidfd per detailed or tracked member
-// (MaxDetailed in a bulk drain) besides what the process has open already.
+// (MaxDetailed in a drain that signals at once) besides what the process has open already.
 const DrainDescriptors = 1024
 
 // ReserveDescriptors grows the calling process's descriptor table to hold n descriptors, so that

@@ -2,6 +2,7 @@ package process
 
 import (
 	"bufio"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,10 +16,65 @@ import (
 	"github.com/graceful-shim/graceful/internal/testtime"
 )
 
-// namespace is a real PID namespace whose PID 1 runs a shell script.
+// pidNamespace is a new PID namespace (unshare, with its own /proc) whose PID 1 runs a shell
+// script: the processes of a container, as the tests and the benchmarks need them.
+type pidNamespace struct {
+	cmd    *exec.Cmd // unshare
+	stdout io.Reader // the script's output
+	init   int       // host PID of the namespace's PID 1, once findInit has found it
+}
+
+// launchNamespace runs script as PID 1 of a new PID namespace, in cgroup dir as a container's is
+// ("": the caller's cgroup). At cleanup it SIGKILLs unshare's process group and the namespace's
+// PID 1 (so the kernel kills the rest) and waits for unshare.
+func launchNamespace(tb testing.TB, dir, script string) *pidNamespace {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Fatalf("%s needs root: it creates PID namespaces", tb.Name())
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
+	if dir != "" {
+		// Join the cgroup first, then become unshare: PID 1 and everything it starts is in it.
+		cmd = exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc --kill-child sh -c "$2"`, "sh", dir, script)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := testguard.Start(cmd); err != nil {
+		tb.Fatal(err)
+	}
+	p := &pidNamespace{cmd: cmd, stdout: stdout}
+	tb.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if p.init > 0 {
+			syscall.Kill(p.init, syscall.SIGKILL)
+		}
+		cmd.Wait()
+	})
+	return p
+}
+
+// findInit finds the namespace's PID 1, unshare's one child (once the script runs).
+func (p *pidNamespace) findInit(tb testing.TB) {
+	tb.Helper()
+	pid := strconv.Itoa(p.cmd.Process.Pid)
+	children, err := os.ReadFile(filepath.Join("/proc", pid, "task", pid, "children"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fields := strings.Fields(string(children))
+	if len(fields) != 1 {
+		tb.Fatalf("unshare has children %q, want one", children)
+	}
+	p.init, _ = strconv.Atoi(fields[0])
+}
+
+// namespace is a PID namespace whose script's output lines a test waits for.
 type namespace struct {
-	cmd  *exec.Cmd
-	init int // host PID of the namespace's PID 1
+	*pidNamespace
 	out  *bufio.Reader
 	seen map[string]bool // lines read so far
 }
@@ -34,41 +90,10 @@ func startNamespace(t *testing.T, script string) *namespace {
 // caller's cgroup).
 func startNamespaceIn(t *testing.T, dir, script string) *namespace {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("these tests need root: they create PID namespaces")
-	}
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script)
-	if dir != "" {
-		// Join the cgroup first, then become unshare: PID 1 and everything it starts is in it.
-		cmd = exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc --kill-child sh -c "$2"`, "sh", dir, script)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := testguard.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	ns := &namespace{cmd: cmd, out: bufio.NewReader(stdout), seen: map[string]bool{}}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if ns.init > 0 {
-			syscall.Kill(ns.init, syscall.SIGKILL)
-		}
-		cmd.Wait()
-	})
+	p := launchNamespace(t, dir, script)
+	ns := &namespace{pidNamespace: p, out: bufio.NewReader(p.stdout), seen: map[string]bool{}}
 	ns.expect(t, "ready")
-	children, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cmd.Process.Pid), "task", strconv.Itoa(cmd.Process.Pid), "children"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fields := strings.Fields(string(children))
-	if len(fields) != 1 {
-		t.Fatalf("unshare has children %q, want one", children)
-	}
-	ns.init, _ = strconv.Atoi(fields[0])
+	ns.findInit(t)
 	return ns
 }
 

@@ -371,12 +371,12 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	sig := startTestSignaller(t, ns.init)
 	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}).Start(time.Minute)
 	defer d.Close()
-	if d.report.Bulk == 0 || d.bulkHandles == 0 {
-		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.bulkHandles, d.report.Notes)
+	if d.report.Bulk == 0 || d.listed.handles == 0 {
+		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.listed.handles, d.report.Notes)
 	}
 	var victim int
 	var victimFd int
-	for pid, m := range d.bulk {
+	for pid, m := range d.listed.members {
 		if m.h != nil {
 			if st, err := ReadStatus(pid); err == nil && st.PPid == ns.init && strings.Contains(readCmd(pid), "sleep 1000") {
 				victim, victimFd = pid, m.h.Fd()
@@ -385,9 +385,9 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 		}
 	}
 	if victim == 0 {
-		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.bulkHandlePids)
+		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.listed.handlePids)
 	}
-	fds, followed := d.bulkHandles, len(d.bulk)
+	fds, followed := d.listed.handles, len(d.listed.members)
 	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -395,12 +395,12 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(victimFd), Events: unix.POLLIN}}, 10000); n != 1 || err != nil {
 		t.Fatalf("the victim's pidfd did not become readable: %d, %v", n, err)
 	}
-	d.pollDetailed(ExitedAfterSignal)
-	if _, still := d.bulk[victim]; still {
+	d.endExitedHandles(ExitedAfterSignal)
+	if _, still := d.listed.members[victim]; still {
 		t.Fatalf("member %d, SIGKILLed, is still followed after a poll", victim)
 	}
-	if d.bulkHandles != fds-1 || len(d.bulk) != followed-1 {
-		t.Fatalf("pidfds %d → %d, followed %d → %d: want exactly the victim's gone", fds, d.bulkHandles, followed, len(d.bulk))
+	if d.listed.handles != fds-1 || len(d.listed.members) != followed-1 {
+		t.Fatalf("pidfds %d → %d, followed %d → %d: want exactly the victim's gone", fds, d.listed.handles, followed, len(d.listed.members))
 	}
 	for _, p := range d.report.Processes {
 		if p.Pid == victim && (p.Outcome != ExitedAfterSignal || p.After <= 0) {
