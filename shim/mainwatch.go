@@ -218,7 +218,7 @@ func (s *service) claimMainExit(id string, c *container, w *mainWatch) *stop {
 		claimed := c.stop
 		if claimed == nil {
 			st := newStop(id, 0, c.policy)
-			st.phase = MainExited
+			st.inProgress = MainExited
 			st.exitPublished = s.exits.published(id)
 			c.stop = st
 			s.reports.Add(1)

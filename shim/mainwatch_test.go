@@ -40,7 +40,7 @@ func TestMainExitDuringAStopGivenUpIsStillDrained(t *testing.T) {
 				t.Fatal("a main-exit drain was claimed after a stop that began (it drains the rest itself)")
 			}
 			if !began {
-				if st == nil || c.stop != st || st.phase != MainExited {
+				if st == nil || c.stop != st || st.inProgress != MainExited {
 					t.Fatalf("after a stop given up, the main-exit drain was not claimed (got %v)", st)
 				}
 				s.reports.Done()

@@ -167,7 +167,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	}
 	var inProgress StopOrder
 	if c.stop != nil {
-		inProgress = c.stop.phase
+		inProgress = c.stop.inProgress
 	}
 	action := decideKill(c.policy, sig, inProgress)
 	var claimed *stop
@@ -232,7 +232,7 @@ func (s *service) startStop(ctx context.Context, r *taskAPI.KillRequest, c *cont
 	}
 	started, report := st.begin(int(state.Pid), mainExit)
 	s.mu.Lock()
-	st.phase = st.order
+	st.inProgress = st.order
 	s.mu.Unlock()
 	if started {
 		st.settle(true) // one given up settles as it is unclaimed

@@ -16,18 +16,18 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// stop is one graceful stop of a container. Its plan (decideStop, plan.go) picks the strategy
-// that carries it out; see plan.go for every decision.
+// stop is one graceful stop of a container. Its plan (decideStop, plan.go) picks the Strategy, and
+// a runner carries it out; see plan.go for every decision.
 type stop struct {
 	id     string
 	signal unix.Signal // the stop signal that was requested
 	policy Policy
 	order  StopOrder // the plan's order, "" when forwarded
-	// phase is the order as Kill sees it, under the service's lock: starting until begin returns.
-	phase      StopOrder
+	// inProgress is the order as Kill sees it, under the service's lock: starting until begin returns.
+	inProgress StopOrder
 	init       *process.Handle
 	scope      *process.Scope
-	strategy   strategy
+	runner     runner
 	started    time.Time
 	notes      []string
 	initSignal string // what init was sent
@@ -63,12 +63,12 @@ func (s *stop) settle(began bool) {
 	})
 }
 
-// strategy carries out a started stop.
-type strategy interface {
+// runner carries out a started stop's Strategy.
+type runner interface {
 	// finish waits for the stop to end (or ctx to be done) and returns the drain's report, nil
 	// when no drain ran.
 	finish(s *stop) *process.Report
-	// close frees what the strategy holds.
+	// close frees what the runner holds.
 	close()
 }
 
@@ -107,7 +107,7 @@ func (r *StopReport) encode() []byte {
 // newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
 func newStop(id string, sig unix.Signal, policy Policy) *stop {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &stop{id: id, signal: sig, policy: policy, phase: starting, started: time.Now(),
+	return &stop{id: id, signal: sig, policy: policy, inProgress: starting, started: time.Now(),
 		ctx: ctx, cancel: cancel, profile: func() {}, settled: make(chan struct{})}
 }
 
@@ -172,7 +172,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	s.profile = startProfile(s.id)
 	if h != nil {
 		s.tracerStart = h.startup
-		s.strategy = &holdInitThenDrain{hold: h, begun: begun}
+		s.runner = &holdInitThenDrain{hold: h, begun: begun}
 		// A SIGKILL (abort) ends the tracer, which lets a held init finish exiting.
 		context.AfterFunc(s.ctx, h.abort)
 	} else if begun != nil {
@@ -194,7 +194,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		}
 		s.signalInit(status)
 	case SignalInitAwaitMain:
-		s.strategy = &awaitMainThenDrain{mainExit: mainExit}
+		s.runner = &awaitMainThenDrain{mainExit: mainExit}
 		s.signalInit(status)
 	}
 	return true, nil
@@ -207,7 +207,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 // member still in its handler, until the drain ends.
 func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTracer) (bool, *StopReport) {
 	d := &drainThenInit{thenInit: true}
-	s.strategy = d
+	s.runner = d
 	if !holdsDuringDrain(status) || tracer == nil {
 		s.discard(tracer)
 		if s.ctx.Err() != nil {
@@ -245,7 +245,7 @@ func (s *stop) beginMainExit(pid int) bool {
 	s.order = plan.Order
 	s.profile = startProfile(s.id)
 	s.startSignaller()
-	s.strategy = &drainThenInit{drainer: s.startDrain(process.PrepareDrain(s.scope, s.drainConfig()))}
+	s.runner = &drainThenInit{drainer: s.startDrain(process.PrepareDrain(s.scope, s.drainConfig()))}
 	return true
 }
 
@@ -290,8 +290,9 @@ func checkShimChild(pid int) error {
 	return nil
 }
 
-// drainThenInit is the children-first strategy: every process but init is drained, then init
-// gets the stop signal (unless thenInit is false: the drain after the main process's exit).
+// drainThenInit runs the children-first Strategy (DrainThenInit): every process but init is
+// drained, then init gets the stop signal (unless thenInit is false: the drain after the main
+// process's exit).
 type drainThenInit struct {
 	drainer  *process.Drainer
 	thenInit bool
@@ -333,8 +334,8 @@ func (d *drainThenInit) close() {
 	}
 }
 
-// holdInitThenDrain is the init-first strategy: init, traced, has been signalled; when it starts
-// to exit it is held there while the rest is drained, then released.
+// holdInitThenDrain runs the init-first Strategy (HoldInitThenDrain): init, traced, has been
+// signalled; when it starts to exit it is held there while the rest is drained, then released.
 type holdInitThenDrain struct {
 	hold *hold
 	// begun watches forks from just before init's signal; the drain takes it over.
@@ -452,7 +453,7 @@ func (s *stop) closeSignaller() {
 // finish completes a started stop, logs its report and returns it.
 func (s *stop) finish() *StopReport {
 	defer s.close()
-	drain := s.strategy.finish(s)
+	drain := s.runner.finish(s)
 	// Aborted: a SIGKILL (or the task's Delete) ended the stop before its drain was over. One
 	// that came once the drain had ended (a Delete right after init's release, say) did not.
 	if s.ctx.Err() != nil && (drain == nil || drain.Cancelled) {
@@ -539,8 +540,8 @@ func (s *stop) closeForwarded() *StopReport {
 func (s *stop) close() {
 	s.profile()
 	s.closeSignaller()
-	if s.strategy != nil {
-		s.strategy.close()
+	if s.runner != nil {
+		s.runner.close()
 	}
 	if s.init != nil {
 		s.init.Close()

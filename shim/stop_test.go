@@ -16,20 +16,20 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// scriptedStrategy ends its stop with report, then runs after (an abort, say).
-type scriptedStrategy struct {
+// scriptedRunner ends its stop with report, then runs after (an abort, say).
+type scriptedRunner struct {
 	report *process.Report
 	after  func(s *stop)
 }
 
-func (f scriptedStrategy) finish(s *stop) *process.Report {
+func (f scriptedRunner) finish(s *stop) *process.Report {
 	if f.after != nil {
 		f.after(s)
 	}
 	return f.report
 }
 
-func (scriptedStrategy) close() {}
+func (scriptedRunner) close() {}
 
 // A stop's report says it was aborted by SIGKILL only when the abort cut its drain (or came
 // before there was one), not when the task's Delete lands just after init was released.
@@ -50,7 +50,7 @@ func TestStopReportsAnAbortOnlyWhenItCutTheDrain(t *testing.T) {
 			published := make(chan struct{})
 			close(published)
 			s.exitPublished = published
-			s.strategy = scriptedStrategy{report: tc.report, after: func(s *stop) {
+			s.runner = scriptedRunner{report: tc.report, after: func(s *stop) {
 				if tc.abort {
 					s.abort()
 				}
