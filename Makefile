@@ -137,7 +137,7 @@ test-interrupt: stack
 # variable). Two points: 6.1 (no NS_GET_TGID_IN_PIDNS, no PIDFD_GET_PID_NAMESPACE) and 5.10 (nor
 # epoll_pwait2); then Create on 5.2 (no pidfd_open), which the shim refuses.
 KERNEL_EMU_POINTS := 6.1 5.10
-KERNEL_EMU_NAMES := $(STRESS_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestSharedPIDProcessWithExitedMainThreadIsDrained|TestBulkDrainSignalsTheNamespaceAtOnce|TestStandaloneInitDrainsWhenMainExits
+KERNEL_EMU_NAMES := $(STRESS_NAMES)|TestStopNeverSignalsOutsideTheContainer|TestSharedPIDProcessWithExitedMainThreadIsDrained|TestDrainSignalsTheNamespaceAtOnce|TestStandaloneInitDrainsWhenMainExits
 test-kernel-emulated: stack
 	set -e; for k in $(KERNEL_EMU_POINTS); do \
 		echo "== as on Linux $$k"; \

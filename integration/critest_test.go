@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graceful-shim/graceful/integration/cri"
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
@@ -20,13 +21,8 @@ import (
 // the same specs pass under both. `make test-critest` runs it (GRACEFUL_CRITEST=1); it needs
 // install-critest.sh's critest binary and CNI plugins.
 func TestCritestPassSetMatchesRunc(t *testing.T) {
-	if os.Getenv("GRACEFUL_CRITEST") != "1" {
-		t.Skip("set GRACEFUL_CRITEST=1 (make test-critest) to run critest")
-	}
-	bin := filepath.Join(stack.StackDir(), "bin", "critest-"+critestVersion())
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("critest is not installed (bash integration/stack/install-critest.sh): %v", err)
-	}
+	skipUnlessOptedIn(t, "GRACEFUL_CRITEST", "make test-critest", "run critest")
+	bin := stack.Tool(t, "critest", stack.ToolVersion("CRITEST_VERSION", "v1.37.0"), "install-critest.sh")
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
 		if _, err := os.Stat(filepath.Join(critestCNIBinDir, p)); err != nil {
 			t.Fatalf("CNI plugin %s missing (apt package containernetworking-plugins): %v", p, err)
@@ -48,28 +44,28 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 	}
 	// The web server image of critest's port mapping, port forward and multi-container specs:
 	// busybox httpd on port 80, logging "httpd" as the specs expect.
-	web := criImage{
-		name:       critestWebImage,
-		entrypoint: []string{"/bin/sh", "-c", "echo httpd serving /www; exec httpd -f -p 80 -h /www"},
-		extra:      []stack.ImageFile{{Path: "www/index.html", Source: filepath.Join(work, "index.html")}},
+	web := stack.ImageOptions{
+		Name:       critestWebImage,
+		Entrypoint: []string{"/bin/sh", "-c", "echo httpd serving /www; exec httpd -f -p 80 -h /www"},
+		Extra:      []stack.ImageFile{{Path: "www/index.html", Source: filepath.Join(work, "index.html")}},
 	}
 	// The multi-container specs name their httpd image themselves: the same image, imported
 	// under that name, is found without a pull.
 	httpd := web
-	httpd.name = critestHttpdImage
+	httpd.Name = critestHttpdImage
 	start := time.Now()
-	env := startCRIWith(t, criSetup{
-		cniBinDir:   critestCNIBinDir,
-		cniConflist: critestConflist,
-		extraConfig: critestRuncHandler,
-		images: []criImage{
+	env := cri.Start(t, cri.Setup{
+		CNIBinDir:   critestCNIBinDir,
+		CNIConflist: critestConflist,
+		ExtraConfig: critestRuncHandler,
+		Images: []stack.ImageOptions{
 			{
 				// critest's default image, shaped like Docker Hub's busybox: sh as the
 				// command, applets as hard links, /etc/passwd and /etc/group.
-				name:      critestImage,
-				cmd:       []string{"sh"},
-				hardLinks: true,
-				extra: []stack.ImageFile{
+				Name:      critestImage,
+				Cmd:       []string{"sh"},
+				HardLinks: true,
+				Extra: []stack.ImageFile{
 					{Path: "etc/passwd", Source: filepath.Join(work, "passwd")},
 					{Path: "etc/group", Source: filepath.Join(work, "group")},
 				},
@@ -93,7 +89,7 @@ func TestCritestPassSetMatchesRunc(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(bin,
-			"-runtime-endpoint", "unix://"+env.s.Address,
+			"-runtime-endpoint", "unix://"+env.Stack.Address,
 			"-runtime-handler", handler,
 			"-test-images-file", images,
 			"-ginkgo.skip", critestSkip,
@@ -156,13 +152,6 @@ const (
 	// nothing passing under either handler (81 of 86 passed with runc when this was written).
 	critestMinPassed = 70
 )
-
-func critestVersion() string {
-	if v := os.Getenv("CRITEST_VERSION"); v != "" {
-		return v
-	}
-	return "v1.37.0"
-}
 
 // critestSkip skips the specs that need a registry (image pulls, critest's own test images) or
 // host iptables (host ports); every other spec runs under both handlers.

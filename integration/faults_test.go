@@ -357,12 +357,8 @@ echo ready
 		if err := syscall.Kill(f.pid, syscall.SIGWINCH); err != nil {
 			t.Fatalf("WINCH to the %s: %v", f.what, err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for _, err := os.Stat(f.file); err != nil; _, err = os.Stat(f.file) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the %s did not record its WINCH in 10s", f.what)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := stack.WaitFile(f.file, 10*time.Second); err != nil {
+			t.Fatalf("the %s did not record its WINCH: %v", f.what, err)
 		}
 	}
 	if data, err := os.ReadFile(hostFile); err == nil {

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -20,22 +19,6 @@ func writeFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// zombieChildren lists the zombie children of pid.
-func zombieChildren(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var zombies []int
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := process.ReadStatus(n); err == nil && st.PPid == pid && st.State == 'Z' {
-			zombies = append(zombies, n)
-		}
-	}
-	return zombies
 }
 
 // holdAlive opens a pidfd on pid (a sentinel) at once, and returns a check, for the end of the
@@ -54,6 +37,17 @@ func holdAlive(t *testing.T, what string, pid int) func() {
 			t.Errorf("%s %d died (SIGKILLed?) during the test", what, pid)
 		}
 	}
+}
+
+// holdExit opens a pidfd on pid at once and returns a check whether that process has exited.
+func holdExit(t *testing.T, what string, pid int) func() bool {
+	t.Helper()
+	h, err := process.Open(pid)
+	if err != nil {
+		t.Fatalf("pidfd of %s %d: %v", what, pid, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return func() bool { return h.Exited() }
 }
 
 // execTrapping starts `ctr task exec` in c: a shell that on TERM takes 0.2s, writes "clean" to
@@ -75,4 +69,13 @@ func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// skipUnlessOptedIn skips a test that needs what a plain test run lacks (dockerd, a kubelet,
+// critest) unless the environment variable env is 1, as the make target target sets it.
+func skipUnlessOptedIn(t *testing.T, env, target, needs string) {
+	t.Helper()
+	if os.Getenv(env) != "1" {
+		t.Skipf("set %s=1 (%s) to %s", env, target, needs)
+	}
 }

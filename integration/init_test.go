@@ -161,7 +161,7 @@ exit 3`
 			if got != "clean" {
 				t.Fatalf("the helper's TERM handler did not complete: marker %q", got)
 			}
-			if r := reports.next(t, c.ID); r.Order != "main-exit" || r.Drain == nil || r.Drain.Totals["exited"] < 1 {
+			if r := reports.NextReport(t, c.ID); r.Order != "main-exit" || r.Drain == nil || r.Drain.Totals["exited"] < 1 {
 				t.Fatalf("report %+v: want order main-exit with the helper exited", r)
 			}
 		})
@@ -455,7 +455,7 @@ exit 0`
 		if got := c.Marker("daemon"); got != "clean" {
 			t.Fatalf("run %d: the daemon was not drained (marker %q)", i, got)
 		}
-		if r := reports.next(t, c.ID); r.Order != "main-exit" {
+		if r := reports.NextReport(t, c.ID); r.Order != "main-exit" {
 			t.Fatalf("run %d: report %+v: want order main-exit", i, r)
 		}
 	}

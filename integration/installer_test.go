@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/graceful-shim/graceful/integration/cri"
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
@@ -38,10 +38,10 @@ func TestNodeInstaller(t *testing.T) {
 	restarts := filepath.Join(root, "restarts")
 	hostRoot := filepath.Join(root, "host") // where the script sees the host's /
 
-	env := startCRIWith(t, criSetup{noHandlers: true, imports: []string{confDir + "/*.toml"}})
+	env := cri.Start(t, cri.Setup{NoHandlers: true, Imports: []string{confDir + "/*.toml"}})
 	t.Logf("CRI daemon ready after %v", time.Since(start).Round(time.Millisecond))
-	mainConfig := filepath.Join(env.s.Dir, "config.toml")
-	srcDir := filepath.Join(env.s.Dir, "bin") // the shim and graceful-init the stack built
+	mainConfig := filepath.Join(env.Stack.Dir, "config.toml")
+	srcDir := filepath.Join(env.Stack.Dir, "bin") // the shim and graceful-init the stack built
 
 	script := filepath.Join(stack.ModuleRoot(), "contrib", "node-installer", "install.sh")
 	runOn := func(n installerNode, action string, args ...string) (string, error) {
@@ -72,7 +72,7 @@ func TestNodeInstaller(t *testing.T) {
 	before := treeOf(t, node.dir)
 	noHandler := func(when string) {
 		t.Helper()
-		err := tryRunPod(env, "graceful")
+		err := env.TryRunPod("graceful")
 		if err == nil || !strings.Contains(err.Error(), `no runtime for "graceful"`) {
 			t.Fatalf("%s: RunPodSandbox with handler graceful: %v, want \"no runtime for \\\"graceful\\\"\"", when, err)
 		}
@@ -108,30 +108,30 @@ func TestNodeInstaller(t *testing.T) {
 	if out, err := run("install"); err != nil || !strings.Contains(out, "nothing changed") || nRestarts() != 1 {
 		t.Fatalf("second install: %v, restarts %d; want no change and no restart", err, nRestarts())
 	}
-	restartCRI(t, env)
+	env.Restart(t)
 
 	// The graceful handler: the pod's shim is the installed binary, and a stop drains.
-	h := &criHandler{name: "graceful", shim: shim}
-	p := runPod(t, env, h, runtimeapi.NamespaceMode_CONTAINER, nil)
-	p.checkShim(t)
-	c := p.start(t, "app", criTrappingChild, nil)
-	c.waitFile(t, "child-ready")
-	p.stop(t, c, 10)
-	if got := c.marker("child"); got != "clean" {
+	h := &cri.Handler{Name: "graceful", Shim: shim}
+	p := env.RunPod(t, h, runtimeapi.NamespaceMode_CONTAINER, nil)
+	p.CheckShim(t)
+	c := p.Start(t, "app", criTrappingChild, nil)
+	c.WaitFile(t, "child-ready")
+	p.Stop(t, c, 10)
+	if got := c.Marker("child"); got != "clean" {
 		t.Errorf("handler graceful: the child's TERM handler did not complete (marker %q)", got)
 	}
-	p.drainLogged(t, c)
-	p.teardown(t)
+	p.DrainLogged(t, c)
+	p.Teardown(t)
 
 	// The graceful-init handler: the container's init is graceful-init.
-	hi := &criHandler{name: "graceful-init", shim: shim, init: true}
-	pi := runPod(t, env, hi, runtimeapi.NamespaceMode_CONTAINER, nil)
-	pi.checkShim(t)
-	ci := pi.start(t, "app", ": @TAG@\n"+criLoop, nil)
+	hi := &cri.Handler{Name: "graceful-init", Shim: shim, Init: true}
+	pi := env.RunPod(t, hi, runtimeapi.NamespaceMode_CONTAINER, nil)
+	pi.CheckShim(t)
+	ci := pi.Start(t, "app", ": @TAG@\n"+criLoop, nil)
 	if comm := initComm(t, env, ci); comm != "graceful-init" {
 		t.Errorf("handler graceful-init: the container's init is %q, want graceful-init", comm)
 	}
-	pi.teardown(t)
+	pi.Teardown(t)
 
 	if _, err := run("uninstall"); err != nil {
 		t.Fatalf("uninstall: %v", err)
@@ -145,7 +145,7 @@ func TestNodeInstaller(t *testing.T) {
 	if out, err := run("uninstall"); err != nil || !strings.Contains(out, "nothing to uninstall") || nRestarts() != 2 {
 		t.Fatalf("second uninstall: %v, restarts %d; want nothing to do and no restart", err, nRestarts())
 	}
-	restartCRI(t, env)
+	env.Restart(t)
 	noHandler("after uninstall")
 
 	// --add-imports on a node whose main config lacks the imports line: the line is added where
@@ -160,7 +160,7 @@ func TestNodeInstaller(t *testing.T) {
 	if _, err := runOn(node2, "install", "--containerd-config", config2, "--add-imports", "--restart", "none"); err != nil {
 		t.Fatalf("install --add-imports: %v", err)
 	}
-	dump, err := exec.Command(filepath.Join(env.s.ContainerdBin, "containerd"), "--config", config2, "config", "dump").CombinedOutput()
+	dump, err := exec.Command(filepath.Join(env.Stack.ContainerdBin, "containerd"), "--config", config2, "config", "dump").CombinedOutput()
 	if err != nil {
 		t.Fatalf("containerd config dump: %v\n%s", err, dump)
 	}
@@ -207,67 +207,10 @@ func newInstallerNode(t *testing.T, dir string) installerNode {
 	return n
 }
 
-// restartCRI restarts the CRI daemon (what the install's restart command stands for) and waits
-// until CRI is ready.
-func restartCRI(t *testing.T, env *criEnv) {
-	t.Helper()
-	ctx, cancel := criCtx()
-	defer cancel()
-	if err := env.s.RestartDaemon(ctx); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := criReady(ctx, env)
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("CRI not ready after the restart: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// tryRunPod runs a host-network pod under the handler and removes it again; it returns
-// RunPodSandbox's error.
-func tryRunPod(env *criEnv, handler string) error {
-	ctx, cancel := criCtx()
-	defer cancel()
-	n := criSeq.Add(1)
-	config := &runtimeapi.PodSandboxConfig{
-		Metadata: &runtimeapi.PodSandboxMetadata{Name: fmt.Sprintf("installer-probe-%d", n), Uid: fmt.Sprintf("uid-probe-%d-%d", os.Getpid(), n), Namespace: "graceful-cri"},
-		Linux: &runtimeapi.LinuxPodSandboxConfig{
-			CgroupParent: env.cgroupParent,
-			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
-			},
-		},
-	}
-	resp, err := env.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: config, RuntimeHandler: handler})
-	if err != nil {
-		return err
-	}
-	env.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: resp.PodSandboxId})
-	env.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: resp.PodSandboxId})
-	return nil
-}
-
 // initComm returns /proc/<pid>/comm of the container's init, its task's pid in containerd.
-func initComm(t *testing.T, env *criEnv, c *criContainer) string {
+func initComm(t *testing.T, env *cri.Env, c *cri.Container) string {
 	t.Helper()
-	ctx, cancel := criCtx()
-	defer cancel()
-	k8s := namespaces.WithNamespace(ctx, stack.CRINamespace)
-	container, err := env.s.Client.LoadContainer(k8s, c.id)
-	if err != nil {
-		t.Fatalf("load container %s: %v", c.name, err)
-	}
-	task, err := container.Task(k8s, nil)
-	if err != nil {
-		t.Fatalf("task of container %s: %v", c.name, err)
-	}
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", task.Pid()))
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", env.TaskPid(t, c)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,14 +23,6 @@ import (
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
-// nerdctlVersion is the nerdctl that install-nerdctl.sh builds.
-func nerdctlVersion() string {
-	if v := os.Getenv("NERDCTL_VERSION"); v != "" {
-		return v
-	}
-	return "v2.4.2"
-}
-
 // nerdctlNamespace is the containerd namespace the nerdctl tests use (apart from the stack's).
 const nerdctlNamespace = "graceful-nerdctl"
 
@@ -48,10 +40,8 @@ type nerdctlEnv struct {
 
 func startNerdctl(t *testing.T) *nerdctlEnv {
 	t.Helper()
-	bin := filepath.Join(stack.StackDir(), "bin", "nerdctl-"+nerdctlVersion())
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("nerdctl is not installed (bash integration/stack/install-nerdctl.sh): %v", err)
-	}
+	// The nerdctl that install-nerdctl.sh builds.
+	bin := stack.Tool(t, "nerdctl", stack.ToolVersion("NERDCTL_VERSION", "v2.4.2"), "install-nerdctl.sh")
 	n := &nerdctlEnv{bin: bin, dataRoot: t.TempDir()}
 	t.Cleanup(func() { n.removeAll(t) })
 	if out, err := n.run("version"); err != nil {
@@ -140,14 +130,9 @@ func (n *nerdctlEnv) start(t *testing.T, spec nerdctlSpec) *nerdctlContainer {
 	args = append(append(args, spec.flags...), spec.image, "sh", "-c", spec.script)
 	id := n.must(t, args...)
 	c := &nerdctlContainer{name: name, id: id, outDir: out}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(out, "ready")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			logs, _ := n.run("logs", name)
-			t.Fatalf("container %s never wrote /out/ready; logs: %s", name, logs)
-		}
+	if err := stack.WaitFile(filepath.Join(out, "ready"), 20*time.Second); err != nil {
+		logs, _ := n.run("logs", name)
+		t.Fatalf("container %s: %v; logs: %s", name, err, logs)
 	}
 	return c
 }

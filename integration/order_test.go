@@ -174,7 +174,7 @@ echo ready
 				unix.Poll(fds, 0)
 				held += fmt.Sprintf("; child %d state %c (%v), pidfd revents %#x", childPid, st.State, stErr, fds[0].Revents)
 				c.Stop(ctx, syscall.SIGKILL, 10*time.Second)
-				t.Fatalf("the stubborn child is gone during a 30s drain (init %s; container output %q; report %s)", held, c.Output.String(), reportJSON(reports.next(t, c.ID)))
+				t.Fatalf("the stubborn child is gone during a 30s drain (init %s; container output %q; report %s)", held, c.Output.String(), reportJSON(reports.NextReport(t, c.ID)))
 			}
 			if order == "children-first" && initH.Exited() {
 				t.Fatal("children-first: init exited during the drain, before its own signal")

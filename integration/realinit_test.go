@@ -46,7 +46,7 @@ func TestTiniAsInitLetsTheHelperFinish(t *testing.T) {
 			if !zappedUnderStock(t, c.Marker("helper"), runtime, "helper", took) {
 				return
 			}
-			expectSigwaitInitFirst(t, reports.next(t, c.ID))
+			expectSigwaitInitFirst(t, reports.NextReport(t, c.ID))
 		})
 	}
 }
@@ -132,7 +132,7 @@ func TestSigwaitDaemonShutsDownBeforeItsChildIsDrained(t *testing.T) {
 				if order := c.Marker("order"); order != "after" {
 					t.Fatalf("the child was signalled %q the daemon's shutdown, want after", order)
 				}
-				expectSigwaitInitFirst(t, reports.next(t, c.ID))
+				expectSigwaitInitFirst(t, reports.NextReport(t, c.ID))
 			})
 		}
 	}
@@ -161,7 +161,7 @@ func TestTraplessScriptWhoseServerExitsFirst(t *testing.T) {
 			if got := c.Marker("helper"); got != "clean" {
 				t.Fatal("graceful: the helper's handler did not finish: init's exit was not held")
 			}
-			r := reports.next(t, c.ID)
+			r := reports.NextReport(t, c.ID)
 			if r.Order != "children-first" || r.InitDisposition != "drops" || r.TracerStart == 0 {
 				t.Fatalf("report: order %q, init %q, tracer start %v, notes %q; want children-first, drops, a tracer",
 					r.Order, r.InitDisposition, r.TracerStart, r.Notes)
@@ -203,7 +203,7 @@ func TestStopSignalReachesTheProcessesThatHandleIt(t *testing.T) {
 			if got := c.Marker("helper"); got != "clean" {
 				t.Fatal("the helper's TERM handler did not finish")
 			}
-			r := reports.next(t, c.ID)
+			r := reports.NextReport(t, c.ID)
 			if r.Requested != "SIGQUIT" || r.Drain == nil || r.Drain.StopSignal != "SIGQUIT" || r.Drain.Totals["killed"] != 0 {
 				t.Fatalf("report: requested %q, drain %+v", r.Requested, r.Drain)
 			}
@@ -220,7 +220,7 @@ func TestStopSignalReachesTheProcessesThatHandleIt(t *testing.T) {
 // process its own signal, so the drain goes member by member and says so; the server still gets
 // QUIT and no process gets both.
 func TestStopSignalReachesTheProcessesThatHandleItAmongMany(t *testing.T) {
-	const children = 150 // enough to signal at once (see TestBulkDrainSignalsTheNamespaceAtOnce)
+	const children = 150 // enough to signal at once (see TestDrainSignalsTheNamespaceAtOnce)
 	server := `sh -c 'trap "sleep 0.3; echo graceful > /out/server; exit 0" QUIT; trap "echo fast > /out/server; exit 0" TERM; echo trapped server; ` + loop + `'`
 	script := helperTraps("helper")
 	for i := 0; i < children; i++ {
@@ -241,8 +241,8 @@ func TestStopSignalReachesTheProcessesThatHandleItAmongMany(t *testing.T) {
 	if got := c.Marker("helper"); got != "clean" {
 		t.Fatal("the helper's TERM handler did not finish")
 	}
-	r := reports.next(t, c.ID)
-	if r.Drain == nil || r.Drain.Bulk != 0 || r.Drain.StopSignal != "SIGQUIT" || r.Drain.Totals["killed"] != 0 ||
+	r := reports.NextReport(t, c.ID)
+	if r.Drain == nil || r.Drain.AtOnce != 0 || r.Drain.StopSignal != "SIGQUIT" || r.Drain.Totals["killed"] != 0 ||
 		!slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "member by member") }) {
 		t.Fatalf("report: notes %q, drain %+v: want a drain member by member with SIGQUIT for those that handle it", r.Notes, r.Drain)
 	}
@@ -296,7 +296,7 @@ func TestGroupForwardingInitLetsForkingHandlersFinish(t *testing.T) {
 				if !zappedUnderStock(t, c.Marker("helper"), runtime, "helper", took) {
 					return
 				}
-				r := reports.next(t, c.ID)
+				r := reports.NextReport(t, c.ID)
 				expectSigwaitInitFirst(t, r)
 				if r.Drain == nil || r.Drain.Totals["killed"] != 0 ||
 					!slices.ContainsFunc(r.Drain.Notes, func(n string) bool { return strings.Contains(n, "without the drain signal") }) {

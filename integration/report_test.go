@@ -6,7 +6,6 @@ import (
 	"time"
 
 	apievents "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/graceful-shim/graceful/integration/stack"
@@ -24,7 +23,7 @@ func TestStopReportIsPublished(t *testing.T) {
 	waitTrapped(t, c, "child", "ignoring")
 	stopExpect(t, c, 15*time.Second, exitSIGKILL)
 
-	r := reports.next(t, c.ID)
+	r := reports.NextReport(t, c.ID)
 	t.Logf("report: %+v", r)
 	if r.Order != "children-first" || r.InitSignal != "SIGKILL" || !r.Drain.GraceExpired {
 		t.Fatalf("order %q, init signal %q, grace expired %v: want children-first, SIGKILL (PID 1 without a TERM trap), true",
@@ -61,41 +60,10 @@ echo ready
 	}
 }
 
-// reportStream is containerd's stream of stop reports (topic /graceful/stop).
-type reportStream struct {
-	ctx    context.Context
-	events <-chan *events.Envelope
-	errs   <-chan error
-}
-
 // subscribeReports subscribes to the stop reports, for 30s at most.
-func subscribeReports(t *testing.T) *reportStream {
+func subscribeReports(t *testing.T) *stack.Events {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(stackContext(), 30*time.Second)
-	t.Cleanup(cancel)
-	events, errs := theStack.Client.Subscribe(ctx, `topic=="/graceful/stop"`)
-	return &reportStream{ctx: ctx, events: events, errs: errs}
-}
-
-// next returns the next stop report for container id, and fails the test if none comes.
-func (s *reportStream) next(t *testing.T, id string) *stack.StopReport {
-	t.Helper()
-	for {
-		select {
-		case env := <-s.events:
-			r, err := stack.DecodeStopReport(env.Event)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.ContainerID == id {
-				return r
-			}
-		case err := <-s.errs:
-			t.Fatalf("event stream: %v", err)
-		case <-s.ctx.Done():
-			t.Fatalf("no stop report published for %s", id)
-		}
-	}
+	return theStack.Subscribe(stackContext(), t, 30*time.Second, `topic=="/graceful/stop"`)
 }
 
 // A stop's report follows the container's exit event on containerd's event stream: it is built

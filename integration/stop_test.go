@@ -348,7 +348,7 @@ echo ready
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if zombies := zombieChildren(shimPid); len(zombies) > 0 {
+	if zombies := stack.Children(shimPid, stack.Zombie); len(zombies) > 0 {
 		t.Fatalf("zombies under the shim: %v", zombies)
 	}
 	// A host-PID init without a trap is not PID 1 of a namespace: TERM's default action ends it.

@@ -64,10 +64,10 @@ func benchFIFO(b *testing.B) string {
 //     path): every process of the host is looked at, and the sibling's are the expensive ones
 //     (their namespace is neither the container's nor the caller's, so its parents are walked).
 //     Timed once per iteration, outside ns/op: fullpass-median-ns, fullpass-min-ns, fullpass-max-ns.
-//   - the bulk list (Scope.cgroupList), what a drain with a signaller follows: the container's
+//   - the cgroup list (Scope.cgroupList), what a drain with a signaller follows: the container's
 //     cgroup.procs, read in one pass, unconfirmed (the kernel's kill(-1) from inside the namespace
-//     is what reaches exactly the members). Timed outside ns/op: bulk-median-ns, bulk-min-ns,
-//     bulk-max-ns.
+//     is what reaches exactly the members). Timed outside ns/op: list-median-ns, list-min-ns,
+//     list-max-ns.
 //
 // The namespaces are set up once (b.Loop). Both lists must hold exactly the N members.
 func BenchmarkMembers(b *testing.B) {
@@ -93,7 +93,7 @@ func BenchmarkMembers(b *testing.B) {
 		b.Fatalf("the scope lists no candidates from cgroup %s (its cgroup directory is %q): Members() would take the full pass", dir, scope.cgroupDir)
 	}
 	var members, all, listed []int
-	var took, full, bulk []time.Duration
+	var took, full, list []time.Duration
 	for b.Loop() {
 		start := time.Now()
 		members, err = scope.Members()
@@ -103,8 +103,8 @@ func BenchmarkMembers(b *testing.B) {
 		}
 		b.StopTimer()
 		start = time.Now()
-		listed = bulkMembers(b, scope)
-		bulk = append(bulk, time.Since(start))
+		listed = listedMembers(b, scope)
+		list = append(list, time.Since(start))
 		start = time.Now()
 		all, err = scope.AllMembers()
 		full = append(full, time.Since(start))
@@ -119,7 +119,7 @@ func BenchmarkMembers(b *testing.B) {
 	if len(all) != n {
 		b.Fatalf("AllMembers() found %d processes, want %d", len(all), n)
 	}
-	// The bulk list holds the members, and unshare (which joined the cgroup before it made the
+	// The cgroup list holds the members, and unshare (which joined the cgroup before it made the
 	// namespace): a drain drops it when it examines it, and kill(-1) never reaches it.
 	extra := map[int]bool{member.cmd.Process.Pid: true}
 	inList := map[int]bool{}
@@ -128,13 +128,13 @@ func BenchmarkMembers(b *testing.B) {
 	}
 	for _, pid := range members {
 		if !inList[pid] {
-			b.Fatalf("member %d is not in the bulk list", pid)
+			b.Fatalf("member %d is not in the cgroup list", pid)
 		}
 		delete(inList, pid)
 	}
 	for pid := range inList {
 		if !extra[pid] {
-			b.Fatalf("the bulk list holds %d, which is no member", pid)
+			b.Fatalf("the cgroup list holds %d, which is no member", pid)
 		}
 	}
 	// After the loop: b.Loop's first call resets reported metrics.
@@ -150,14 +150,14 @@ func BenchmarkMembers(b *testing.B) {
 	}
 	report("", took)
 	report("fullpass-", full)
-	report("bulk-", bulk)
+	report("list-", list)
 	b.ReportMetric(float64(n), "members")
 	b.ReportMetric(float64(n), "others")
 }
 
-// bulkMembers is what a bulk drain lists (Scope.cgroupList), without init and without repeats, as
+// listedMembers is what a drain at once lists (Scope.cgroupList), without init and without repeats, as
 // its prepareList keeps them.
-func bulkMembers(b *testing.B, scope *Scope) []int {
+func listedMembers(b *testing.B, scope *Scope) []int {
 	pids, ok := scope.cgroupList()
 	if !ok {
 		b.Fatal("no cgroup to list")

@@ -86,7 +86,7 @@ func TestCandidatesOfALargeContainer(t *testing.T) {
 	}
 	listed, ok := scope.cgroupList()
 	if len(members) != n || !ok || len(listed) < n {
-		t.Fatalf("Members() found %d, the bulk list %d (ok %v), want %d", len(members), len(listed), ok, n)
+		t.Fatalf("Members() found %d, the cgroup list %d (ok %v), want %d", len(members), len(listed), ok, n)
 	}
 	// Its size, for the choice of signalling at once, is read from the pids controller's counter where there is one.
 	if size, ok := scope.Size(); !ok || size < n || (strings.HasSuffix(root, "/pids") && scope.pidsCounter == "") {

@@ -64,10 +64,10 @@ echo ready; wait`, dir))
 	}
 }
 
-// A bulk drain whose reads of cgroup.procs fail after the signal (too many open files, no
+// A drain at once whose reads of cgroup.procs fail after the signal (too many open files, no
 // memory) does not take its members for exited: it waits for a member's 0.5 s handler. Before,
 // one failed read ended every member at once, and the drain with them.
-func TestBulkDrainSurvivesAFailedListRead(t *testing.T) {
+func TestDrainAtOnceSurvivesAFailedListRead(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
 	script := ""
@@ -102,8 +102,8 @@ func TestBulkDrainSurvivesAFailedListRead(t *testing.T) {
 	mu.Lock()
 	n := reads
 	mu.Unlock()
-	if report.Bulk == 0 || n < 2 {
-		t.Fatalf("bulk %d, %d list reads: want a bulk drain that read the list again", report.Bulk, n)
+	if report.AtOnce == 0 || n < 2 {
+		t.Fatalf("at once %d, %d list reads: want a drain at once that read the list again", report.AtOnce, n)
 	}
 	for i := 0; i < 20; i++ {
 		if got := readMarker(t, filepath.Join(marks, fmt.Sprintf("m%d", i))); got != "done" {

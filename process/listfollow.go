@@ -314,7 +314,7 @@ func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 		return false // the sweep signals the rest
 	}
 	d.listed.win = win
-	d.report.Bulk = len(d.listed.members)
+	d.report.AtOnce = len(d.listed.members)
 	for _, m := range d.listed.members {
 		d.recordDelivered(m.detail, sig)
 	}

@@ -59,10 +59,10 @@ type Report struct {
 	// ended, and HostScanFound how many members only it found.
 	HostScanDone  bool `json:"host_scan_done"`
 	HostScanFound int  `json:"host_scan_found,omitempty"`
-	// Bulk is how many members listed from the container's cgroup got the drain signal at once,
-	// from inside the PID namespace (see DrainConfig.Signaller).
-	Bulk  int      `json:"bulk,omitempty"`
-	Notes []string `json:"notes,omitempty"`
+	// AtOnce is how many members listed from the container's cgroup got the drain signal at
+	// once, from inside the PID namespace (see DrainConfig.Signaller).
+	AtOnce int      `json:"at_once,omitempty"`
+	Notes  []string `json:"notes,omitempty"`
 }
 
 // MaxDetailed bounds the processes a report details (and whose command line it reads, which costs

@@ -113,7 +113,7 @@ func (failingSignaller) SignalAll(unix.Signal) (SignalWindow, error) {
 // of the container's cgroup outside its namespace is neither signalled nor reported. A nested
 // namespace's init that drops TERM is SIGKILLed once its namespace has drained, not at the end
 // of the grace period.
-func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
+func TestDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
 	// Outside the namespace, in the container's cgroup: must be left alone.
@@ -160,8 +160,8 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 	if sig.calls != 1 {
 		t.Fatalf("the signaller was asked %d times, want once", sig.calls)
 	}
-	if report.Bulk == 0 || report.GraceExpired || report.Duration > 10*time.Second {
-		t.Fatalf("bulk %d, grace expired %v, took %v: want a bulk drain that ends before the grace period", report.Bulk, report.GraceExpired, report.Duration)
+	if report.AtOnce == 0 || report.GraceExpired || report.Duration > 10*time.Second {
+		t.Fatalf("at once %d, grace expired %v, took %v: want a drain at once that ends before the grace period", report.AtOnce, report.GraceExpired, report.Duration)
 	}
 	for i := 0; i < 5; i++ {
 		if got := readMarker(t, filepath.Join(marks, fmt.Sprintf("child%d", i))); got != "clean" {
@@ -201,7 +201,7 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 }
 
 // When the signaller fails, the drain signals the members one by one, and says so.
-func TestBulkDrainFallsBackToSignallingEachMember(t *testing.T) {
+func TestDrainAtOnceFallsBackToSignallingEachMember(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
 	ns := startNamespaceIn(t, dir, fmt.Sprintf(`sh -c 'trap "echo clean > %s/child; exit 0" TERM; echo trapped; while :; do sleep 0.05; done' &
@@ -211,8 +211,8 @@ echo ready; while :; do sleep 0.05; done`, marks))
 	if got := readMarker(t, filepath.Join(marks, "child")); got != "clean" {
 		t.Fatalf("child did not run its TERM handler: %+v", report)
 	}
-	if report.Bulk != 0 || len(report.Notes) == 0 || !strings.Contains(report.Notes[0], "one by one") {
-		t.Fatalf("bulk %d, notes %q: want the fallback noted", report.Bulk, report.Notes)
+	if report.AtOnce != 0 || len(report.Notes) == 0 || !strings.Contains(report.Notes[0], "one by one") {
+		t.Fatalf("at once %d, notes %q: want the fallback noted", report.AtOnce, report.Notes)
 	}
 	if report.Count(ExitedAfterSignal) == 0 {
 		t.Fatalf("totals %v", report.Totals)
@@ -222,7 +222,7 @@ echo ready; while :; do sleep 0.05; done`, marks))
 // A drain prepared before init exits lists the members then; one that exits by itself before the
 // drain starts is reported as already exited, not as exited after the signal, and one started in
 // between is signalled too.
-func TestPreparedBulkDrainCountsWhatChangedBeforeTheStart(t *testing.T) {
+func TestPreparedDrainAtOnceCountsWhatChangedBeforeTheStart(t *testing.T) {
 	dir := benchCgroup(t)
 	marks := t.TempDir()
 	// The short member exits by itself once the test writes it a line (after the listing), the
@@ -296,10 +296,10 @@ func hostPid(t *testing.T, scope *Scope, nsPid int) int {
 	return 0
 }
 
-// A bulk drain's report says when each detailed member ended: members that take 0, 0.4 and
+// A drain at once's report says when each detailed member ended: members that take 0, 0.4 and
 // 0.8 s to exit after TERM are reported in that order, each no earlier than it ended, and the
 // fast one well before the slow ones.
-func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
+func TestDrainAtOnceReportsWhenEachMemberEnded(t *testing.T) {
 	dir := benchCgroup(t)
 	script := ""
 	// The handlers' sleeps are kept on purpose: they are the workload whose ends the test measures.
@@ -316,8 +316,8 @@ func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	ns.awaitExeced(t, "sleep", 3)
 	sig := startTestSignaller(t, ns.init)
 	report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
-	if report.Bulk == 0 || len(report.Notes) > 0 {
-		t.Fatalf("bulk %d, notes %q: want a bulk drain", report.Bulk, report.Notes)
+	if report.AtOnce == 0 || len(report.Notes) > 0 {
+		t.Fatalf("at once %d, notes %q: want a drain at once", report.AtOnce, report.Notes)
 	}
 	after := map[string]time.Duration{}
 	for _, p := range report.Processes {
@@ -353,11 +353,11 @@ func TestBulkDrainReportsWhenEachMemberEnded(t *testing.T) {
 	}
 }
 
-// A detailed bulk member is followed through a pidfd of its own from the bulk signal on, so that
+// A detailed listed member is followed through a pidfd of its own from the signal at once on, so that
 // its end is seen at the next poll even while the container's count keeps falling (when no list
 // is read): one that dies is ended at once, exited after the signal, its pidfd closed (counted
 // out); the others stay followed.
-func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
+func TestDrainAtOnceSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	dir := benchCgroup(t)
 	script := ""
 	// Members that neither exit on TERM nor start processes (a sleep that inherits an ignored
@@ -371,8 +371,8 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 	sig := startTestSignaller(t, ns.init)
 	d := PrepareDrain(ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}).Start(time.Minute)
 	defer d.Close()
-	if d.report.Bulk == 0 || d.listed.handles == 0 {
-		t.Fatalf("bulk %d, pidfds %d, notes %q: want a bulk drain following its detailed members by pidfd", d.report.Bulk, d.listed.handles, d.report.Notes)
+	if d.report.AtOnce == 0 || d.listed.handles == 0 {
+		t.Fatalf("at once %d, pidfds %d, notes %q: want a drain at once following its detailed members by pidfd", d.report.AtOnce, d.listed.handles, d.report.Notes)
 	}
 	var victim int
 	var victimFd int
@@ -385,7 +385,7 @@ func TestBulkDrainSeesADetailedMemberEndThroughItsPidfd(t *testing.T) {
 		}
 	}
 	if victim == 0 {
-		t.Fatalf("no TERM-ignoring sleep among the detailed bulk members %v", d.listed.handlePids)
+		t.Fatalf("no TERM-ignoring sleep among the detailed listed members %v", d.listed.handlePids)
 	}
 	fds, followed := d.listed.handles, len(d.listed.members)
 	if err := unix.Kill(victim, unix.SIGKILL); err != nil {
@@ -416,11 +416,11 @@ func readCmd(pid int) string {
 }
 
 // A member's TERM handler may start a process of its own (a cleanup command) right after the
-// bulk signal. That process was started after its parent got TERM, so nobody TERMs it: the
+// signal at once. That process was started after its parent got TERM, so nobody TERMs it: the
 // handler's `sleep` exits 0, the handler ends cleanly, and the drain waits for it. The idle host
 // processes make each kill(-1) walk (which looks at every task on the host) long enough for the
 // handlers' forks to land while the signaller is still at work.
-func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
+func TestDrainAtOnceLeavesAHandlersOwnProcessAlone(t *testing.T) {
 	startIdleHostProcesses(t, 3000)
 	const members, stops = 40, 3
 	for stop := 0; stop < stops; stop++ {
@@ -438,8 +438,8 @@ func TestBulkDrainLeavesAHandlersOwnProcessAlone(t *testing.T) {
 		ns.awaitExeced(t, "sleep", members) // and its sleep started
 		sig := startTestSignaller(t, ns.init)
 		report := Drain(context.Background(), ns.scope(t), DrainConfig{Signal: unix.SIGTERM, Signaller: sig, KillWait: testKillWait, KillSweeps: testKillSweeps}, 20*time.Second)
-		if report.Bulk == 0 || len(report.Notes) > 0 {
-			t.Fatalf("stop %d: bulk %d, notes %q: want a bulk drain", stop, report.Bulk, report.Notes)
+		if report.AtOnce == 0 || len(report.Notes) > 0 {
+			t.Fatalf("stop %d: at once %d, notes %q: want a drain at once", stop, report.AtOnce, report.Notes)
 		}
 		var killed []string
 		for i := 0; i < members; i++ {

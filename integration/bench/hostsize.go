@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 // 3b. The host-size sweep: the stop of a small container (stopScript(hostSweepN)) while the host
@@ -95,7 +96,7 @@ func pidRoom(n int) error {
 	if n == 0 {
 		return nil
 	}
-	tasks, err := runningTasks()
+	tasks, err := process.HostTasks()
 	if err != nil {
 		return err
 	}
@@ -119,24 +120,6 @@ func pidRoom(n int) error {
 		}
 	}
 	return nil
-}
-
-// runningTasks is the number of tasks (threads: each takes a PID) on the host, from /proc/loadavg.
-func runningTasks() (int, error) {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 4 {
-		return 0, fmt.Errorf("/proc/loadavg: %q", data)
-	}
-	_, total, ok := strings.Cut(f[3], "/")
-	n, err := strconv.Atoi(total)
-	if !ok || err != nil {
-		return 0, fmt.Errorf("/proc/loadavg: %q", data)
-	}
-	return n, nil
 }
 
 // hostProcesses counts the processes of /proc.

@@ -69,7 +69,7 @@ type scanResult struct {
 	mean       float64 // ns/op (Members only)
 	st         stats   // of single Members() calls, in ns
 	full       stats   // of single AllMembers() calls (the full pass), in ns
-	bulk       stats   // of single bulk lists (what a drain with a signaller follows), in ns
+	list       stats   // of single cgroup lists (what a drain with a signaller follows), in ns
 }
 
 // bench is one benchmark run and its results.
@@ -440,11 +440,11 @@ func (b *bench) stopOnce(ctx context.Context, p *stopPoint, rt string) error {
 	}
 	if nTermed != p.n {
 		var drainNotes []string
-		bulk := 0
+		atOnce := 0
 		if rep.Drain != nil {
-			drainNotes, bulk = rep.Drain.Notes, rep.Drain.Bulk
+			drainNotes, atOnce = rep.Drain.Notes, rep.Drain.AtOnce
 		}
-		b.failf("%s: graceful TERMed %d of %d processes (outcomes %v, notes %q; drain: %d signalled at once, notes %q)", p.name(), nTermed, p.n, outcomes, rep.Notes, bulk, drainNotes)
+		b.failf("%s: graceful TERMed %d of %d processes (outcomes %v, notes %q; drain: %d signalled at once, notes %q)", p.name(), nTermed, p.n, outcomes, rep.Notes, atOnce, drainNotes)
 	}
 	return nil
 }
@@ -602,7 +602,7 @@ func (b *bench) idleCost(ctx context.Context) error {
 
 var (
 	benchLine   = regexp.MustCompile(`^BenchmarkMembers\S*\s+(\d+)\s+([0-9.]+) ns/op`)
-	benchMetric = regexp.MustCompile(`([0-9.]+) ((?:fullpass-|bulk-)?(?:median|min|max))-ns`)
+	benchMetric = regexp.MustCompile(`([0-9.]+) ((?:fullpass-|list-)?(?:median|min|max))-ns`)
 )
 
 // 4. The membership: process.BenchmarkMembers through go test. The benchmark sets up its
@@ -659,8 +659,8 @@ func (b *bench) scanOnce(ctx context.Context, result *scanResult, emulate string
 		result.raw = line
 		result.iterations, _ = strconv.Atoi(m[1])
 		result.mean, _ = strconv.ParseFloat(m[2], 64)
-		// The metrics by prefix: "" Members(), "fullpass-" AllMembers(), "bulk-" the bulk list.
-		byPrefix := map[string]*stats{"": &result.st, "fullpass-": &result.full, "bulk-": &result.bulk}
+		// The metrics by prefix: "" Members(), "fullpass-" AllMembers(), "list-" the cgroup list.
+		byPrefix := map[string]*stats{"": &result.st, "fullpass-": &result.full, "list-": &result.list}
 		for _, mm := range benchMetric.FindAllStringSubmatch(line, -1) {
 			v, _ := strconv.ParseFloat(mm[1], 64)
 			name := mm[2]
@@ -683,8 +683,8 @@ func (b *bench) scanOnce(ctx context.Context, result *scanResult, emulate string
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("go test: %w\n%s", err, strings.Join(output, "\n"))
 	}
-	if result.raw == "" || result.st.median == 0 || result.full.median == 0 || result.bulk.median == 0 {
-		return fmt.Errorf("no BenchmarkMembers result with median-ns, fullpass-median-ns and bulk-median-ns in the output:\n%s", strings.Join(output, "\n"))
+	if result.raw == "" || result.st.median == 0 || result.full.median == 0 || result.list.median == 0 {
+		return fmt.Errorf("no BenchmarkMembers result with median-ns, fullpass-median-ns and list-median-ns in the output:\n%s", strings.Join(output, "\n"))
 	}
 	return nil
 }

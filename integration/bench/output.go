@@ -94,17 +94,17 @@ func (b *bench) rows() []row {
 			micro(st), "— (no tracer)", "—", fmt.Sprintf("≤ %v", tracerTarget), yesNo(st.median <= float64(tracerTarget))})
 	}
 	if b.scan.raw != "" {
-		st, full, bulk := b.scan.st, b.scan.full, b.scan.bulk
-		rows = append(rows, row{fmt.Sprintf("membership of a drain that signals at once (the default for a container with its own PID namespace): one read of the container's cgroup.procs, unconfirmed, since the signaller's `kill(-1)` from inside the namespace reaches exactly the members; %d members + %d in a sibling PID namespace, %d calls", b.cfg.scanN, b.cfg.scanN, bulk.n),
-			millis.cell(bulk), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(bulk.median <= float64(scanTarget))})
+		st, full, list := b.scan.st, b.scan.full, b.scan.list
+		rows = append(rows, row{fmt.Sprintf("membership of a drain that signals at once (the default for a container with its own PID namespace): one read of the container's cgroup.procs, unconfirmed, since the signaller's `kill(-1)` from inside the namespace reaches exactly the members; %d members + %d in a sibling PID namespace, %d calls", b.cfg.scanN, b.cfg.scanN, list.n),
+			millis.cell(list), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(list.median <= float64(scanTarget))})
 		rows = append(rows, row{fmt.Sprintf("… membership confirmed process by process (one `Scope.Members()`: its cgroup, init's and the caller's children, each checked; a drain member by member: a shared PID namespace, or the signaller failed), same host, %d calls", st.n),
 			millis.cell(st), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(st.median <= float64(scanTarget))})
 		rows = append(rows, row{fmt.Sprintf("… the full pass over /proc (one `Scope.AllMembers()`, run aside, off the stop's critical path), same host, %d calls", full.n),
 			millis.cell(full), "— (no scan)", "—", "—", "—"})
 	}
 	if e := b.emulatedScan; e.raw != "" {
-		rows = append(rows, row{fmt.Sprintf("… as on Linux %s (a kernelemu build: each candidate's PID namespace looked up in /proc/PID/ns, not asked of the namespace or the pidfd by ioctl): the bulk list, %d calls", b.cfg.emulate, e.bulk.n),
-			millis.cell(e.bulk), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(e.bulk.median <= float64(scanTarget))})
+		rows = append(rows, row{fmt.Sprintf("… as on Linux %s (a kernelemu build: each candidate's PID namespace looked up in /proc/PID/ns, not asked of the namespace or the pidfd by ioctl): the cgroup list, %d calls", b.cfg.emulate, e.list.n),
+			millis.cell(e.list), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(e.list.median <= float64(scanTarget))})
 		rows = append(rows, row{fmt.Sprintf("… as on Linux %s: membership confirmed process by process (`Scope.Members()`), %d calls", b.cfg.emulate, e.st.n),
 			millis.cell(e.st), "— (no scan)", "—", fmt.Sprintf("≤ %v", scanTarget), yesNo(e.st.median <= float64(scanTarget))})
 		rows = append(rows, row{fmt.Sprintf("… as on Linux %s: the full pass over /proc (`Scope.AllMembers()`), %d calls", b.cfg.emulate, e.full.n),
@@ -239,7 +239,7 @@ func (b *bench) markdown(rows []row) string {
 	if len(b.hostPoints) > 0 {
 		sb.WriteString(b.hostMeasured())
 	}
-	w("- **Membership** (`process.BenchmarkMembers`, `%s`), before the containerd stack starts: a container's PID namespace holding N = %d processes (shells blocked opening a FIFO: quicker to create than sleeps), in a cgroup of its own as a container's is (under `/sys/fs/cgroup/pids`, or `/sys/fs/cgroup` on cgroup v2), while a sibling PID namespace in the caller's cgroup holds N more, on the host's process table as it is; the namespaces are set up once. Each iteration times one `Scope.Members()`, what a drain signalling member by member signals first: the candidates from the container itself (its cgroup's `cgroup.procs` and those of its sub-cgroups, init's children, the caller's children), each confirmed in the namespace, at a cost that grows with the container (this is `ns/op`); then, outside `ns/op`, the bulk list, what a drain that signals the namespace at once follows (the same `cgroup.procs` read in one pass, unconfirmed: the kernel's `kill(-1)` from the signaller inside the namespace reaches exactly the members, and a listed process still there when the list stops shrinking is confirmed then), and one `Scope.AllMembers()`, the full pass over `/proc` that a drain runs once aside, off its critical path, for a process that entered by setns (it looks at every process of the host, and each of the sibling's costs a walk up its namespace's parents). `Members()` and `AllMembers()` must find exactly the N members; the bulk list must hold them, and nothing else but `unshare`, which joined the cgroup before it made the namespace (no member: never reached by `kill(-1)`).\n", b.scan.command, b.cfg.scanN)
+	w("- **Membership** (`process.BenchmarkMembers`, `%s`), before the containerd stack starts: a container's PID namespace holding N = %d processes (shells blocked opening a FIFO: quicker to create than sleeps), in a cgroup of its own as a container's is (under `/sys/fs/cgroup/pids`, or `/sys/fs/cgroup` on cgroup v2), while a sibling PID namespace in the caller's cgroup holds N more, on the host's process table as it is; the namespaces are set up once. Each iteration times one `Scope.Members()`, what a drain signalling member by member signals first: the candidates from the container itself (its cgroup's `cgroup.procs` and those of its sub-cgroups, init's children, the caller's children), each confirmed in the namespace, at a cost that grows with the container (this is `ns/op`); then, outside `ns/op`, the cgroup list, what a drain that signals the namespace at once follows (the same `cgroup.procs` read in one pass, unconfirmed: the kernel's `kill(-1)` from the signaller inside the namespace reaches exactly the members, and a listed process still there when the list stops shrinking is confirmed then), and one `Scope.AllMembers()`, the full pass over `/proc` that a drain runs once aside, off its critical path, for a process that entered by setns (it looks at every process of the host, and each of the sibling's costs a walk up its namespace's parents). `Members()` and `AllMembers()` must find exactly the N members; the cgroup list must hold them, and nothing else but `unshare`, which joined the cgroup before it made the namespace (no member: never reached by `kill(-1)`).\n", b.scan.command, b.cfg.scanN)
 	w("- **Grace accuracy** (%d runs, graceful only): a child `sh -c 'trap \"\" TERM; ...'` that ignores TERM, init `trap \"exit 0\" TERM` with a `sleep 0.01` loop, annotations `grace-period=%v` and `stop-order=children-first`; overshoot = the stop report's `drain.duration_ns − drain.grace_ns` (the drain ends when the SIGKILLed child is seen gone).\n", b.cfg.graceReps, graceAccuracy)
 	w("- **Idle cost** (%d windows): one container per runtime with `sleep 100000` as init, both idle over the same %v window starting 2 s after their start; context switches are `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` summed over `/proc/SHIM/task/*/status`, CPU time is `utime + stime` of `/proc/SHIM/stat` (10 ms ticks) and, finer, the first field of `/proc/SHIM/task/*/schedstat`; the switches are also sampled every second, to count the seconds in which the shim ran at all (a periodic burst shows as one or two active seconds, a polling loop as every second).\n", b.cfg.reps, b.cfg.idle)
 
@@ -280,7 +280,7 @@ func (b *bench) markdown(rows []row) string {
 		w("Client-side stop latency − G (ms): %s\n", msList(summarise(b.graceStop).sorted))
 	}
 	if b.scan.raw != "" {
-		w("\n### Membership\n\n`%s` (`median-ns`, `min-ns`, `max-ns`: `Members()`; `fullpass-*`: `AllMembers()`; `bulk-*`: the bulk list):\n\n```\n%s\n```\n", b.scan.command, b.scan.raw)
+		w("\n### Membership\n\n`%s` (`median-ns`, `min-ns`, `max-ns`: `Members()`; `fullpass-*`: `AllMembers()`; `list-*`: the cgroup list):\n\n```\n%s\n```\n", b.scan.command, b.scan.raw)
 		if e := b.emulatedScan; e.raw != "" {
 			w("\nAs on Linux %s, `%s`:\n\n```\n%s\n```\n", b.cfg.emulate, e.command, e.raw)
 		}

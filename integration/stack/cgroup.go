@@ -97,3 +97,20 @@ func BuildRuncNoCPU(dir string) (string, error) {
 	}
 	return out, nil
 }
+
+// RemoveCgroup removes the cgroup parent (a pod's or a daemon's cgroup parent, which runc leaves
+// once it removed the containers' cgroups below it) in every hierarchy.
+func RemoveCgroup(parent string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
+	if d := filepath.Join("/sys/fs/cgroup", parent); isDir(d) {
+		dirs = append(dirs, d)
+	}
+	for _, d := range dirs {
+		unix.Rmdir(d)
+	}
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}

@@ -195,16 +195,6 @@ var ErrStillRunning = errors.New("task still running")
 // Marker returns the content of /out/name, or "" when the container did not write it.
 func (c *Container) Marker(name string) string { return ReadMarker(c.OutDir, name) }
 
-// ReadMarker returns the content of the file name in a container's /out directory dir (host
-// side), trimmed, or "" when the container did not write it.
-func ReadMarker(dir, name string) string {
-	data, err := os.ReadFile(filepath.Join(dir, name))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(data))
-}
-
 // Delete kills what is left of the task and removes the container and its snapshot.
 func (c *Container) Delete() error {
 	ctx, cancel := context.WithTimeout(containerdNamespace(context.Background()), 30*time.Second)

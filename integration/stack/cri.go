@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -87,18 +86,5 @@ func (s *Stack) ImportInto(ctx context.Context, ns string, archive io.Reader) (c
 // pod sandbox id): processes whose command line names containerd-shim, the stack's Dir and
 // "-id <id>".
 func (s *Stack) ShimPids(id string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("containerd-shim")) || !bytes.Contains(cmdline, []byte(s.Dir)) ||
-			!bytes.Contains(cmdline, []byte("\x00-id\x00"+id+"\x00")) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return Shims(s.Dir, "\x00-id\x00"+id+"\x00")
 }

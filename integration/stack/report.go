@@ -38,10 +38,10 @@ type StopReport struct {
 		// members only it found.
 		HostScanDone  bool `json:"host_scan_done"`
 		HostScanFound int  `json:"host_scan_found"`
-		// Bulk: members signalled at once from inside the PID namespace; Notes: why not, if
+		// AtOnce: members signalled at once from inside the PID namespace; Notes: why not, if
 		// that failed.
-		Bulk  int      `json:"bulk"`
-		Notes []string `json:"notes"`
+		AtOnce int      `json:"at_once"`
+		Notes  []string `json:"notes"`
 		// StopSignal: the stop signal given to the members that handle it instead of the drain
 		// signal.
 		StopSignal string `json:"stop_signal"`

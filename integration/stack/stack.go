@@ -1,7 +1,9 @@
 // Package stack runs a private containerd (with runc and both the stock and the graceful shim) for
 // the integration tests, the demo and the benchmarks: it installs the pinned binaries when missing
 // (install.sh), builds a busybox OCI image without any registry, starts the daemon with its own
-// root, state and sockets, and removes every trace of it again.
+// root, state and sockets, and removes every trace of it again. It also holds what the test
+// environments built on it (packages cri, docker and kube) share: marker files, event
+// subscriptions, helper daemons, the opt-in tools' binaries.
 package stack
 
 import (
@@ -12,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -121,12 +122,7 @@ func StackDir() string {
 }
 
 // ContainerdVersion is the containerd tag the stack runs.
-func ContainerdVersion() string {
-	if v := os.Getenv("CONTAINERD_VERSION"); v != "" {
-		return v
-	}
-	return "v2.4.2"
-}
+func ContainerdVersion() string { return ToolVersion("CONTAINERD_VERSION", "v2.4.2") }
 
 // ConfigVersion is the config.toml version the daemon takes: 3 from containerd 2.0 on, 2 before.
 func ConfigVersion() int {
@@ -355,33 +351,14 @@ func (s *Stack) Close() error {
 
 // killShims SIGKILLs any shim process left whose command line names dir.
 func killShims(dir string) {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("containerd-shim")) || !bytes.Contains(cmdline, []byte(dir)) {
-			continue
-		}
-		var pid int
-		fmt.Sscan(e.Name(), &pid)
+	for _, pid := range Shims(dir) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
 // unmountUnder detaches every mount below dir, deepest first.
 func unmountUnder(dir string) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var targets []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			targets = append(targets, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(targets)))
-	for _, t := range targets {
+	for _, t := range MountsUnder(dir) {
 		unix.Unmount(t, unix.MNT_DETACH)
 	}
 }

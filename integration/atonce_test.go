@@ -20,8 +20,8 @@ import (
 // report. In init-first, init's own shutdown does `kill -HUP -1` (as shutdown scripts do, the
 // children ignore it) while the signaller is already in the namespace: the signaller ignores it
 // too, and the drain still signals at once; init, held, has its children release themselves.
-func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
-	// Enough for the drain to prefer kill(-1) (see process.Scope.SignalsAtOnce) on a host of a few
+func TestDrainSignalsTheNamespaceAtOnce(t *testing.T) {
+	// Enough for the drain to prefer kill(-1) (see decideSignalling in shim/plan.go) on a host of a few
 	// thousand tasks.
 	const children = 150
 	for _, order := range []string{"init-first", "children-first"} {
@@ -41,7 +41,7 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 				waitTrapped(t, c, fmt.Sprintf("c%d", i))
 			}
 			stopExpect(t, c, 30*time.Second, exitOK, exitSIGKILL)
-			r := reports.next(t, c.ID)
+			r := reports.NextReport(t, c.ID)
 			if r.Order != order || r.Drain == nil {
 				t.Fatalf("order %q, drain %v: want %s with a drain", r.Order, r.Drain != nil, order)
 			}
@@ -51,7 +51,7 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 				}
 			}
 			d := r.Drain
-			t.Logf("bulk %d, totals %v, notes %q, took %v", d.Bulk, d.Totals, d.Notes, time.Duration(d.Duration))
+			t.Logf("at once %d, totals %v, notes %q, took %v", d.AtOnce, d.Totals, d.Notes, time.Duration(d.Duration))
 			if len(d.Notes) > 0 {
 				t.Fatalf("the drain fell back: %q", d.Notes)
 			}
@@ -61,8 +61,8 @@ func TestBulkDrainSignalsTheNamespaceAtOnce(t *testing.T) {
 			if want := order == "init-first"; r.InitAutoreap != want {
 				t.Fatalf("init_autoreap %v, want %v (notes %q)", r.InitAutoreap, want, r.Notes)
 			}
-			if d.Bulk < children {
-				t.Fatalf("%d members signalled at once, want at least the %d children", d.Bulk, children)
+			if d.AtOnce < children {
+				t.Fatalf("%d members signalled at once, want at least the %d children", d.AtOnce, children)
 			}
 			for _, p := range d.Processes {
 				if strings.Contains(p.Command, "graceful-hold") || strings.Contains(p.Command, "-signal-all") {
@@ -94,7 +94,7 @@ func findSignallers() []int {
 // anywhere, so that init's exit never waits for it (the kernel's zap waits for every process of
 // the namespace) and `ps` in the container shows only the container's own processes.
 func TestSignallerLeavesOnceItHasSignalled(t *testing.T) {
-	const children = 150 // enough to signal at once (see TestBulkDrainSignalsTheNamespaceAtOnce)
+	const children = 150 // enough to signal at once (see TestDrainSignalsTheNamespaceAtOnce)
 	reports := subscribeReports(t)
 	script := ignoringChild + `sh -c 'trap "echo got-term; exit 0" TERM; echo trapped quick; ` + loop + `' &` + "\n"
 	// A handler that forks: its own sleep, started after its TERM, must not be TERMed (its status
@@ -138,8 +138,8 @@ func TestSignallerLeavesOnceItHasSignalled(t *testing.T) {
 	if got := c.Marker("slow"); got != "0" {
 		t.Fatalf("the forking handler's own sleep ended with status %q, want \"0\" (143: it was TERMed)", got)
 	}
-	r := reports.next(t, c.ID)
-	if r.Drain == nil || r.Drain.Bulk < children || len(r.Drain.Notes) > 0 || !r.Drain.GraceExpired {
+	r := reports.NextReport(t, c.ID)
+	if r.Drain == nil || r.Drain.AtOnce < children || len(r.Drain.Notes) > 0 || !r.Drain.GraceExpired {
 		t.Fatalf("drain %+v: want %d or more members signalled at once, without a fallback, and the ignoring child outlasting the grace period", r.Drain, children)
 	}
 }

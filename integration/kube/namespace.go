@@ -1,0 +1,116 @@
+package kube
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graceful-shim/graceful/integration/stack"
+)
+
+// startNamespace starts the process that holds the private mount and network namespace: /run a
+// tmpfs (with the CRI daemon's directory, for its socket, moved in), /var/lib and /var/log
+// bound from the test's directory, fake sysctl files bound over /proc/sys, loopback and a veth
+// with the node IP.
+func (k *Cluster) startNamespace() error {
+	script := fmt.Sprintf(`set -e
+mkdir -p %[1]s/keep
+mount --bind %[2]s %[1]s/keep
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p %[2]s
+mount --move %[1]s/keep %[2]s
+mount --bind %[1]s/varlib /var/lib
+mount --bind %[1]s/varlog /var/log
+for f in %[1]s/sysctl/*; do mount --bind "$f" /proc/sys/$(basename "$f" | tr . /); done
+ip link set lo up
+ip link add graceful0 type veth peer name graceful0p
+ip link set graceful0 up
+ip link set graceful0p up
+ip addr add %[3]s/24 dev graceful0
+ip route add default dev graceful0
+echo ready
+exec sleep infinity
+`, k.Dir, k.CRI.Stack.Dir, nodeIP)
+	k.holder = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script)
+	k.holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	var stderr bytes.Buffer
+	k.holder.Stderr = &stderr
+	stdout, err := k.holder.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := k.holder.Start(); err != nil {
+		return fmt.Errorf("start the namespace holder: %w", err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		k.holder.Process.Kill()
+		k.holder.Wait()
+		k.holder = nil
+		return fmt.Errorf("set up the private namespace: %q %v\n%s", line, err, stderr.String())
+	}
+	return nil
+}
+
+// startDaemon starts a cluster binary in the private namespace, logging to logs/<name>.log.
+func (k *Cluster) startDaemon(tb testing.TB, name string, args ...string) {
+	tb.Helper()
+	cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(k.holder.Process.Pid), "-m", "-n", "--", "nice", k.bin[name]}, args...)...)
+	d, err := stack.StartDaemon(name, filepath.Join(k.Dir, "logs", name+".log"), cmd, syscall.SIGKILL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k.daemons = append(k.daemons, d)
+}
+
+// waitFor retries check until it succeeds, a daemon exits or the timeout passes.
+func (k *Cluster) waitFor(tb testing.TB, what string, timeout time.Duration, check func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		for _, d := range k.daemons {
+			if exited, exit := d.Exited(0); exited {
+				tb.Fatalf("%s exited (%v) while waiting for %s:\n%s", d.Name, exit, what, k.log(d.Name))
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not ready after %v: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// log returns the tail of the log of the daemon name.
+func (k *Cluster) log(name string) string {
+	for _, d := range k.daemons {
+		if d.Name == name {
+			return d.Log(8000)
+		}
+	}
+	return ""
+}
+
+// Kubectl runs kubectl as the admin in the private network namespace, with stdin when not nil.
+func (k *Cluster) Kubectl(stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(k.holder.Process.Pid), "-n", "--",
+		k.bin["kubectl"], "--kubeconfig", filepath.Join(k.Dir, "pki", "admin.kubeconfig")}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
+	}
+	return string(out), nil
+}
