@@ -449,7 +449,7 @@ func (d *Drainer) examineListed(signalled bool) []*trackedMember {
 		case errors.Is(err, errExited):
 			d.end(pid, t, o)
 		case err != nil: // ErrGone
-			d.recordEnd(pid, m.detail, d.listed.win.From, o)
+			d.endedListed(pid, m, o)
 		default:
 			if signalled {
 				t.signalled = true
@@ -464,8 +464,15 @@ func (d *Drainer) examineListed(signalled bool) []*trackedMember {
 // endListed records that listed member pid ended with outcome o.
 func (d *Drainer) endListed(pid int, o Outcome) {
 	if m := d.listed.remove(pid); m != nil {
-		d.recordEnd(pid, m.detail, d.listed.win.From, o)
+		d.endedListed(pid, m, o)
 	}
+}
+
+// endedListed records the end of m, the member pid no longer followed, with outcome o: signalled
+// (if at all) at once.
+func (d *Drainer) endedListed(pid int, m *listedMember, o Outcome) {
+	d.recordEnd(m.detail, o)
+	d.finished[pid] = finishedPid{gen: d.gen, sigAt: d.listed.win.From}
 }
 
 // listedLeft is how many listed members the drain still follows.

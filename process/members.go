@@ -1,13 +1,11 @@
 package process
 
 import (
-	"time"
-
 	"golang.org/x/sys/unix"
 )
 
 // The members' lifecycle: listed (listfollow.go) or tracked through a pidfd, then ended, with one
-// record of each end (recordEnd).
+// record of each end in the report (recordEnd).
 
 // trackedMember is a member followed through a pidfd of its own.
 type trackedMember struct {
@@ -57,19 +55,8 @@ func (d *Drainer) end(pid int, t *trackedMember, o Outcome) {
 		d.deferred--
 	}
 	delete(d.active, pid)
-	d.recordEnd(pid, t.detail, t.sigAt, o)
-}
-
-// recordEnd records that member pid, with report entry detail (-1: counted only) and signalled
-// at sigAt (0: not), ended with outcome o: every end of a member, listed or tracked, comes here.
-func (d *Drainer) recordEnd(pid, detail int, sigAt int64, o Outcome) {
-	d.report.Totals[o]++
-	if detail >= 0 {
-		p := &d.report.Processes[detail]
-		p.Outcome = o
-		p.After = time.Since(d.report.Started)
-	}
-	d.finished[pid] = finishedPid{gen: d.gen, sigAt: sigAt}
+	d.recordEnd(t.detail, o)
+	d.finished[pid] = finishedPid{gen: d.gen, sigAt: t.sigAt}
 	if len(d.finished) >= d.pruneAt {
 		if pids, err := allPIDs(); err == nil {
 			d.prune(pids)

@@ -140,9 +140,9 @@ func (d *Drainer) finish(o Outcome) *Report {
 			d.endListed(pid, o)
 		}
 	}
-	for pid := range d.unopened {
+	for range d.unopened {
 		// Never opened, so never signalled nor killed: the kernel's SIGKILL will end them.
-		d.recordEnd(pid, -1, 0, o)
+		d.recordEnd(-1, o)
 	}
 	d.unopened = map[int]unix.Signal{}
 	if d.spared > 0 {
@@ -153,4 +153,15 @@ func (d *Drainer) finish(o Outcome) *Report {
 	d.report.Processes = slices.DeleteFunc(d.report.Processes, func(p ProcessReport) bool { return p.Pid == 0 })
 	d.report.Duration = time.Since(d.report.Started)
 	return d.report
+}
+
+// recordEnd records in the report that a member with report entry detail (-1: counted only)
+// ended with outcome o: every end of a member, listed, tracked or never opened, comes here.
+func (d *Drainer) recordEnd(detail int, o Outcome) {
+	d.report.Totals[o]++
+	if detail >= 0 {
+		p := &d.report.Processes[detail]
+		p.Outcome = o
+		p.After = time.Since(d.report.Started)
+	}
 }

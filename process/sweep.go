@@ -145,7 +145,7 @@ func (d *Drainer) retryUnopened() {
 			continue
 		}
 		if _, again := d.unopened[pid]; !again {
-			d.recordEnd(pid, -1, 0, AlreadyExited)
+			d.recordEnd(-1, AlreadyExited)
 		}
 	}
 }
