@@ -114,3 +114,43 @@ func TestDrainAtOnceSurvivesAFailedListRead(t *testing.T) {
 		t.Fatalf("drain %v, killed %d: want it to wait for the members' 0.5 s handlers", report.Duration, report.Count(Killed))
 	}
 }
+
+// A member that could not be opened at first and has exited by the time it is opened again is
+// counted once, as exited before the drain's signal. Before, the retry counted it twice.
+func TestMemberFoundExitedOnRetryIsCountedOnce(t *testing.T) {
+	// init's background sleep exits after 0.3 s and, init having exec'd a sleep that never
+	// waits, stays a zombie: a member that has exited.
+	ns := startNamespace(t, "sleep 0.3 & echo ready; exec sleep 1000")
+	scope := ns.scope(t)
+	members, err := scope.Members()
+	if err != nil || len(members) != 1 {
+		t.Fatalf("members %v (%v), want the one sleep", members, err)
+	}
+	target := members[0]
+	h, err := Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var refused atomic.Int32
+	open := pidfdOpen
+	pidfdOpen = func(pid int, flags int) (int, error) {
+		if pid == target && !h.Exited() {
+			refused.Add(1)
+			return -1, unix.EMFILE
+		}
+		return open(pid, flags)
+	}
+	t.Cleanup(func() { pidfdOpen = open })
+	report := Drain(context.Background(), scope, DrainConfig{Signal: unix.SIGTERM, KillWait: testKillWait, KillSweeps: testKillSweeps}, 10*time.Second)
+	if refused.Load() == 0 {
+		t.Fatal("the injected failure was never hit: the test proves nothing")
+	}
+	total := 0
+	for _, n := range report.Totals {
+		total += n
+	}
+	if total != 1 || report.Count(AlreadyExited) != 1 {
+		t.Fatalf("totals %v: want the one member, counted once as %s", report.Totals, AlreadyExited)
+	}
+}

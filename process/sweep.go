@@ -141,10 +141,14 @@ func (d *Drainer) retryUnopened() {
 		if d.phaseSig != 0 {
 			sig = d.phaseSig
 		}
+		_, wasEnded := d.finished[pid]
 		if d.track(pid, sig) {
 			continue
 		}
-		if _, again := d.unopened[pid]; !again {
+		_, again := d.unopened[pid]
+		if _, ended := d.finished[pid]; !again && (wasEnded || !ended) {
+			// Gone, or its PID another's: it ended without the drain's signal. (One found
+			// exited, track has ended and counted.)
 			d.recordEnd(-1, AlreadyExited)
 		}
 	}
