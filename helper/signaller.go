@@ -108,7 +108,7 @@ func signalAll(sig unix.Signal) (from, to int64, err error) {
 // kill is kill(2), where ESRCH (nothing to signal) is no error.
 func kill(pid int, sig unix.Signal) error {
 	if err := unix.Kill(pid, sig); err != nil && err != unix.ESRCH {
-		return fmt.Errorf("kill(%d, %s): %w", pid, unix.SignalName(sig), err)
+		return fmt.Errorf("kill(%d, %s): %w", pid, signalName(sig), err)
 	}
 	return nil
 }
@@ -129,4 +129,12 @@ func ParseSignalled(line string) (from, to int64, err error) {
 		return 0, 0, fmt.Errorf("signaller: unexpected answer %q", line)
 	}
 	return from, to, nil
+}
+
+// signalName is sig's name, or its number for one unix.SignalName does not name (real-time).
+func signalName(sig unix.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	return "signal " + strconv.Itoa(int(sig))
 }

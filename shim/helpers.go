@@ -72,6 +72,7 @@ func startHelper(cmd *exec.Cmd) (in io.WriteCloser, out *os.File, done <-chan st
 	}
 	out, w, err := os.Pipe()
 	if err != nil {
+		in.Close()
 		return nil, nil, nil, fmt.Errorf("output pipe: %w", err)
 	}
 	cmd.Stdout = w

@@ -120,21 +120,27 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
 		}
 	}
-	var recorded <-chan recordedSignal
+	var recorded *stopSignalLookup
 	if !settings.Policy.Passthrough && !settings.Policy.StopSignalsSet {
 		recorded = lookupStopSignal(s.containerdAddress, s.namespace, r.ID)
 	}
 	if settings.Policy.Init {
 		if err := wrapWithInit(r.Bundle, settings.Policy.InitPath, InitCopyDir); err != nil {
+			if recorded != nil {
+				recorded.stop()
+			}
 			return nil, errgrpc.ToGRPC(fmt.Errorf("graceful: container %s: %w: %w", r.ID, err, errdefs.ErrFailedPrecondition))
 		}
 	}
 	resp, err := s.TTRPCTaskService.Create(ctx, r)
 	if err != nil {
+		if recorded != nil {
+			recorded.stop()
+		}
 		return nil, err
 	}
 	if recorded != nil {
-		rs := <-recorded
+		rs := recorded.result(ctx)
 		if rs.Error != "" {
 			log.G(ctx).WithField("id", r.ID).Warnf("graceful: cannot read the container's recorded stop signal: %s", rs.Error)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -57,20 +58,27 @@ func StopSignalMain(args []string, out io.Writer) int {
 	return 0
 }
 
-// lookupStopSignal starts the lookup of container id's recorded stop signal in a process of its
-// own (StopSignalMain) and returns where its outcome comes, at most stopSignalLookupTimeout and a
-// second later. Create overlaps it with runc's create.
-func lookupStopSignal(address, ns, id string) <-chan recordedSignal {
-	ch := make(chan recordedSignal, 1)
+// stopSignalLookup is a lookup of a container's recorded stop signal running in a process of its
+// own (StopSignalMain).
+type stopSignalLookup struct {
+	outcome chan recordedSignal // gets one value
+	cancel  chan struct{}       // closed to end the lookup early
+	once    sync.Once
+}
+
+// lookupStopSignal starts the lookup of container id's recorded stop signal; Create overlaps it
+// with runc's create. The outcome comes at most stopSignalLookupTimeout and a second later.
+func lookupStopSignal(address, ns, id string) *stopSignalLookup {
+	l := &stopSignalLookup{outcome: make(chan recordedSignal, 1), cancel: make(chan struct{})}
 	if address == "" {
-		ch <- recordedSignal{Error: "no containerd address"}
-		return ch
+		l.outcome <- recordedSignal{Error: "no containerd address"}
+		return l
 	}
 	cmd := lookupCommand(address, ns, id)
 	in, out, done, err := startHelper(cmd)
 	if err != nil {
-		ch <- recordedSignal{Error: fmt.Sprintf("start the lookup: %v", err)}
-		return ch
+		l.outcome <- recordedSignal{Error: fmt.Sprintf("start the lookup: %v", err)}
+		return l
 	}
 	in.Close()
 	go func() {
@@ -83,17 +91,35 @@ func lookupStopSignal(address, ns, id string) <-chan recordedSignal {
 			}
 			decoded <- r
 		}()
+		limit := stopSignalLookupTimeout + time.Second
 		select {
 		case r := <-decoded:
-			ch <- r
-		case <-time.After(stopSignalLookupTimeout + time.Second):
+			l.outcome <- r
+		case <-time.After(limit):
 			cmd.Process.Kill()
-			ch <- recordedSignal{Error: fmt.Sprintf("the lookup did not answer within %s", stopSignalLookupTimeout+time.Second)}
+			l.outcome <- recordedSignal{Error: fmt.Sprintf("the lookup did not answer within %s", limit)}
+		case <-l.cancel:
+			cmd.Process.Kill()
+			l.outcome <- recordedSignal{Error: "the lookup was cancelled"}
 		}
 		<-done
 	}()
-	return ch
+	return l
 }
+
+// result waits for the lookup's outcome, or for ctx to end, which ends the lookup.
+func (l *stopSignalLookup) result(ctx context.Context) recordedSignal {
+	select {
+	case r := <-l.outcome:
+		return r
+	case <-ctx.Done():
+		l.stop()
+		return recordedSignal{Error: fmt.Sprintf("the lookup was cut short: %v", ctx.Err())}
+	}
+}
+
+// stop ends the lookup, if it still runs, without waiting for it.
+func (l *stopSignalLookup) stop() { l.once.Do(func() { close(l.cancel) }) }
 
 // recordedStopSignal asks containerd (gRPC at address) for the stop signal that a client recorded
 // for container id in namespace ns, and says where it was found. It returns 0 when none is.
