@@ -24,18 +24,11 @@ const (
 	Signalled = "signalled"
 )
 
-// SignallerMain runs a signaller (graceful-hold -signal-all NS): NS is the inode of the PID
-// namespace it must be in, which it checks before anything else, so that kill(-1) never runs in
-// the wrong namespace (in the host's it would signal every process on the machine). It then reads
-// signal numbers, one per line, from in, and answers each on out with Signalled or Failed.
-// It serves one signal: it returns once it has answered Signalled, or at EOF. As a process of
-// the namespace it must be gone before the namespace's init can finish exiting (the kernel's zap
-// waits for every process in it), so it does not wait for the caller to let it go.
-//
-// Once in its namespace, it makes itself non-dumpable, so that the container's processes, which see it in
-// their /proc while it lives, cannot reach its files or memory without CAP_SYS_PTRACE in the
-// host's user namespace, and it ignores the signals that a container's own shutdown (kill -TERM -1)
-// would send it.
+// SignallerMain runs a signaller (graceful-hold -signal-all NS). It first checks that it is in the
+// PID namespace of inode NS, so kill(-1) never runs in the host's, then reads signal numbers from
+// in and answers on out with Failed, or Signalled and returns: it must be gone before the
+// namespace's init can finish exiting. It makes itself non-dumpable (the container sees it in
+// /proc) and ignores the signals a container's own shutdown (kill -TERM -1) would send it.
 func SignallerMain(args []string, in io.Reader, out io.Writer) int {
 	if len(args) != 1 {
 		fmt.Fprintf(out, "%s usage: graceful-hold %s NS\n", Failed, SignallerArg)
@@ -93,8 +86,7 @@ func inNamespace(want uint64) error {
 	return nil
 }
 
-// signalAll is kill(-1, sig) and kill(-1, SIGCONT), timed in CLOCK_MONOTONIC nanoseconds (the
-// clock of the drain's fork watch).
+// signalAll is kill(-1, sig) then SIGCONT, timed in CLOCK_MONOTONIC ns (the fork watch's clock).
 func signalAll(sig unix.Signal) (from, to int64, err error) {
 	from = monotonicNow()
 	err = kill(-1, sig)
@@ -113,7 +105,6 @@ func kill(pid int, sig unix.Signal) error {
 	return nil
 }
 
-// monotonicNow is CLOCK_MONOTONIC in nanoseconds.
 func monotonicNow() int64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)

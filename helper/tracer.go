@@ -23,57 +23,32 @@ const (
 	Exiting = "exiting"
 	// Failed prefixes a fatal error; the tracer exits after it, which releases init.
 	Failed = "error"
-	// Autoreap: init, entering its exit syscall, was made to ignore SIGCHLD first (autoreap),
-	// so that the children that die while it is held release themselves.
+	// Autoreap: init, entering its exit syscall, was made to ignore SIGCHLD, so that children
+	// dying while it is held reap themselves.
 	Autoreap = "autoreap"
 	// AutoreapFailed prefixes why that could not be done; the hold goes on without it.
 	AutoreapFailed = "autoreap-failed"
 )
 
-// autoreapSyscallBudget bounds the syscall stops a tracer spends waiting for init's exit
-// syscall after init got a signal: an init whose handler makes more syscalls than this is left
-// to run untraced (and its children to be reaped by the kernel's zap), so a long shutdown is
-// not slowed down by two ptrace stops per syscall.
+// autoreapSyscallBudget bounds the syscall stops spent following a signalled init to its exit.
 const autoreapSyscallBudget = 512
 
 // TracerPidfd is the descriptor on which a tracer process receives init's pidfd.
 const TracerPidfd = 3
 
-// RunTracer traces every thread of process pid (PTRACE_SEIZE with PTRACE_O_TRACEEXIT and
-// PTRACE_O_TRACECLONE) and holds the process when it starts to exit, inside the kernel's exit path
-// and before exit_notify, so that while it is held the rest of its PID namespace is still alive and
-// can be drained. Every signal-delivery-stop is passed straight through.
+// RunTracer traces every thread of process pid and holds the last live one at its exit stop,
+// before exit_notify, so that the rest of its PID namespace is still alive to be drained. Signals
+// pass straight through; pidfd is checked after the seize, so a recycled PID is never held. A
+// signalled single-threaded init is followed to its exit syscall and autoreaped first (autoreap).
 //
-// pidfd refers to the process: it is checked after every thread is seized, so that a PID recycled
-// since the caller checked it is never held (a live process keeps its PID, so a pidfd that still
-// refers to a live process numbered pid proves the seized threads are that process's).
-//
-// A thread that ends on its own (pthread_exit, a Go thread ended by its runtime) while other
-// threads live on is let go at once: only the last live thread of the process is held, since
-// only its exit lets the kernel zap the namespace.
-//
-// A single-threaded init that gets a signal is followed syscall by syscall (at most
-// autoreapSyscallBudget of them) until its exit syscall, which is turned into an autoreap first:
-// see autoreap.
-//
-// It writes Attached once all threads are traced and Exiting when the last thread stops
-// at exit, each on its own line to out. When in yields a line "release" or reaches EOF, the
-// process running it exits with status 0 at once (never in the middle of an injected syscall):
-// the tracer's death makes the kernel detach and release every thread, sooner than waking the
-// tracing thread from its wait would. RunTracer itself returns only on an error, or once no
-// traced thread is left. It must run in a process of its own, as that process's main: ptrace
-// stops are reported through wait, which the caller must not share with another reaper. If the
-// process running it dies, the kernel detaches all the same.
-//
-// The tracing thread blocks in wait4 itself, rather than waiting for SIGCHLD: each ptrace stop
-// then costs one wake-up of that thread instead of a signal handler, a goroutine and a channel
-// (a single-threaded init followed to its exit makes about ten stops between its signal and its
-// hold).
+// It writes Attached, then Exiting, to out. When in yields "release" or EOF the process exits at
+// once (never mid-injection) and the kernel detaches every thread; RunTracer returns only on an
+// error or once no thread is left. It must be the main of a process of its own: ptrace stops come
+// through wait4, which the tracing thread blocks in.
 func RunTracer(pid, pidfd int, in io.Reader, out io.Writer) error {
 	raiseHelperPriority() // and every ptrace request must come from the tracing thread
 	gate := &releaseGate{}
-	// No exit before the attach is reported, or undone by the error: busy before the reader can
-	// see an EOF (an input closed at once).
+	// Busy until the attach is reported, so an input closed at once cannot exit first.
 	gate.busy(true)
 	go func() {
 		sc := bufio.NewScanner(in)
@@ -98,9 +73,7 @@ func RunTracer(pid, pidfd int, in io.Reader, out io.Writer) error {
 	return nil // every thread is gone: nothing left to hold
 }
 
-// releaseGate ends the tracer's process on release, unless the tracing thread is in the middle of
-// something that must not be cut short (an injected syscall, whose registers are still to be put
-// back): then the tracing thread ends the process once it is done.
+// releaseGate ends the process on release, deferred while an injected syscall is in flight.
 type releaseGate struct {
 	mu       sync.Mutex
 	released bool
@@ -116,8 +89,7 @@ func (g *releaseGate) release() {
 	}
 }
 
-// busy marks the start (true) or the end (false) of work that release must wait for; a release
-// that came meanwhile takes effect at its end.
+// busy marks the start or end of work release must wait for; a deferred release acts at its end.
 func (g *releaseGate) busy(b bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -137,15 +109,13 @@ type tracer struct {
 
 	// cloned: init started a thread since it was traced, so it is not followed syscall by syscall.
 	cloned bool
-	// followSyscalls: init got a signal and is resumed with PTRACE_SYSCALL until its exit syscall
-	// or until syscallBudget runs out.
+	// followSyscalls: init is resumed with PTRACE_SYSCALL until its exit syscall or the budget.
 	followSyscalls bool
 	syscallBudget  int
 	// autoreap is the injected rt_sigaction in flight, till its exit stop.
 	autoreap *autoreap
-	// restarted is the thread sent back to its exit syscall after the injection: a signal that
-	// would reach it on the way (one that came meanwhile) is not delivered, since init never
-	// returns from that syscall to run a handler.
+	// restarted is the thread sent back to its exit syscall after the injection: a signal on the
+	// way is not delivered, since init never returns from that syscall to run a handler.
 	restarted int
 	// gate holds a release back while autoreap is in flight.
 	gate *releaseGate
@@ -221,8 +191,7 @@ func (h *tracer) attach() error {
 	}
 }
 
-// follow handles every ptrace stop and thread exit, blocking in wait4 on the tracing thread,
-// until no traced thread is left.
+// follow handles every ptrace stop and thread exit until no traced thread is left.
 func (h *tracer) follow() {
 	for {
 		var ws unix.WaitStatus
@@ -286,17 +255,13 @@ func (h *tracer) stopped(tid int, ws unix.WaitStatus) {
 			return
 		}
 		if tid == h.restarted {
-			// Pending when the injected syscall returned: init asked to exit before it came,
-			// and a handler run now would run with SIGCHLD ignored (one that waits for its
-			// children would wait for ever). It is dropped, as the exit would have dropped it.
+			// Pending when the injected syscall returned: a handler would now run with SIGCHLD
+			// ignored (and might wait for ever), so it is dropped, as the exit would drop it.
 			unix.PtraceCont(tid, 0)
 			return
 		}
-		// A signal-delivery-stop: deliver the signal as if nobody were tracing. From the first
-		// signal on (the stop signal, normally), a single-threaded init is followed to its exit.
-		// SIGCHLD is not such a signal: during a children-first drain init gets one as its
-		// children die, long before it is asked to stop, and following it then would slow its
-		// reaping by two ptrace stops a syscall (a drain of 1 000 took 20 ms longer).
+		// A signal-delivery-stop: pass it on. From the first signal other than SIGCHLD (which a
+		// children-first drain sends early), a single-threaded init is followed to its exit.
 		if autoreapImplemented && h.singleThreaded() && h.syscallBudget > 0 && sig != unix.SIGCHLD {
 			h.followSyscalls = true
 		}
@@ -306,17 +271,13 @@ func (h *tracer) stopped(tid int, ws unix.WaitStatus) {
 	}
 }
 
-// InjectionHook, when set (by tests only), runs in the tracer right after an autoreap
-// injection is set up and before the traced thread runs it: a test delays it there, or makes a
-// signal pending.
+// InjectionHook, when set (tests only), runs right after an autoreap injection is set up.
 var InjectionHook func(tid int)
 
 // singleThreaded reports whether init has had one thread since it was traced: only such an init
-// is followed to its exit syscall (another thread would go on running user code in a process
-// that ignores SIGCHLD).
+// is autoreaped (another thread would run on in a process that ignores SIGCHLD).
 func (h *tracer) singleThreaded() bool { return !h.cloned && len(h.threads) == 1 }
 
-// resume lets tid run on, to its next syscall stop while init is followed.
 func (h *tracer) resume(tid, sig int) {
 	if h.followSyscalls {
 		unix.PtraceSyscall(tid, sig)
@@ -325,8 +286,7 @@ func (h *tracer) resume(tid, sig int) {
 	unix.PtraceCont(tid, sig)
 }
 
-// syscallStop handles a syscall-entry or -exit stop of a followed init: the exit syscall is
-// turned into an autoreap, then into itself again (autoreap).
+// syscallStop handles a followed init's syscall stops, turning its exit syscall into an autoreap.
 func (h *tracer) syscallStop(tid int) {
 	if a := h.autoreap; a != nil {
 		h.autoreap, h.followSyscalls = nil, false
@@ -344,8 +304,7 @@ func (h *tracer) syscallStop(tid int) {
 	}
 	info, err := getSyscallInfo(tid)
 	if err == nil && !canAutoreap(info) {
-		// An init of another architecture (a 32-bit one) never makes an exit syscall this
-		// tracer can rewrite: following it would only cost two stops a syscall.
+		// A 32-bit init's exit syscall cannot be rewritten: stop following it.
 		h.followSyscalls = false
 		h.resume(tid, 0)
 		return
@@ -353,8 +312,7 @@ func (h *tracer) syscallStop(tid int) {
 	if err == nil && info.Op == unix.PTRACE_SYSCALL_INFO_ENTRY && isExitSyscall(info) && h.singleThreaded() {
 		h.followSyscalls = false
 		if err := seccompAllowsAutoreap(tid, info); err != nil {
-			// A seccomp filter that traps or kills on rt_sigaction would turn the exit into a
-			// SIGSYS: init exits as it asked, its children reaped by the kernel's zap.
+			// A seccomp filter on rt_sigaction would turn the exit into a SIGSYS: no autoreap.
 			fmt.Fprintf(h.out, "%s %v\n", AutoreapFailed, err)
 			h.resume(tid, 0)
 			return
@@ -378,9 +336,8 @@ func (h *tracer) syscallStop(tid int) {
 	h.resume(tid, 0)
 }
 
-// othersLive reports whether a traced thread other than tid is alive and not dying. A process
-// that exits as a whole (exit_group, a fatal signal) queues SIGKILL for every other thread first,
-// so at the exit stop of its last thread no other thread counts as live.
+// othersLive reports whether a traced thread other than tid is alive and not dying. A whole-process
+// exit (exit_group, fatal signal) first queues SIGKILL for every other thread, so none counts then.
 func (h *tracer) othersLive(tid int) bool {
 	for t := range h.threads {
 		if t != tid && !h.exitLetGo[t] && threadLive(h.pid, t) {
@@ -393,8 +350,7 @@ func (h *tracer) othersLive(tid int) bool {
 // pfExiting is PF_EXITING in a task's flags (/proc/PID/stat field 9).
 const pfExiting = 0x4
 
-// threadLive reports whether thread tid of process pid runs on: it exists, is not a zombie, has
-// not begun to exit and has no SIGKILL pending.
+// threadLive reports whether thread tid of pid runs on: no zombie, not exiting, no SIGKILL pending.
 func threadLive(pid, tid int) bool {
 	fields, ok := procfs.StatFields(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
 	if !ok || len(fields) < 7 || fields[0] == "Z" || fields[0] == "X" {
@@ -408,9 +364,8 @@ func threadLive(pid, tid int) bool {
 }
 
 // seizedAlready explains an EPERM from seizing tid, a thread of init. traced: the calling thread
-// (every ptrace request comes from it) traces tid already, as it does a thread that a seized
-// thread started (PTRACE_O_TRACECLONE attaches it), which a second PTRACE_SEIZE refuses.
-// exiting: tid has exited or is exiting, which PTRACE_SEIZE refuses too.
+// traces tid already (PTRACE_O_TRACECLONE attached it when a seized thread started it). exiting:
+// tid has exited or is exiting, which PTRACE_SEIZE refuses too.
 func (h *tracer) seizedAlready(tid int) (traced, exiting bool) {
 	st, err := procfs.ReadStatus(tid)
 	if err != nil {
@@ -422,7 +377,6 @@ func (h *tracer) seizedAlready(tid int) (traced, exiting bool) {
 	return st.TracerPid == unix.Gettid(), st.State == 'Z' || st.State == 'X'
 }
 
-// threadOf reports whether tid is a thread of process pid.
 func threadOf(tid, pid int) bool {
 	st, err := procfs.ReadStatus(tid)
 	return err == nil && st.Tgid == pid

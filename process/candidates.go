@@ -15,18 +15,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The drain finds a container's processes from the container itself, at a cost that grows with
-// the container and not with the host: the processes in the container's cgroup (cgroup.procs, and
-// that of every cgroup below it), init's children and the caller's (the shim's) children, which
-// are the exec'd processes. Each candidate is still confirmed (see Scope.member) before it is
-// signalled. What this misses, a process that entered the PID namespace by setns and is in none
-// of these, is found by one full pass over /proc (Scope.scanAll), run once the candidates are
-// signalled.
+// The drain finds a container's processes from the container itself, at a cost that grows with the
+// container: its cgroup tree's processes, init's children and the shim's (the exec'd processes).
+// Each is confirmed (Scope.member) before it is signalled; a process that entered the PID namespace
+// by setns from elsewhere is left to the full pass over /proc (hostscan.go).
 
-// candidateDir returns the directory of the container's cgroup to list candidates from ("" when
-// there is none): for a PID-namespace scope, init's cgroup on the first hierarchy that tells the
-// container apart from the host (the unified one preferred); for a cgroup scope, that of the
-// hierarchies it checks membership on.
+// candidateDir returns the container's cgroup directory to list candidates from ("" if none):
+// init's cgroup on the first hierarchy of entries, the unified one preferred.
 func candidateDir(entries []cgroupEntry) string {
 	mounts := cgroupMounts()
 	best := ""
@@ -46,9 +41,8 @@ func candidateDir(entries []cgroupEntry) string {
 	return best
 }
 
-// pidsCounterFile returns the pids.current file of the container's cgroup among entries (its
-// tasks, threads included, counted by the pids controller, of the cgroup and those below it), ""
-// when no pids controller counts them.
+// pidsCounterFile returns the pids.current file of the container's cgroup (the tasks of its tree,
+// threads included), "" when no pids controller counts them.
 func pidsCounterFile(entries []cgroupEntry) string {
 	mounts := cgroupMounts()
 	for _, e := range entries {
@@ -68,9 +62,8 @@ func pidsCounterFile(entries []cgroupEntry) string {
 	return ""
 }
 
-// candidates returns the PIDs that may be members, read from the container itself (possibly with
-// repeats, and with init). ok is false when the scope has no cgroup to list: the caller must then
-// read the whole process table instead.
+// candidates returns the PIDs that may be members, with repeats and init. ok is false when the
+// scope has no cgroup to list: the caller must then read the whole process table.
 func (s *Scope) candidates() (pids []int, ok bool) {
 	if s.cgroupDir == "" {
 		return nil, false
@@ -84,20 +77,17 @@ func (s *Scope) candidates() (pids []int, ok bool) {
 	return pids, true
 }
 
-// appendCgroupProcs appends the processes of cgroup dir and of every cgroup below it. It reports
-// false when they cannot all be read (the cgroup is gone, or is not a cgroup directory).
+// appendCgroupProcs is listCgroupProcs, reporting false when not every list could be read.
 func appendCgroupProcs(pids []int, dir string) ([]int, bool) {
 	pids, err := readCgroupTree(pids, dir)
 	return pids, err == nil
 }
 
-// readCgroupTree is listCgroupProcs, through which every read of a container's processes goes (a
-// test injects its failures here).
+// readCgroupTree is listCgroupProcs (a test injects its failures here).
 var readCgroupTree = listCgroupProcs
 
-// listCgroupProcs appends the processes of cgroup dir and of every cgroup below it. Its error
-// wraps fs.ErrNotExist when dir is gone (and so is every process of it); any other error (too many
-// open files, no memory) says nothing about the processes, which may all still be there.
+// listCgroupProcs appends the processes of cgroup dir's tree. Its error wraps fs.ErrNotExist when
+// dir is gone; any other (too many open files) says nothing of the processes.
 func listCgroupProcs(pids []int, dir string) ([]int, error) {
 	pids, err := appendFileInts(pids, filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
@@ -124,8 +114,7 @@ func appendChildren(pids []int, pid int) []int {
 	return append(pids, children...)
 }
 
-// childrenOf lists the children of process pid. A child is listed under the thread that forked
-// it, so every thread's children file is read.
+// childrenOf lists pid's children from every thread's file: a child is under its forking thread.
 func childrenOf(pid int) ([]int, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
 	f, err := os.Open(dir)
@@ -160,8 +149,7 @@ func appendInts(pids []int, data []byte) []int {
 	return pids
 }
 
-// listBufSize is the read size for PID lists: a kernel seq_file (cgroup.procs, children) renders
-// its content again for every read, so one large read costs a fraction of os.ReadFile's small ones.
+// listBufSize is the read size for PID lists: a seq_file renders its content anew at each read.
 const listBufSize = 64 << 10
 
 var listBufs = sync.Pool{New: func() any { b := make([]byte, listBufSize); return &b }}
@@ -208,16 +196,14 @@ var (
 	mounts     mountTable
 )
 
-// cgroupMounts returns the caller's cgroup mounts, read once from /proc/self/mountinfo (the shim's
-// mounts do not change while it runs).
+// cgroupMounts returns the caller's cgroup mounts, read once (the shim's mounts do not change).
 func cgroupMounts() mountTable {
 	mountsOnce.Do(func() { mounts = readCgroupMounts("/proc/self/mountinfo") })
 	return mounts
 }
 
-// readCgroupMounts parses a mountinfo file for the cgroup mounts whose root is the hierarchy's
-// root (a mount of a sub-cgroup, as in a cgroup namespace, cannot be joined with the paths of
-// /proc/PID/cgroup) and that can be read.
+// readCgroupMounts parses mountinfo for the readable cgroup mounts of a hierarchy's root (a
+// sub-cgroup's mount, as in a cgroup namespace, cannot be joined with /proc/PID/cgroup paths).
 func readCgroupMounts(path string) mountTable {
 	t := mountTable{v1: map[string]string{}}
 	f, err := os.Open(path)
@@ -240,8 +226,7 @@ func readCgroupMounts(path string) mountTable {
 		if tail[0] != "cgroup2" && tail[0] != "cgroup" {
 			continue
 		}
-		// A later mount may hide an earlier one (cgroup2 mounted over /sys/fs/cgroup hides
-		// /sys/fs/cgroup/unified): the last one that can be read wins.
+		// A later mount may hide an earlier one (cgroup2 over /sys/fs/cgroup): last readable wins.
 		if _, err := os.Stat(filepath.Join(point, "cgroup.procs")); err != nil {
 			continue
 		}

@@ -21,14 +21,12 @@ type Disposition string
 const (
 	// Caught: the process has a handler for the signal (SigCgt).
 	Caught Disposition = "caught"
-	// Sigwait: a thread waits for the signal in rt_sigtimedwait (sigwait, sigwaitinfo,
-	// sigtimedwait: tini's loop), with the signal in the set it passed. While it waits the kernel
-	// takes the set out of its blocked mask, so /proc shows the signal neither caught nor blocked.
+	// Sigwait: a thread waits for the signal in rt_sigtimedwait (tini). The kernel unblocks the
+	// waited set meanwhile, so /proc shows the signal neither caught nor blocked.
 	Sigwait Disposition = "sigwait"
 	// Signalfd: the signal is blocked and a signalfd of the process reads it (catatonit).
 	Signalfd Disposition = "signalfd"
-	// Blocked: the signal is blocked, so it stays pending until the process takes it (a sigwait
-	// loop between two waits, or a shell around a fork).
+	// Blocked: the signal is blocked, so it stays pending until the process takes it.
 	Blocked Disposition = "blocked"
 	// Ignored: the signal is explicitly ignored.
 	Ignored Disposition = "ignored"
@@ -36,27 +34,21 @@ const (
 	Default Disposition = "default"
 )
 
-// Handles reports whether a process with this disposition acts on the signal: it is caught,
-// awaited, read from a signalfd or left pending for the process to take.
+// Handles reports whether the process acts on the signal: caught, awaited, read or left pending.
 func (d Disposition) Handles() bool {
 	return d == Caught || d == Sigwait || d == Signalfd || d == Blocked
 }
 
-// ReadDisposition reads how process pid will treat sig if it is sent now, as the kernel decides
-// it: a signal sent to a process is checked against its main thread's masks (a PID 1 drops it
-// unless that thread blocks it, is waiting for it, or a handler is installed), then delivered to
-// a thread that does not block it, or left pending for one that waits for it.
+// ReadDisposition reads how pid will treat sig if it is sent now, as the kernel decides: against
+// the main thread's masks first (a PID 1 drops sig unless that thread blocks it, waits for it, or
+// a handler is installed), then delivered to a thread that does not block it.
 //
-//   - caught: a handler is installed (for every thread).
-//   - sigwait: a thread is blocked in rt_sigtimedwait with sig in its set, read from
-//     /proc/PID/task/TID/syscall and the set from the process's memory; it counts when that
-//     thread is the main thread, or the main thread blocks sig (else the kernel would drop sig
-//     at a PID 1 before any thread could take it).
-//   - signalfd: the main thread blocks sig and a signalfd of the process has it in its mask
-//     (/proc/PID/fdinfo).
-//   - blocked: the main thread blocks sig; shells block every signal for a moment around a
-//     fork, so a signal seen only as blocked is sampled again for up to blockedPatience before
-//     it counts.
+//   - caught: a handler is installed.
+//   - sigwait: a thread waits in rt_sigtimedwait with sig in its set, and it is the main thread
+//     or the main thread blocks sig.
+//   - signalfd: the main thread blocks sig and a signalfd of the process has it in its mask.
+//   - blocked: the main thread blocks sig; resampled for up to blockedPatience first, as shells
+//     block every signal around a fork.
 //   - ignored, default: otherwise.
 func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
 	start := time.Now()
@@ -76,13 +68,11 @@ func ReadDisposition(pid int, sig unix.Signal) (Disposition, error) {
 	}
 }
 
-// blockedPatience is how long ReadDisposition samples a signal seen only as blocked: a shell's
-// fork on a loaded machine or a slow kernel outlasts a few milliseconds (seen at 3 ms under
-// emulation), and a process that really blocks the signal costs the stop this much once.
+// blockedPatience is how long ReadDisposition resamples a signal seen only as blocked: long enough
+// for a shell's fork on a loaded machine, and paid once for a process that really blocks it.
 const blockedPatience = 50 * time.Millisecond
 
-// lookDisposition is one look at how pid treats sig (see ReadDisposition), without Ignored (a
-// Default then), and the status it read.
+// lookDisposition is one look of ReadDisposition (Ignored shows as Default), with the status read.
 func lookDisposition(pid int, sig unix.Signal) (Disposition, Status, error) {
 	st, err := ReadStatus(pid)
 	if err != nil {
@@ -112,17 +102,14 @@ func WillHandle(pid int, sig unix.Signal) (bool, error) {
 	return d.Handles(), err
 }
 
-// Catches reports, from one look, whether process pid takes sig itself: a handler, a thread
-// waiting for it in sigwait, or a signalfd reading it while it is blocked. Unlike
-// ReadDisposition it does not sample again a signal seen only as blocked: it is meant for a
-// drain's members, which get another signal when they do not.
+// Catches reports, from one look, whether pid takes sig itself (handler, sigwait, signalfd). It
+// does not resample a blocked signal: a drain member that does not catch it gets another signal.
 func Catches(pid int, sig unix.Signal) bool {
 	d, _, err := lookDisposition(pid, sig)
 	return err == nil && (d == Caught || d == Sigwait || d == Signalfd)
 }
 
-// mayBeBetweenWaits reports whether a thread of pid is running (not blocked in a system call),
-// so that a sigwait loop may be between two waits: its next look may find it waiting.
+// mayBeBetweenWaits reports whether a thread of pid runs, so a sigwait loop may be between waits.
 func mayBeBetweenWaits(pid int) bool {
 	tids, err := threadsOf(pid)
 	if err != nil {
@@ -136,8 +123,7 @@ func mayBeBetweenWaits(pid int) bool {
 	return false
 }
 
-// sigwaitingThread returns a thread of pid (the main thread first) that is blocked in
-// rt_sigtimedwait with sig in its set, 0 when none is.
+// sigwaitingThread returns a thread of pid (main first) in rt_sigtimedwait for sig, 0 if none.
 func sigwaitingThread(pid int, sig unix.Signal) (int, error) {
 	if len(sigwaitSyscalls) == 0 {
 		return 0, nil
@@ -184,9 +170,8 @@ func threadsOf(pid int) ([]int, error) {
 	return tids, nil
 }
 
-// threadSyscall reads the system call that thread tid of pid is blocked in, from
-// /proc/PID/task/TID/syscall: its number (-1 when blocked outside a system call) and first
-// argument. ok is false when the thread is running or cannot be read.
+// threadSyscall reads from /proc/PID/task/TID/syscall the call tid is blocked in (-1: outside one)
+// and its first argument; ok is false when the thread is running or unreadable.
 func threadSyscall(pid, tid int) (nr int, arg0 uint64, ok bool) {
 	var buf [256]byte
 	data, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/task/"+strconv.Itoa(tid)+"/syscall", buf[:])

@@ -11,47 +11,35 @@ import (
 type DrainConfig struct {
 	// Signal is sent to every member (followed by SIGCONT, so a stopped process can act on it).
 	Signal unix.Signal
-	// KillWait bounds the wait for SIGKILLed members to disappear. A process in uninterruptible
-	// sleep may outlive it; it is reported as survived.
+	// KillWait bounds the wait for SIGKILLed members (one in D state is reported as survived).
 	KillWait time.Duration
-	// KillSweeps bounds the SIGKILL sweeps at the grace period's end, which a fork bomb would
-	// otherwise refill forever (at least one is made).
+	// KillSweeps (at least one) bounds the final SIGKILL sweeps, which a fork bomb would refill.
 	KillSweeps int
-	// Signaller, when set for a container in a PID namespace of its own, signals every member at
-	// once from inside the namespace (see listfollow.go); else each member is signalled through its
-	// pidfd.
+	// Signaller, if set, signals all members at once from inside the container's own PID
+	// namespace (see listfollow.go); else each member is signalled through its pidfd.
 	Signaller Signaller
-	// StopSignal, when set and not Signal, goes instead of Signal to each member that handles it
-	// (Catches: nginx and php-fpm quit gracefully only on their image's SIGQUIT), while the rest
-	// get Signal (SIGQUIT would dump a shell's core). No member gets both. It needs a signal
-	// chosen member by member, so a drain with it never signals at once.
+	// StopSignal, when set and not Signal, replaces Signal for members that catch it (nginx
+	// quits gracefully only on SIGQUIT); such a drain never signals at once.
 	StopSignal unix.Signal
-	// Begun, when set, is a fork watch made before init was given the stop signal (an init-first
-	// stop), with MarkNow called just before the signal; the drain takes it over. A process
-	// created within LateWindow of that mark
-	// is taken for a handler's work (tini -g and dumb-init pass the signal on to their child's
-	// whole process group, whose handlers may fork): it is waited for, and never sent the drain
-	// signal, only the SIGKILL at the grace period's end. A drain that signals at once cannot
-	// spare them: kill(-1) reaches every member.
+	// Begun, when set, is a fork watch made before init got the stop signal; the drain takes
+	// it over. Processes created within LateWindow of its mark are a handler's work (tini -g):
+	// waited for and sent only the final SIGKILL, unless the drain signals at once.
 	Begun *ForkWatch
 }
 
-// chooses reports whether the drain picks each member's signal: it has a StopSignal apart from
-// its Signal.
+// chooses reports whether the drain picks each member's signal (StopSignal differs from Signal).
 func (c DrainConfig) chooses() bool {
 	return c.StopSignal != 0 && c.StopSignal != c.Signal
 }
 
-// Without a fork watcher, the process table is re-read to find processes started during the
-// drain: soon after any exit (no more often than rescanMin) and, while nothing exits, at an
-// interval backing off to rescanMax. With the watcher it is re-read only to confirm the end.
+// Without a fork watcher the process table is re-read after exits (at most every rescanMin),
+// else at an interval backing off to rescanMax; with one, only to confirm the end.
 const (
 	rescanMin = 10 * time.Millisecond
 	rescanMax = 250 * time.Millisecond
 )
 
-// Drainer is a drain in progress: Start has signalled the members found so far, Finish waits
-// for them.
+// Drainer is a drain in progress: Start signals the members found, Finish waits for them.
 type Drainer struct {
 	scope    *Scope
 	cfg      DrainConfig
@@ -70,54 +58,40 @@ type Drainer struct {
 	// deferred counts the active nested inits waiting for their namespace to empty.
 	deferred int
 	commands *commandReader
-	// initsOwn are processes started by init (or by such processes) after the drain began: init's
-	// own business, as init has not been asked to stop yet. They are not waited for.
+	// initsOwn are init's own new processes since the drain began: not waited for.
 	initsOwn map[int]bool
-	// scan is the full pass over /proc, run aside once the members found from the container
-	// itself have been signalled; nil once its result has been taken.
+	// scan is the full /proc pass run aside after the first signals; nil once its result is taken.
 	scan *hostScan
 	// startTicks is the drain's start in clock ticks after boot, as /proc/PID/stat's start time.
 	startTicks uint64
-	// begun is when the stop began (DrainConfig.Begun; 0: not known); late are the processes
-	// created within LateWindow of then, before the drain started: never sent the drain signal.
+	// begun is when the stop began (0: unknown); late are processes created within LateWindow
+	// of it before the drain started, never sent the drain signal.
 	begun    int64
 	late     map[int]bool
 	lateLost bool // creations were lost to readLate (noted once)
 	spared   int  // members left unsignalled for it
-	// pendingForks are creations readLate read from the watch, for forked at the next wait, and
-	// pendingLost says that creations were lost then (for wait to report).
+	// pendingForks and pendingLost are what readLate took from the watch, for the next wait.
 	pendingForks []fork
 	pendingLost  bool
 
-	// listed follows the members listed from the container's cgroup, for a drain that signals
-	// at once (listfollow.go; nil otherwise), and signallerPid is the signaller's PID.
+	// listed follows the cgroup's members when signalling at once (listfollow.go; else nil).
 	listed       *listFollower
 	signallerPid int
-	// unopened are members that could not be opened other than for their end (too many open
-	// files), with the signal each is owed: waited for, and opened again at each wake-up.
+	// unopened are members not opened yet (too many open files), with the signal each is owed.
 	unopened map[int]unix.Signal
-	// openFailed: a member could not be opened other than for its end (noted once).
+	// openFailed: such an open failed (noted once).
 	openFailed bool
 }
 
-// Drain signals every member of scope except its init with cfg.Signal, waits on pidfd readiness
-// until none remains or the grace period ends, then SIGKILLs the rest. It is PrepareDrain, Start
-// and Finish in one.
-//
-// The members are found from the container itself first (Scope.candidates), at a cost that grows
-// with the container, not with the host, and signalled at once. A full pass over /proc then runs
-// aside, for a member that only it finds (one that entered the PID namespace by setns from outside
-// the container's cgroup): it is signalled as soon as the pass finds it. The drain does not wait
-// for the pass: when every other member is gone first, the report says the pass did not finish,
-// and what it had not reached is left to the kernel's SIGKILL, as under the stock shim.
+// Drain signals every member of scope except init with cfg.Signal, waits until none remains or
+// the grace period ends, then SIGKILLs the rest: PrepareDrain, Start and Finish in one. A /proc
+// pass run aside finds members outside the cgroup (setns); the drain does not wait for it.
 func Drain(ctx context.Context, scope *Scope, cfg DrainConfig, grace time.Duration) *Report {
 	return PrepareDrain(scope, cfg).Start(grace).Finish(ctx)
 }
 
-// PrepareDrain readies a drain of scope without signalling anything yet: it starts watching forks
-// and, for a drain that signals at once (see listfollow.go), lists the members and starts reading
-// the commands of the first of them, so that Start has little left to do. A prepared drain that is
-// not started must be closed (Close).
+// PrepareDrain readies a drain without signalling (fork watch, member list), so that Start has
+// little left to do. A prepared drain that is not started must be closed (Close).
 func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	cfg.KillSweeps = max(cfg.KillSweeps, 1)
 	d := &Drainer{
@@ -157,9 +131,8 @@ func PrepareDrain(scope *Scope, cfg DrainConfig) *Drainer {
 	return d
 }
 
-// Start sends the drain signal to every current member of the scope except its init and returns
-// at once; the grace period, of length grace, starts now. It never signals a process that is not
-// a member (see Scope.OpenMember; a drain that signals at once does so from inside the container's namespace).
+// Start signals every current member except init and returns; the grace period starts now. It
+// never signals a non-member (see Scope.OpenMember).
 func (d *Drainer) Start(grace time.Duration) *Drainer {
 	d.grace = grace
 	d.report.Grace = grace
@@ -172,9 +145,7 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 		beforeFirstSweep()
 	}
 	if d.signalAtOnce(d.cfg.Signal) {
-		// kill(-1) reached every member, a handler's new processes too: signalling thousands
-		// at once is worth more than sparing them (ordinary forks in a large container would
-		// otherwise always make the drain go member by member).
+		// kill(-1) also reached a handler's new processes: none is spared.
 		d.begun = 0
 	} else {
 		d.sweep(d.cfg.Signal)
@@ -186,16 +157,13 @@ func (d *Drainer) Start(grace time.Duration) *Drainer {
 // Close frees a drain that was prepared but will not be started (or finished).
 func (d *Drainer) Close() { d.closeAll() }
 
-// Finish waits on pidfd readiness until no member remains or the grace period ends, then SIGKILLs
-// the rest. Processes that members start meanwhile (a cleanup handler's helpers) are waited for as
-// well, without a signal; processes that init starts are not, since init has not been asked to
-// stop yet. Cancelling ctx ends the wait at once (the caller is about to SIGKILL everything).
+// Finish waits until no member remains or the grace period ends, then SIGKILLs the rest; new
+// processes of members are waited for too, init's are not. Cancelling ctx ends the wait.
 func (d *Drainer) Finish(ctx context.Context) *Report {
 	defer d.closeAll()
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		// Without a cancel channel the drain still works; cancellation is then noticed at the
-		// next wake-up.
+		// Cancellation is then noticed at the next wake-up.
 		wake = -1
 	} else {
 		defer unix.Close(wake)
@@ -230,8 +198,7 @@ func (d *Drainer) Finish(ctx context.Context) *Report {
 	return d.finish(Survived)
 }
 
-// phase waits until no member is active or the deadline passes, tracking processes that members
-// start. It returns false when ctx was cancelled.
+// phase waits until no member is active or deadline passes; false means ctx was cancelled.
 func (d *Drainer) phase(ctx context.Context, wake int, deadline time.Time) bool {
 	lastScan := time.Now() // Start or the grace's end has just swept
 	interval := rescanMin

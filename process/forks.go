@@ -8,21 +8,15 @@ import (
 
 // Process creations during a drain: a handler's helpers spared, a member's new children signalled.
 
-// LateWindow is how long after init was given the stop signal a new process is taken for a
-// handler's work (see DrainConfig.Begun). A group-forwarding init passes the signal on at once
-// and handlers fork within moments; a bound keeps the ordinary forks of an init-first stop whose
-// init takes long to exit (a loop's long sleep, which holds its shell's trap back) signalled.
+// LateWindow is how long after init got the stop signal a new process is taken for a handler's
+// work (see DrainConfig.Begun); bounded, so an init slow to exit does not spare ordinary forks.
 const LateWindow = 500 * time.Millisecond
 
 // beforeFirstSweep, when set (by a test), runs in Start before the first sweep lists the members.
 var beforeFirstSweep func()
 
-// readLate reads the process creations since its last read, marking those within LateWindow of
-// the stop's beginning late, with every process they created since (a spared helper's own child
-// is its work too); the forks it read go on to forked at the next wait. A sweep calls it after
-// listing the members and before signalling them, so that every listed process's creation is
-// known: a handler that forks while the drain starts (tini -g passes init's TERM on at once) does
-// so after any earlier read. It does nothing when the stop's beginning is not known.
+// readLate reads the creations since its last read, marking late those within LateWindow of the
+// stop's beginning and their descendants; a sweep calls it between listing and signalling members.
 func (d *Drainer) readLate() {
 	if d.begun == 0 || d.watch == nil {
 		return
@@ -39,8 +33,7 @@ func (d *Drainer) readLate() {
 	}
 }
 
-// spareLate reports whether the member pid is not to get the drain signal sig: it was created
-// just after the stop began (see readLate). It counts the members it spares.
+// spareLate reports whether member pid is late and so spared the drain signal sig, counting it.
 func (d *Drainer) spareLate(pid int, sig unix.Signal) bool {
 	if sig == 0 || sig == unix.SIGKILL || !d.late[pid] {
 		return false
@@ -49,8 +42,7 @@ func (d *Drainer) spareLate(pid int, sig unix.Signal) bool {
 	return true
 }
 
-// markLate marks f's child late when it was created within LateWindow of the stop's beginning,
-// or by a late process (a spared helper's own child is its work too), and reports whether it did.
+// markLate marks f's child late if isLate or its parent is, and reports whether it did.
 func (d *Drainer) markLate(f fork) bool {
 	if d.isLate(f.ts) || d.late[f.parent] {
 		d.late[f.child] = true
@@ -59,17 +51,13 @@ func (d *Drainer) markLate(f fork) bool {
 	return false
 }
 
-// isLate reports whether a process created at ts (CLOCK_MONOTONIC) was created within LateWindow
-// of the stop's beginning, when that is known: a handler's work, never sent the drain signal,
-// even when its parent is signalled after it was created (the drain started before the handler
-// forked).
+// isLate reports whether ts (CLOCK_MONOTONIC) is within LateWindow of the stop's known beginning.
 func (d *Drainer) isLate(ts int64) bool {
 	return d.begun != 0 && ts >= d.begun && ts-d.begun <= int64(LateWindow)
 }
 
-// forked handles process creations reported by the fork watcher. A child that a member forked
-// before the member got the drain signal (after the sweep had listed the process table) gets the
-// signal as well.
+// forked handles the fork watcher's creations. A member's child forked before the member got the
+// drain signal (after the sweep listed it) gets the signal too; a late one is spared.
 func (d *Drainer) forked(forks []fork) {
 	for _, f := range forks {
 		if _, ok := d.active[f.child]; ok || d.skipped(f.child) {
@@ -83,8 +71,7 @@ func (d *Drainer) forked(forks []fork) {
 			d.endListed(f.child, ExitedAfterSignal)
 		}
 		if d.signalledBefore(f.ts) && (f.parent == d.scope.Init || d.known(f.parent)) {
-			// Created after the cgroup was listed but before the signaller's kill(-1), which
-			// reached it: follow it, signalled.
+			// Created between the cgroup's listing and kill(-1), which reached it.
 			if t := d.open(f.child, d.cfg.Signal); t != nil {
 				d.markSignalledAtOnce(t)
 			}

@@ -8,11 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The full pass over /proc, run aside once, for a member that only it finds (one that entered the
-// container's PID namespace by setns from outside its cgroup).
-
-// hostScan is the drain's full pass over /proc, run in a goroutine of its own: it lists the
-// members that the sweeps from the container itself did not track.
+// hostScan is the drain's full pass over /proc, run once in a goroutine of its own, for members
+// the sweeps miss (a process that entered the PID namespace by setns from outside the cgroup).
 type hostScan struct {
 	fd     int           // eventfd, readable once found is ready
 	found  chan []int    // the members the pass found beyond skip
@@ -20,9 +17,8 @@ type hostScan struct {
 	done   chan struct{} // closed when the goroutine has ended
 }
 
-// startScan starts the full pass, skipping the processes tracked so far. Without an eventfd (or
-// without epoll to wait on it) the pass runs inline instead. A scope without a cgroup to list has
-// had its sweeps read the whole process table already: it needs no pass.
+// startScan starts the full pass, skipping the processes known so far; without an eventfd or epoll
+// it runs inline. A scope without a cgroup needs none: its sweeps read the whole process table.
 func (d *Drainer) startScan() {
 	if d.scope.cgroupDir == "" {
 		d.report.HostScanDone = true
@@ -57,8 +53,7 @@ func (d *Drainer) startScan() {
 	d.watchFd(fd)
 	go func() {
 		defer close(scan.done)
-		// At the lowest priority, on its own thread while it runs: the pass takes what the stop
-		// leaves of the CPUs, not a share of them.
+		// At nice 19 on its own thread: the pass takes what the stop leaves of the CPUs.
 		runtime.LockOSThread()
 		tid := unix.Gettid()
 		if unix.Setpriority(unix.PRIO_PROCESS, tid, 19) == nil {
@@ -78,11 +73,8 @@ func (d *Drainer) startScan() {
 	}()
 }
 
-// scanMembers returns the members of scope in the process table that are not in skip, or nil when
-// cancel was closed first. It reads /proc a chunk at a time and checks cancel between chunks and
-// every 64 processes, so that a cancelled pass stops within a fraction of a millisecond instead of
-// competing for the CPUs with the container's exit (on a host of 20 000 processes, listing /proc
-// alone takes several milliseconds).
+// scanMembers returns the members of scope not in skip, or nil when cancel was closed first. It
+// checks cancel every 64 entries, so a cancelled pass soon stops competing with the exits.
 func scanMembers(scope *Scope, skip map[int]bool, cancel <-chan struct{}) []int {
 	f, err := os.Open("/proc")
 	if err != nil {
@@ -136,11 +128,9 @@ func (d *Drainer) scanned() {
 	}
 }
 
-// scanFound tracks the members that only the full pass found. One that started before the drain
-// is a member that the sweeps missed: it gets the drain signal (SIGKILL once the grace is over).
-// One that started since, outside everything the sweeps list (a process started by setns during
-// the stop, say: a member's own new processes are in its cgroup, and the fork watcher reports
-// them), is left alone until the grace is over, and SIGKILLed after.
+// scanFound tracks the members only the full pass found. One started before the drain was missed
+// by the sweeps and gets the drain signal (SIGKILL after the grace); one started since (by setns
+// during the stop) is left alone until the grace is over.
 func (d *Drainer) scanFound(pids []int) {
 	d.report.HostScanDone = true
 	for _, pid := range pids {
@@ -187,8 +177,7 @@ func (d *Drainer) endScan() {
 		unix.EpollCtl(d.ep, unix.EPOLL_CTL_DEL, scan.fd, nil)
 	}
 	close(scan.cancel)
-	// The pass notices the cancel within 64 processes (or once it has listed /proc): the drain
-	// does not wait for it, and its eventfd is closed when it has gone.
+	// Not waited for: the pass stops within 64 entries; its eventfd is closed once it has.
 	go func() {
 		<-scan.done
 		unix.Close(scan.fd)

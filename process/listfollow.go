@@ -9,23 +9,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Signalling at once: with a Signaller (DrainConfig.Signaller) and a container in a PID namespace
-// of its own, the members listed from the container's cgroup get the drain signal all at once,
-// from inside the namespace (kill(-1)), and are followed without a pidfd each by a listFollower:
-// the drain re-reads cgroup.procs, where a process that has exited is no longer listed. This
-// costs the shim a fraction of a microsecond per member instead of a pidfd, a namespace check, two
-// signals and a close, so that the stop's cost stays close to the kernel's own zap.
+// Signalling at once: with a Signaller and a container in a PID namespace of its own, the members
+// listed from the cgroup are signalled together from inside the namespace (kill(-1)) and followed
+// without a pidfd each, through cgroup.procs, which drops a process once it has exited.
 //
-// A member's lifecycle is then listed → tracked → ended: one still listed when the list stops
-// shrinking, and every one at the grace period's end, is examined: confirmed as a member (a
-// process of the cgroup outside the namespace is dropped, unsignalled and uncounted) and tracked
-// with a pidfd from then on, as a sweep's. So a nested namespace's init that dropped the signal is
-// found and deferred as before. Members outside the cgroup (a process that entered by setns, or
-// was moved out) are reached by kill(-1) all the same; the sweeps and the full pass find and track
-// them. Should the signaller fail, every listed member is examined and signalled one by one.
+// A member still listed when the list stops shrinking, or at the grace period's end, is examined:
+// confirmed as a member and tracked with a pidfd, as in a sweep (so a nested init is deferred).
+// kill(-1) also reaches members outside the cgroup (setns); sweeps and the full pass track them.
 
-// listFollower follows the listed members of a drain that signals at once through the container's
-// cgroup.procs and task count.
+// listFollower follows a drain's listed members through cgroup.procs and the task count.
 type listFollower struct {
 	scope   *Scope
 	members map[int]*listedMember
@@ -35,12 +27,11 @@ type listFollower struct {
 	polled time.Time
 	gen    uint32
 	buf    []int
-	// count is the container's task count (pids.current) at the last poll, and base the tasks
-	// that were no listed member at the last read of the list (see due).
+	// count is the task count (pids.current) at the last poll; base, the tasks that were no
+	// listed member at the last read of the list (see due).
 	count, base int
-	// handles counts the detailed members' open pidfds and handlePids lists them (with some
-	// ended since, dropped at the next poll); endedSince counts those seen ended through them
-	// since the last read of the list; pollFds is poll's buffer.
+	// handles counts the detailed members' open pidfds, listed (possibly stale) in handlePids;
+	// endedSince counts ends seen through them since the list's last read.
 	handles    int
 	handlePids []int
 	endedSince int
@@ -53,26 +44,19 @@ type listFollower struct {
 type listedMember struct {
 	detail int    // index in Report.Processes, -1 when the process is only counted
 	seen   uint32 // the last read of the list that showed it
-	// h is a pidfd on a detailed member (nil: none), polled at each poll so that its report
-	// entry says when it ended to within a poll, without a read of the whole list.
+	// h is a detailed member's pidfd (nil: none), polled to time its end without reading the list.
 	h *Handle
 }
 
-// pollMin and pollMax bound the interval between two polls; within them it is pollPerMember per
-// member left. A poll reads the container's task count (pids.current: one integer) and polls the
-// detailed members' pidfds, and reads cgroup.procs only when the count says so (see due): the list
-// costs about 0.65 µs a member to read on a quiet machine (cgroup v1 builds and sorts it at each
-// open, under the lock that every exiting task of the cgroup takes too), several times that while
-// thousands exit, which is when a drain polls.
+// pollMin and pollMax bound the interval between polls, pollPerMember per member left. A poll reads
+// cgroup.procs only when due: cgroup v1 builds it under a lock every exiting task takes.
 const (
 	pollMin       = 500 * time.Microsecond
 	pollMax       = 20 * time.Millisecond
 	pollPerMember = 2 * time.Microsecond
 )
 
-// read reads the container's cgroup.procs and marks the members it lists as seen by a new read
-// (gen). It returns an error when the list cannot be read: one wrapping fs.ErrNotExist when the
-// cgroup is gone.
+// read reads cgroup.procs and marks the members listed (gen); fs.ErrNotExist: the cgroup is gone.
 func (f *listFollower) read() ([]int, error) {
 	f.gen++
 	pids, err := readCgroupTree(f.buf[:0], f.scope.cgroupDir)
@@ -87,7 +71,6 @@ func (f *listFollower) read() ([]int, error) {
 	return pids, err
 }
 
-// unlisted returns the members that the last read of the list did not show.
 func (f *listFollower) unlisted() []int {
 	var pids []int
 	for pid, m := range f.members {
@@ -116,7 +99,6 @@ func (f *listFollower) openHandle(pid int, m *listedMember, h *Handle) {
 	f.handlePids = append(f.handlePids, pid)
 }
 
-// closeHandle closes m's pidfd, if any.
 func (f *listFollower) closeHandle(m *listedMember) {
 	if m.h != nil {
 		m.h.Close()
@@ -152,22 +134,14 @@ func (f *listFollower) exitedHandles() []int {
 	return exited
 }
 
-// interval is the time between two polls for the members left.
 func (f *listFollower) interval() time.Duration {
 	return min(max(time.Duration(f.left())*pollPerMember, pollMin), pollMax)
 }
 
-// due reads the container's task count and reports whether cgroup.procs is to be read now. It is
-// not while the count keeps falling (the members are exiting, as they should) and stays above the
-// tasks that were no listed member (init, a helper, a member's own new process): so a drain reads
-// the list a few times in all instead of at every poll, as soon as the count says that the members
-// are gone or have stopped exiting (a zombie still counts, but is not listed). Without a count (no
-// pids controller), the list is read at every poll.
-//
-// stalled says that the count has stopped falling (or that there is no count to tell): only then
-// does a read that shows no end make the drain examine the members left one by one. A count that
-// only reached the floor (tasks that were no member, or a member's threads, have gone too) just
-// has the list read again.
+// due reads the task count and reports whether cgroup.procs is to be read: not while the count
+// keeps falling above the non-member tasks (a zombie counts but is not listed); always without a
+// count. stalled says the count stopped falling (or is unknown): only then does a read showing no
+// end make the drain examine the members left one by one.
 func (f *listFollower) due() (due, stalled bool) {
 	n, ok := f.scope.taskCount()
 	if !ok {
@@ -180,8 +154,7 @@ func (f *listFollower) due() (due, stalled bool) {
 	return prev == 0 || stalled || left <= 0, stalled
 }
 
-// left estimates the members left: those of the last read of the list, fewer by what the task
-// count has lost since (see due).
+// left estimates the members left: the last list's, less what the task count has lost since.
 func (f *listFollower) left() int {
 	if f.count == 0 {
 		return len(f.members)
@@ -189,19 +162,14 @@ func (f *listFollower) left() int {
 	return min(len(f.members), max(f.count-f.base, 1))
 }
 
-// signalledBefore reports whether a process created at ts (CLOCK_MONOTONIC) got the signal at
-// once: it existed before the signaller's kill(-1). One created later needs no signal from the
-// drain either: kill(-1) walks the task list under tasklist_lock, which a fork takes to add its
-// child, so a child created once kill(-1) had begun was either there before the walk (and
-// reached) or forked after the walk had signalled its parent (and, as under a drain member by
-// member, left alone: a TERM handler's own cleanup command must not be TERMed).
+// signalledBefore reports whether a process created at ts (CLOCK_MONOTONIC) existed before the
+// signaller's kill(-1). A later one needs no signal: kill(-1) walks the task list under
+// tasklist_lock, which fork takes, so it was reached or forked by an already signalled parent.
 func (f *listFollower) signalledBefore(ts int64) bool {
 	return f.win.From != 0 && ts < f.win.From
 }
 
-// prepareList lists the members from the container's cgroup and starts reading the commands of
-// the first of them, for a drain that signals them at once (signalAtOnce). It does nothing when
-// signalling at once does not apply.
+// prepareList lists the cgroup's members if the drain is to signal at once (signalAtOnce).
 func (d *Drainer) prepareList() {
 	sig := d.cfg.Signal
 	if d.cfg.Signaller == nil || !d.scope.CanSignalAtOnce() || sig == 0 || sig == unix.SIGKILL || d.cfg.chooses() {
@@ -215,10 +183,7 @@ func (d *Drainer) prepareList() {
 	d.addListed(pids)
 }
 
-// cgroupList lists what a drain that signals at once follows: the processes of the container's
-// cgroup and of the cgroups below it, unconfirmed (the signaller's kill(-1) reaches exactly the
-// members; one listed that is not is dropped when examined). ok is false when there is no cgroup
-// to list.
+// cgroupList lists the container's cgroup tree, unconfirmed; ok is false without a cgroup.
 func (s *Scope) cgroupList() (pids []int, ok bool) {
 	if s.cgroupDir == "" {
 		return nil, false
@@ -235,10 +200,8 @@ func (d *Drainer) addListed(pids []int) {
 	}
 }
 
-// openDetailedHandles opens a pidfd on each detailed listed member, confirmed as a member, once
-// the signal is out (the opens are not on the way to it): one already gone ended after the
-// signal, since the list read just before the signal showed it; one that is no member (its PID
-// was recycled outside) keeps no pidfd, and the list's reads decide its end.
+// openDetailedHandles opens a pidfd on each detailed listed member once the signal is out; one
+// already gone ended after the signal (the list read just before showed it).
 func (d *Drainer) openDetailedHandles() {
 	for pid, m := range d.listed.members {
 		if m.detail < 0 {
@@ -255,8 +218,7 @@ func (d *Drainer) openDetailedHandles() {
 	}
 }
 
-// endExitedHandles ends, with outcome o, the detailed listed members whose pidfd says they have
-// exited.
+// endExitedHandles ends with o the detailed listed members whose pidfd says they have exited.
 func (d *Drainer) endExitedHandles(o Outcome) {
 	for _, pid := range d.listed.exitedHandles() {
 		d.endListed(pid, o)
@@ -264,10 +226,8 @@ func (d *Drainer) endExitedHandles(o Outcome) {
 	}
 }
 
-// signalAtOnce starts a prepared drain that signals at once: the list is read again (a member gone
-// since it was prepared exited before the signal; one new is added), then every member is
-// signalled at once. It returns false when the drain does not signal at once; the caller then
-// sweeps as usual.
+// signalAtOnce re-reads the list (a member gone since exited before the signal) and signals every
+// member at once. It returns false when the drain does not signal at once; the caller then sweeps.
 func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 	if d.listed == nil {
 		return false
@@ -283,8 +243,8 @@ func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 		}
 		d.addListed(pids)
 	}
-	// init's and the shim's children outside the cgroup, if any, are tracked; kill(-1) reaches
-	// them too. They are read before the signal: after it, init has every orphan as a child.
+	// init's and the shim's children outside the cgroup are tracked (kill(-1) reaches them), read
+	// before the signal: after it, init has every orphan as a child.
 	var outside []*trackedMember
 	for _, pid := range d.ownChildren(true) {
 		if d.known(pid) {
@@ -298,8 +258,7 @@ func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 			outside = append(outside, t)
 		}
 	}
-	// Finished entries are kept for every member (a zombie is still listed as init's child): do
-	// not scan the process table to prune them while the members end.
+	// Keep finished entries (a zombie is still init's child) rather than prune by a /proc scan.
 	d.pruneAt = max(d.pruneAt, 2*len(d.listed.members))
 	d.commands.awaitAll()
 	win, err := d.cfg.Signaller.SignalAll(sig)
@@ -321,8 +280,7 @@ func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 	for _, t := range outside {
 		d.markSignalledAtOnce(t)
 	}
-	// The list was read just before the signal: the task count now is the base against which the
-	// polls see the members go, without reading the list again until the count says so.
+	// The list was read just before the signal: the task count now is the polls' base.
 	if n, ok := d.scope.taskCount(); ok {
 		d.listed.count, d.listed.base = n, n-len(d.listed.members)
 	}
@@ -331,8 +289,7 @@ func (d *Drainer) signalAtOnce(sig unix.Signal) bool {
 	return true
 }
 
-// ownChildren lists the shim's children and, with init, init's: with the cgroup, the candidates
-// of a drain that signals at once.
+// ownChildren lists the shim's children and, with init, init's.
 func (d *Drainer) ownChildren(init bool) []int {
 	var pids []int
 	if init {
@@ -341,8 +298,7 @@ func (d *Drainer) ownChildren(init bool) []int {
 	return appendChildren(pids, os.Getpid())
 }
 
-// known reports whether pid is init, the signaller, or a process that the drain follows or has
-// seen exit.
+// known reports whether pid is init, the signaller, or followed or seen exiting by the drain.
 func (d *Drainer) known(pid int) bool {
 	if d.skipped(pid) || d.isListed(pid) || d.active[pid] != nil {
 		return true
@@ -351,7 +307,6 @@ func (d *Drainer) known(pid int) bool {
 	return ok
 }
 
-// isListed reports whether pid is a listed member.
 func (d *Drainer) isListed(pid int) bool {
 	return d.listed != nil && d.listed.members[pid] != nil
 }
@@ -368,9 +323,7 @@ func (d *Drainer) skipped(pid int) bool {
 	return pid == d.scope.Init || (d.signallerPid > 0 && pid == d.signallerPid)
 }
 
-// pollListed re-reads cgroup.procs when it is due: a listed member no longer listed has exited.
-// When the list has stopped shrinking, the members left are examined (see examineListed). It
-// returns the time until the next poll (0 when no listed member is left).
+// pollListed polls the listed members when due; it returns the time to the next poll (0: none).
 func (d *Drainer) pollListed(now time.Time) time.Duration {
 	if d.listed == nil || len(d.listed.members) == 0 {
 		return 0
@@ -395,11 +348,9 @@ func (d *Drainer) pollListed(now time.Time) time.Duration {
 	return interval
 }
 
-// endUnlisted reads the list again and ends the members it no longer lists (exited after the
-// signal; when the cgroup is gone, so is everything of it). A read that fails otherwise (too many
-// open files, no memory) ends nobody: it says nothing of the members, which are followed on, and
-// is noted once. It returns how many ended since the list's last read, those seen through their
-// pidfds included, and takes the base of the task count anew.
+// endUnlisted re-reads the list and ends the members it no longer lists (all if the cgroup is gone;
+// none, noted once, if the read fails otherwise). It returns the ends since the last read, pidfd
+// ones included, and resets the count's base.
 func (d *Drainer) endUnlisted() int {
 	f := d.listed
 	ended := f.endedSince
@@ -419,15 +370,13 @@ func (d *Drainer) endUnlisted() int {
 	return ended
 }
 
-// examineListed tracks every listed member left with a pidfd, as a sweep would (signalled tells
-// whether the signal at once reached them), once it is confirmed as a member: one that is not is
-// dropped from the report, one that has exited meanwhile is counted. It returns those it tracks.
+// examineListed tracks each listed member left with a pidfd once confirmed as a member (signalled:
+// the signal at once reached them); a non-member is dropped. It returns those it tracks.
 func (d *Drainer) examineListed(signalled bool) []*trackedMember {
 	if d.listed == nil {
 		return nil
 	}
-	// A detailed member's pidfd tells first whether it has exited: its PID is not to be opened
-	// anew (it may be another process's by now).
+	// A detailed member's pidfd tells first whether it has exited: its PID may be reused by now.
 	o := AlreadyExited
 	if signalled {
 		o = ExitedAfterSignal
@@ -437,8 +386,7 @@ func (d *Drainer) examineListed(signalled bool) []*trackedMember {
 	for pid, m := range d.listed.members {
 		t, err := d.openDetailed(pid, d.cfg.Signal, m.detail)
 		if err != nil && !errors.Is(err, ErrNotMember) && !errors.Is(err, errExited) && !errors.Is(err, ErrGone) {
-			// Not opened (too many open files, say), which says nothing of its end: it stays
-			// listed, followed through the list, and is examined again later.
+			// Not opened (too many open files): it stays listed, examined again later.
 			d.noteOpenFailure(err)
 			continue
 		}
@@ -461,21 +409,18 @@ func (d *Drainer) examineListed(signalled bool) []*trackedMember {
 	return tracks
 }
 
-// endListed records that listed member pid ended with outcome o.
 func (d *Drainer) endListed(pid int, o Outcome) {
 	if m := d.listed.remove(pid); m != nil {
 		d.endedListed(pid, m, o)
 	}
 }
 
-// endedListed records the end of m, the member pid no longer followed, with outcome o: signalled
-// (if at all) at once.
+// endedListed records with o the end of m, the unfollowed member pid, signalled at once if at all.
 func (d *Drainer) endedListed(pid int, m *listedMember, o Outcome) {
 	d.recordEnd(m.detail, o)
 	d.finished[pid] = finishedPid{gen: d.gen, sigAt: d.listed.win.From}
 }
 
-// listedLeft is how many listed members the drain still follows.
 func (d *Drainer) listedLeft() int {
 	if d.listed == nil {
 		return 0
@@ -483,8 +428,7 @@ func (d *Drainer) listedLeft() int {
 	return len(d.listed.members)
 }
 
-// atOnceAt is when the signal at once began (CLOCK_MONOTONIC), 0 if the drain did not signal at
-// once.
+// atOnceAt is when the signal at once began (CLOCK_MONOTONIC), 0 if there was none.
 func (d *Drainer) atOnceAt() int64 {
 	if d.listed == nil {
 		return 0
@@ -492,8 +436,7 @@ func (d *Drainer) atOnceAt() int64 {
 	return d.listed.win.From
 }
 
-// signalledBefore reports whether a process created at ts got the signal at once (see
-// listFollower.signalledBefore).
+// signalledBefore reports whether a process created at ts got the signal at once.
 func (d *Drainer) signalledBefore(ts int64) bool {
 	return d.listed != nil && d.listed.signalledBefore(ts)
 }

@@ -4,24 +4,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The members' lifecycle: listed (listfollow.go) or tracked through a pidfd, then ended, with one
-// record of each end in the report (recordEnd).
-
 // trackedMember is a member followed through a pidfd of its own.
 type trackedMember struct {
 	h      *Handle
 	detail int // index in Report.Processes, -1 when the process is only counted
 	killed bool
-	// signalled: the drain signal (or SIGKILL) was delivered; outcome, when set, overrides the
-	// outcome found at exit.
+	// signalled: the drain signal (or SIGKILL) was delivered; outcome, if set, overrides exit's.
 	signalled bool
 	outcome   Outcome
-	// sigAt is CLOCK_MONOTONIC just before the drain signal was sent (0: not signalled): a fork
-	// reported with an earlier timestamp predates the signal, so the child needs it too.
+	// sigAt is when the drain signal went (CLOCK_MONOTONIC; 0: not yet): earlier forks need it.
 	sigAt int64
-	// nsIno is the process's PID namespace. deferred marks a nested namespace's init that would
-	// drop the drain signal: it is SIGKILLed once the rest of its namespace has exited.
-	// deferredOwn marks a process such an init (or its own new processes) started during the drain.
+	// nsIno is the PID namespace; deferred marks a nested init to SIGKILL once its namespace
+	// empties, deferredOwn a process started by such an init or its descendants.
 	nsIno       uint64
 	deferred    bool
 	deferredOwn bool
@@ -36,8 +30,7 @@ type finishedPid struct {
 // pruneMin is the fewest finished entries that trigger pruning between sweeps.
 const pruneMin = 1024
 
-// end records that the tracked process pid ended with outcome o (unless an outcome was set
-// earlier) and stops tracking it.
+// end stops tracking pid and records its end with o, or with the outcome set earlier.
 func (d *Drainer) end(pid int, t *trackedMember, o Outcome) {
 	if t.outcome != "" {
 		o = t.outcome
@@ -65,9 +58,8 @@ func (d *Drainer) end(pid int, t *trackedMember, o Outcome) {
 	}
 }
 
-// prune forgets the finished processes and init's new processes whose PIDs are no longer in pids
-// (the process table): they are reaped, so a process with that PID is a new one. This bounds both
-// maps by the live processes, whatever a fork storm during a long grace period amounts to.
+// prune forgets finished and initsOwn PIDs no longer in pids (reaped), bounding both maps by the
+// live processes whatever a fork storm amounts to.
 func (d *Drainer) prune(pids []int) {
 	d.gen++
 	initsOwn := map[int]bool{}
@@ -88,7 +80,6 @@ func (d *Drainer) prune(pids []int) {
 	d.initsOwn = initsOwn
 }
 
-// noteOpenFailure notes, once, that a member could not be opened for a reason other than its end.
 func (d *Drainer) noteOpenFailure(err error) {
 	if !d.openFailed {
 		d.openFailed = true
@@ -96,5 +87,4 @@ func (d *Drainer) noteOpenFailure(err error) {
 	}
 }
 
-// remaining is how many members the drain still waits for.
 func (d *Drainer) remaining() int { return len(d.active) + d.listedLeft() + len(d.unopened) }

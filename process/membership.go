@@ -20,13 +20,11 @@ const nsGetParent = 0xb702
 type ScopeKind string
 
 const (
-	// ByPIDNamespace: the container's init is PID 1 of its own PID namespace; its members are every
-	// process in that namespace or in a namespace nested inside it (exactly what the kernel's zap
-	// would kill).
+	// ByPIDNamespace: init is PID 1 of its own PID namespace; the members are every process in it
+	// or in a namespace nested in it (exactly what the kernel's zap would kill).
 	ByPIDNamespace ScopeKind = "pid-namespace"
-	// ByCgroup: the container shares a PID namespace (pod-shared PID, host PID); its members are
-	// the processes in its init's cgroups or below them, on every hierarchy where that cgroup
-	// tells the container apart from the host (see ScopeOf).
+	// ByCgroup: the PID namespace is shared (pod, host); the members are the processes in init's
+	// cgroups or below, on the hierarchies that tell the container apart (see ScopeOf).
 	ByCgroup ScopeKind = "cgroup"
 )
 
@@ -40,22 +38,17 @@ type Scope struct {
 	nsIno   uint64        // ByPIDNamespace: inode of the container's PID namespace
 	selfNS  uint64        // inode of the caller's own PID namespace, never a container's
 	cgroups []cgroupEntry // ByCgroup: init's cgroups on the hierarchies that tell the container apart
-	// cgroupDir is the container's cgroup directory that candidates are listed from, "" when no
-	// cgroup tells the container apart (the full pass over /proc then finds every member).
+	// cgroupDir is where candidates are listed from; "" if no cgroup tells the container apart.
 	cgroupDir string
-	// pidsCounter is the container cgroup's pids.current ("" without a pids controller): its
-	// size at the cost of one small read.
+	// pidsCounter is the cgroup's pids.current file ("" without a pids controller).
 	pidsCounter string
 
-	// notNested caches the PID namespaces (by inode) found not to be nested in the container's:
-	// finding out walks the namespace's parents, four system calls a level. Only this safe answer
-	// is cached: were a namespace to die and its inode number go to a new one, a stale "nested"
-	// could reach a process outside the container, a stale "not nested" only misses one.
+	// notNested caches the namespaces (by inode) found not nested in the container's. Only this
+	// answer is safe to cache: after inode reuse a stale "nested" could reach a stranger.
 	mu        sync.Mutex
 	notNested map[uint64]bool
 
-	// ns is the container's PID namespace (ByPIDNamespace), open until Close, for the one-ioctl
-	// membership check (see visible); nil once closed.
+	// ns is the container's PID namespace for the one-ioctl check (visible); nil once closed.
 	nsMu sync.RWMutex
 	ns   *os.File
 }
@@ -107,8 +100,7 @@ func openNamespace(pid int) (*os.File, uint64, error) {
 	return f, st.Ino, nil
 }
 
-// Close releases what the scope holds open (the container's PID namespace). Membership checks
-// still work after it, at the cost of a /proc lookup each.
+// Close releases the container's PID namespace; membership checks then cost a /proc lookup each.
 func (s *Scope) Close() {
 	s.nsMu.Lock()
 	defer s.nsMu.Unlock()
@@ -118,8 +110,7 @@ func (s *Scope) Close() {
 	}
 }
 
-// Namespace is the inode of the container's PID namespace for a PID-namespace scope, 0 for a
-// cgroup scope.
+// Namespace is the inode of the container's PID namespace, 0 for a cgroup scope.
 func (s *Scope) Namespace() uint64 {
 	if s.Kind != ByPIDNamespace {
 		return 0
@@ -127,8 +118,7 @@ func (s *Scope) Namespace() uint64 {
 	return s.nsIno
 }
 
-// Contains reports whether pid is currently a member of the container (init excluded). A process
-// that cannot be read (gone, or a kernel thread) is not a member.
+// Contains reports whether pid is now a member (init excluded); an unreadable process is not.
 func (s *Scope) Contains(pid int) bool {
 	if pid == s.Init {
 		return false
@@ -140,11 +130,9 @@ func (s *Scope) Contains(pid int) bool {
 	return ok
 }
 
-// Members lists the members of the container found from the container itself (its cgroup,
-// init's children, the caller's children), init excluded, at a cost that grows with the container
-// and not with the host: what a drain signals first. A process that entered the PID namespace by
-// setns and is in none of these is missed; AllMembers finds it too. The list is a snapshot: use
-// OpenMember before signalling any of them.
+// Members lists the members found from the container itself (its cgroup, init's and the caller's
+// children), init excluded, at a cost that grows with the container. It misses a process that
+// entered by setns from elsewhere (AllMembers does not); use OpenMember before signalling any.
 func (s *Scope) Members() ([]int, error) {
 	pids, ok := s.candidates()
 	if !ok {
@@ -161,13 +149,10 @@ func (s *Scope) Members() ([]int, error) {
 	return s.confirm(unique), nil
 }
 
-// confirmChunk is the number of candidates below which confirm checks them on the calling
-// goroutine alone: a check is an ioctl of under 1 µs (a readlink of 2–4 µs before Linux 6.8), a
-// goroutine's start a few.
+// confirmChunk is the fewest candidates per goroutine of confirm: a check costs less than a start.
 const confirmChunk = 512
 
-// confirm returns the PIDs of pids that are members, in their order, checking them on up to
-// GOMAXPROCS goroutines at once (each check is an independent lookup in /proc).
+// confirm returns the members among pids, in order, checked on up to GOMAXPROCS goroutines.
 func (s *Scope) confirm(pids []int) []int {
 	workers := min(runtime.GOMAXPROCS(0), len(pids)/confirmChunk)
 	if workers <= 1 {
@@ -202,8 +187,7 @@ func (s *Scope) confirm(pids []int) []int {
 	return members
 }
 
-// AllMembers lists every member of the container, init excluded, from a full pass over /proc:
-// exact, at a cost that grows with the host.
+// AllMembers lists every member, init excluded, from a full /proc pass: exact, but host-sized.
 func (s *Scope) AllMembers() ([]int, error) {
 	pids, err := allPIDs()
 	if err != nil {
@@ -218,9 +202,8 @@ func (s *Scope) AllMembers() ([]int, error) {
 	return members, nil
 }
 
-// OpenMember returns a pidfd for pid if, and only if, it is a member of the container. The pidfd
-// is opened before membership is checked, so a PID recycled after the check is never reached
-// through it: any later signal through the handle either hits the checked process or fails.
+// OpenMember returns a pidfd for pid if, and only if, it is a member. The pidfd is opened before
+// the check, so a signal through it hits the checked process or fails, never a recycled PID.
 func (s *Scope) OpenMember(pid int) (*Handle, error) {
 	h, _, err := s.openMember(pid)
 	return h, err
@@ -240,11 +223,9 @@ func (s *Scope) openMember(pid int) (*Handle, uint64, error) {
 	return h, ns, nil
 }
 
-// confirmHandle checks that the process h refers to is a member, returning its PID namespace as
-// member does. A process that has been reaped meanwhile (its parent ignores SIGCHLD, or reaped it
-// at once) has nothing left to check: its /proc entry is gone, or is already another process's.
-// It is ErrGone then, never ErrNotMember, so that a member that exits fast is counted as exited
-// rather than dropped as a stranger.
+// confirmHandle checks that h's process is a member, returning its PID namespace. One reaped
+// meanwhile has no /proc entry left to check: it is ErrGone, never ErrNotMember, so that a member
+// exiting fast is counted as exited rather than dropped as a stranger.
 func (s *Scope) confirmHandle(h *Handle) (uint64, error) {
 	ns, ok := s.memberByHandle(h)
 	if ok {

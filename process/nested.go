@@ -8,22 +8,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Nested PID namespaces: an init inside the container that would drop the drain signal is
-// SIGKILLed once the rest of its namespace has exited.
-
-// defers returns pid's PID namespace (ns, when membership has read it already) and whether pid
-// must not get sig now: it is PID 1 of a namespace nested in the container's (bubblewrap,
-// unshare -p, docker-in-docker), where the kernel drops a signal without a handler, and has none
-// for sig. Such an init is SIGKILLed instead, once the rest of its namespace is gone (a SIGKILL
-// now would zap its children before their cleanup).
+// defers returns pid's PID namespace (ns if already read) and whether pid must not get sig now: it
+// is PID 1 of a nested namespace with no handler for sig, which the kernel would drop. Such an init
+// is SIGKILLed once the rest of its namespace is gone (sooner would cut its children's cleanup).
 func (d *Drainer) defers(pid int, ns uint64, sig unix.Signal) (uint64, bool) {
 	var err error
 	if ns == 0 {
 		ns, err = procfs.NSInode("/proc/" + strconv.Itoa(pid) + "/ns/pid")
 	}
 	if err != nil || ns == d.scope.nsIno || ns == d.scope.selfNS || sig == 0 || sig == unix.SIGKILL {
-		// In the container's own namespace (or the caller's, for a cgroup scope) only the
-		// container's init is a PID 1, and it is never a member.
+		// In the container's (or caller's) namespace the only PID 1 is init, never a member.
 		return ns, false
 	}
 	st, err := ReadStatus(pid)
@@ -56,8 +50,7 @@ func (d *Drainer) releaseDeferred() {
 	}
 }
 
-// markDeferredOwn marks the tracked process pid as started by a deferred init (or by one of its
-// own new processes) when its parent ppid is one.
+// markDeferredOwn marks pid deferredOwn when its parent ppid is a deferred init or deferredOwn.
 func (d *Drainer) markDeferredOwn(pid, ppid int) {
 	t, p := d.active[pid], d.active[ppid]
 	if t != nil && p != nil && (p.deferred || p.deferredOwn) {

@@ -11,21 +11,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Membership checks of one process: is it in the container's PID namespace (or one nested in it),
-// through its pidfd where the kernel allows, else through /proc.
-
-// nsGetTgidInPidns is NS_GET_TGID_IN_PIDNS, _IOR(0xb7, 0x9, int) (Linux 6.8): the PID, in the
-// namespace the descriptor refers to, of the process whose PID in the caller's namespace is the
-// argument; ESRCH when that namespace does not see it.
+// nsGetTgidInPidns is NS_GET_TGID_IN_PIDNS, _IOR(0xb7, 0x9, int) (Linux 6.8): the PID in the
+// descriptor's namespace of the argument, a caller's PID; ESRCH if that namespace does not see it.
 const nsGetTgidInPidns = 0x8004b709
 
 // pidnsTranslationUnsupported is set once the kernel has refused NS_GET_TGID_IN_PIDNS.
 var pidnsTranslationUnsupported atomic.Bool
 
-// visible reports, for a PID-namespace scope, whether the container's namespace sees process
-// pid: exactly when pid is in it or in a namespace nested in it, its members. It is one ioctl on
-// the open namespace, no /proc lookup. known is false when the kernel cannot tell (before Linux
-// 6.8, a cgroup scope, a closed scope): member must decide then.
+// visible reports, with one ioctl, whether the container's PID namespace sees pid (a member).
+// known is false when the kernel cannot tell (before Linux 6.8, a cgroup or closed scope).
 func (s *Scope) visible(pid int) (in, known bool) {
 	if s.Kind != ByPIDNamespace || pidnsTranslationUnsupported.Load() {
 		return false, false
@@ -51,8 +45,7 @@ func (s *Scope) visible(pid int) (in, known bool) {
 	return false, false
 }
 
-// member reports whether pid is a member and, for a PID-namespace scope, returns the inode of its
-// PID namespace (0 for a cgroup scope, which does not read it).
+// member reports whether pid is a member, with its PID namespace's inode (0 for a cgroup scope).
 func (s *Scope) member(pid int) (nsIno uint64, ok bool) {
 	if pid == s.Init {
 		return 0, false
@@ -71,11 +64,9 @@ func (s *Scope) member(pid int) (nsIno uint64, ok bool) {
 	return 0, false
 }
 
-// threadWithin reports whether one of pid's threads other than its main one is in the container's
-// cgroups, for a process whose main thread has exited while the others run on: cgroup v1 reports
-// an exiting task in the root ("/") of every v1 hierarchy, where the unified hierarchy keeps its
-// cgroup. Only such a process is looked at — its unified cgroup within the container's, every
-// other hierarchy that does not match at "/" — so that the host's processes cost nothing more.
+// threadWithin reports whether a thread of pid other than the main one is in the container's
+// cgroups: cgroup v1 shows an exited main thread at every v1 root ("/"), while the unified
+// hierarchy keeps its cgroup. Only a process matching that pattern has its threads read.
 func (s *Scope) threadWithin(pid int, entries []cgroupEntry) bool {
 	unified := false
 	for _, c := range s.cgroups {
@@ -156,16 +147,14 @@ func (s *Scope) nsIsMember(ino uint64, open func() (int, error)) bool {
 	return nested
 }
 
-// pidfdGetPidNamespace is PIDFD_GET_PID_NAMESPACE, _IO(0xFF, 5) (Linux 6.11): a descriptor of the
-// PID namespace of the process a pidfd refers to.
+// pidfdGetPidNamespace is PIDFD_GET_PID_NAMESPACE, _IO(0xFF, 5) (Linux 6.11): a pidfd's PID ns.
 const pidfdGetPidNamespace = 0xff05
 
 // pidfdNamespaceUnsupported is set once the kernel has refused PIDFD_GET_PID_NAMESPACE.
 var pidfdNamespaceUnsupported atomic.Bool
 
-// memberByHandle is member for the process that h refers to. For a PID-namespace scope it reads the
-// namespace through the pidfd where the kernel can (no /proc path lookup, and no PID to be
-// recycled), else through /proc.
+// memberByHandle is member for h's process, reading its namespace through the pidfd where the
+// kernel can (no /proc lookup, no PID to be recycled), else through /proc.
 func (s *Scope) memberByHandle(h *Handle) (nsIno uint64, ok bool) {
 	if s.Kind != ByPIDNamespace || pidfdNamespaceUnsupported.Load() || h.Pid == s.Init {
 		return s.member(h.Pid)
@@ -194,9 +183,9 @@ func (s *Scope) memberByHandle(h *Handle) (nsIno uint64, ok bool) {
 	return st.Ino, member
 }
 
-// nestedFrom reports whether the PID namespace open on fd (which it closes) is nested in the
-// container's, walking up its parents; it stops at the caller's namespace (EPERM above it). ok is
-// false when the walk failed (the process went away), so that no verdict is cached.
+// nestedFrom reports whether the namespace open on fd (which it closes) is nested in the
+// container's, walking up to the caller's (EPERM above); ok is false when the walk failed, so
+// that no verdict is cached.
 func (s *Scope) nestedFrom(fd int) (nested, ok bool) {
 	for {
 		parent, err := unix.IoctlRetInt(fd, nsGetParent)

@@ -8,8 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The drain's report: each member's outcome, its signals and when it ended.
-
 // Outcome is how one process ended during a drain.
 type Outcome string
 
@@ -18,8 +16,7 @@ const (
 	AlreadyExited Outcome = "already-exited"
 	// ExitedAfterSignal: the process exited within the grace period after the drain signal.
 	ExitedAfterSignal Outcome = "exited"
-	// ExitedUnsignalled: the process was started during the grace period (by a cleanup handler,
-	// say), so it got no signal, and exited by itself within the grace period.
+	// ExitedUnsignalled: started during the grace period (a handler's), it exited unsignalled.
 	ExitedUnsignalled Outcome = "exited-unsignalled"
 	// Killed: the process was still there when the grace period ended and was SIGKILLed.
 	Killed Outcome = "killed"
@@ -42,31 +39,26 @@ type ProcessReport struct {
 type Report struct {
 	Scope  ScopeKind `json:"scope"`
 	Signal string    `json:"signal"`
-	// StopSignal is the container's stop signal, sent instead of Signal to the members that
-	// handle it (DrainConfig.StopSignal); each process's Signals say which one it got.
+	// StopSignal, if set, went instead of Signal to the members that handle it (see Signals).
 	StopSignal   string        `json:"stop_signal,omitempty"`
 	Grace        time.Duration `json:"grace_ns"`
 	Started      time.Time     `json:"started"`
 	Duration     time.Duration `json:"duration_ns"`
 	GraceExpired bool          `json:"grace_expired"`
 	Cancelled    bool          `json:"cancelled"`
-	// Totals counts every process by outcome; Processes details the first MaxDetailed of them and
-	// Omitted says how many more there were.
+	// Totals counts every process by outcome; Processes details the first MaxDetailed.
 	Totals    map[Outcome]int `json:"totals"`
 	Processes []ProcessReport `json:"processes"`
 	Omitted   int             `json:"omitted,omitempty"`
-	// HostScanDone says whether the full pass over /proc (see Drainer) finished before the drain
-	// ended, and HostScanFound how many members only it found.
+	// HostScanDone: the full /proc pass finished in time; HostScanFound: members only it found.
 	HostScanDone  bool `json:"host_scan_done"`
 	HostScanFound int  `json:"host_scan_found,omitempty"`
-	// AtOnce is how many members listed from the container's cgroup got the drain signal at
-	// once, from inside the PID namespace (see DrainConfig.Signaller).
+	// AtOnce is how many cgroup-listed members were signalled at once (DrainConfig.Signaller).
 	AtOnce int      `json:"at_once,omitempty"`
 	Notes  []string `json:"notes,omitempty"`
 }
 
-// MaxDetailed bounds the processes a report details (and whose command line it reads, which costs
-// two system calls each): a container with thousands of processes gets totals for all of them.
+// MaxDetailed bounds the processes a report details and reads the command of; the rest are counted.
 const MaxDetailed = 256
 
 // Count returns how many processes ended with outcome o.
@@ -83,8 +75,7 @@ func (r *Report) Count(o Outcome) int {
 	return n
 }
 
-// newDetail makes the report entry of pid and returns its index, or -1 (counted only) once the
-// report details MaxDetailed processes.
+// newDetail makes pid's report entry and returns its index, or -1 (counted only) past MaxDetailed.
 func (d *Drainer) newDetail(pid int) int {
 	if len(d.report.Processes) >= MaxDetailed {
 		d.report.Omitted++
@@ -92,13 +83,12 @@ func (d *Drainer) newDetail(pid int) int {
 	}
 	d.report.Processes = append(d.report.Processes, ProcessReport{Pid: pid})
 	i := len(d.report.Processes) - 1
-	// The command is read aside (a command line can block on the target's memory), but briefly
-	// waited for before the signal: a process that dies of it leaves nothing to read.
+	// Read aside (it can block on the target's memory), awaited briefly before the signal.
 	d.commands.start(pid, i)
 	return i
 }
 
-// recordSignal records on detailed entry i (-1: counted only) that sig reached its process.
+// recordSignal records on entry i (-1: counted only) that sig reached its process.
 func (d *Drainer) recordSignal(i int, sig unix.Signal) {
 	if i >= 0 {
 		p := &d.report.Processes[i]
@@ -106,8 +96,6 @@ func (d *Drainer) recordSignal(i int, sig unix.Signal) {
 	}
 }
 
-// recordDelivered records on detailed entry i that sig reached its process, with the SIGCONT
-// that follows it (continues).
 func (d *Drainer) recordDelivered(i int, sig unix.Signal) {
 	d.recordSignal(i, sig)
 	if continues(sig) {
@@ -115,12 +103,10 @@ func (d *Drainer) recordDelivered(i int, sig unix.Signal) {
 	}
 }
 
-// continues reports whether a drain follows sig with SIGCONT, as systemd does: a stopped process
-// only acts on the signal once continued.
+// continues reports whether sig is followed by SIGCONT, which a stopped process needs to act on it.
 func continues(sig unix.Signal) bool { return sig != unix.SIGKILL && sig != unix.SIGCONT }
 
-// dropDetail removes detailed entry i from the report (a listed process that was no member);
-// the entry is left out when the report is completed.
+// dropDetail drops entry i (a listed non-member), left out when the report is completed.
 func (d *Drainer) dropDetail(i int) {
 	if i >= 0 {
 		d.report.Processes[i].Pid = 0
@@ -149,14 +135,13 @@ func (d *Drainer) finish(o Outcome) *Report {
 		d.report.Notes = append(d.report.Notes, fmt.Sprintf("%d processes created just after init was signalled (a handler's, as far as can be told) were waited for without the drain signal", d.spared))
 	}
 	d.commands.collect(d.report.Processes)
-	// Entries dropped by dropDetail (listed, but not members) are left out.
+	// Leave out the entries dropped by dropDetail.
 	d.report.Processes = slices.DeleteFunc(d.report.Processes, func(p ProcessReport) bool { return p.Pid == 0 })
 	d.report.Duration = time.Since(d.report.Started)
 	return d.report
 }
 
-// recordEnd records in the report that a member with report entry detail (-1: counted only)
-// ended with outcome o: every end of a member, listed, tracked or never opened, comes here.
+// recordEnd records that entry detail's member (-1: counted only) ended with o; all ends come here.
 func (d *Drainer) recordEnd(detail int, o Outcome) {
 	d.report.Totals[o]++
 	if detail >= 0 {

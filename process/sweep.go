@@ -8,14 +8,13 @@ import (
 
 // Sweeps: finding the members not followed yet, opening a pidfd on each and signalling it.
 
-// sweep finds the members not tracked yet from the container itself (or, when the scope has no
-// cgroup to list, from the whole process table), signals them with sig unless it is 0, and
-// returns how many it found. With sig 0 (during the grace period), a process whose parent is
-// init, or one of init's new processes, is left alone.
+// sweep finds the members not tracked yet (from the container, else the whole process table),
+// signals them with sig unless 0, and returns how many it found. With sig 0, init's children and
+// their new processes are left alone.
 func (d *Drainer) sweep(sig unix.Signal) int {
 	if d.listed != nil {
-		// A drain that signals at once has looked at init's children: new ones are init's own, and the rest,
-		// once signalled, are in the cgroup or zombies.
+		// init's children were seen when signalling at once: new ones are init's own, the rest
+		// are in the cgroup or zombies.
 		if pids, ok := appendCgroupProcs(d.ownChildren(false), d.scope.cgroupDir); ok {
 			return d.sweepPids(pids, sig, false)
 		}
@@ -48,12 +47,11 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 			continue
 		}
 		if _, ok := d.active[pid]; ok || d.skipped(pid) || d.isListed(pid) {
-			// A finished PID is a zombie not reaped yet, or was recycled: a process started by a
-			// member is caught by the fork watcher, and the rest are init's own.
+			// A finished PID is a zombie or recycled: by a member's child (the fork watcher has
+			// it) or by init's own.
 			continue
 		}
-		// A cheap membership check first: most of the host is not the container's, and a pidfd
-		// is opened (and membership checked again, see OpenMember) only for members.
+		// A cheap check first: most of the host is not the container's (OpenMember checks again).
 		if filter && !d.scope.Contains(pid) {
 			continue
 		}
@@ -88,8 +86,7 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 	if sig == 0 {
 		d.initsOwn = initsOwn
 	}
-	// Every member found is tracked first, then all are signalled in one tight loop: the members'
-	// exits, which compete for the CPUs, start when there is nothing left to do but signal.
+	// Track all, then signal in one tight loop: the exits compete with the sweep for the CPUs.
 	d.commands.awaitAll()
 	for _, t := range batch {
 		d.signal(t, sig)
@@ -97,9 +94,8 @@ func (d *Drainer) sweepPids(pids []int, sig unix.Signal, filter bool) int {
 	return found
 }
 
-// track starts tracking pid if it is a member, signalling it with sig unless sig is 0. It reports
-// whether pid is now tracked. A nested namespace's init that would drop sig is tracked unsignalled
-// and deferred (see releaseDeferred).
+// track tracks pid if it is a member, signalling it with sig unless 0, and reports whether it is
+// tracked. A nested init that would drop sig is deferred unsignalled (see releaseDeferred).
 func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	t := d.open(pid, sig)
 	if t == nil {
@@ -112,8 +108,7 @@ func (d *Drainer) track(pid int, sig unix.Signal) bool {
 	return true
 }
 
-// open starts tracking pid if it is a member, without signalling it yet: track less the signal.
-// It returns nil when pid is not tracked.
+// open is track less the signal; it returns nil when pid is not tracked.
 func (d *Drainer) open(pid int, sig unix.Signal) *trackedMember {
 	t, err := d.openDetailed(pid, sig, newEntry)
 	switch {
@@ -121,16 +116,15 @@ func (d *Drainer) open(pid int, sig unix.Signal) *trackedMember {
 		d.end(pid, t, AlreadyExited)
 		return nil
 	case err != nil && !errors.Is(err, ErrGone) && !errors.Is(err, ErrNotMember):
-		// Not opened (too many open files, say), which says nothing of its end: it is waited
-		// for, and opened again at each wake-up (retryUnopened), signalled with sig then.
+		// Not opened (too many open files): waited for, retried by retryUnopened with sig.
 		d.unopened[pid] = sig
 		d.noteOpenFailure(err)
 	}
 	return t
 }
 
-// retryUnopened opens again the processes that could not be opened, each signalled as it would
-// have been (SIGKILL once the grace is over). One that is gone has ended, never signalled.
+// retryUnopened retries the unopened processes, each with its owed signal (SIGKILL after the
+// grace); one that is gone has ended unsignalled.
 func (d *Drainer) retryUnopened() {
 	if len(d.unopened) == 0 {
 		return
@@ -147,8 +141,7 @@ func (d *Drainer) retryUnopened() {
 		}
 		_, again := d.unopened[pid]
 		if _, ended := d.finished[pid]; !again && (wasEnded || !ended) {
-			// Gone, or its PID another's: it ended without the drain's signal. (One found
-			// exited, track has ended and counted.)
+			// Gone or recycled: ended unsignalled (track counted one found exited).
 			d.recordEnd(-1, AlreadyExited)
 		}
 	}
@@ -160,10 +153,9 @@ var errExited = errors.New("the member has exited")
 // newEntry asks openDetailed for a new report entry.
 const newEntry = -2
 
-// openDetailed is open with the report entry detail (-1: counted only; newEntry: a new one, made
-// once pid is confirmed as a member). It returns ErrNotMember for a process that is not a member,
-// another error for one that is gone, and errExited with an untracked t, for the caller to end,
-// for a member that has exited.
+// openDetailed is open with the report entry detail (-1: counted only; newEntry: one made once pid
+// is confirmed). It returns ErrNotMember for a non-member, another error for one gone, and
+// errExited with an untracked t, for the caller to end, for a member that has exited.
 func (d *Drainer) openDetailed(pid int, sig unix.Signal, detail int) (*trackedMember, error) {
 	if _, ok := d.finished[pid]; ok {
 		// Seen exit already: a zombie not reaped yet, unless the PID was recycled.

@@ -15,9 +15,8 @@ func (d *Drainer) watchFd(fd int) {
 	}
 }
 
-// wait blocks until a tracked process exits, a process is created, the timeout passes or the
-// drain is cancelled. It returns how many tracked processes exited, and whether fork events were
-// lost.
+// wait blocks until a tracked process exits, a process is created, timeout passes or the drain is
+// cancelled. It returns how many tracked processes exited and whether fork events were lost.
 func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) {
 	if forks, gone := d.pendingForks, d.pendingLost; len(forks) > 0 || gone {
 		d.pendingForks, d.pendingLost = nil, false
@@ -67,8 +66,8 @@ func (d *Drainer) wait(wake int, timeout time.Duration) (exited int, lost bool) 
 	return exited, lost
 }
 
-// readyFds waits up to ms milliseconds and returns the readable fds among the tracked pidfds, the
-// fork watcher and wake.
+// readyFds waits up to timeout and returns the readable fds among the tracked pidfds, the fork
+// watcher and wake.
 func (d *Drainer) readyFds(wake int, timeout time.Duration) map[int32]bool {
 	ready := map[int32]bool{}
 	if d.ep >= 0 {

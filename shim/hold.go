@@ -70,8 +70,7 @@ func startHold(init *process.Handle) (*hold, error) {
 	}
 }
 
-// readTracer follows the tracer's messages until it exits. attached gets one value: nil once the
-// tracer has attached, or why it could not; nobody need be reading it (after a timeout, say).
+// readTracer follows the tracer's messages; attached gets one value (nil: attached), read or not.
 func (h *hold) readTracer(stdout io.Reader, attached chan<- error) {
 	reported, exiting := false, false
 	sc := bufio.NewScanner(stdout)
@@ -110,11 +109,9 @@ func (h *hold) Release() {
 // holdKillAfter bounds how long kill waits for the tracer to end on its own before it SIGKILLs it.
 const holdKillAfter = time.Second
 
-// kill ends the tracer and waits for it; the kernel detaches it from init. It closes the
-// tracer's input, which ends it at once, or, while it rewrites init's exit syscall (autoreap),
-// as soon as init's registers and stack are put back: a SIGKILL then would let init run on with
-// the injected call's registers (an exit status of 17, or a fault). A tracer still there after
-// holdKillAfter is SIGKILLed.
+// kill closes the tracer's input and waits for it to end, SIGKILLing it after holdKillAfter. Mid
+// autoreap it ends only once init's registers are restored: a SIGKILL then would leave init with
+// the injected call's registers.
 func (h *hold) kill() {
 	h.release.Close()
 	select {
@@ -125,8 +122,7 @@ func (h *hold) kill() {
 	}
 }
 
-// killNow SIGKILLs a tracer that has not attached (it cannot be rewriting anything yet) and
-// waits for it.
+// killNow SIGKILLs a tracer that has not attached (so rewrites nothing yet) and waits for it.
 func (h *hold) killNow() {
 	h.cmd.Process.Kill()
 	h.release.Close()
@@ -161,10 +157,8 @@ func awaitTracer(tracer <-chan attachedTracer) (*hold, error) {
 	return a.h, a.err
 }
 
-// discardTracer ends a tracer started by startTracer that the stop does not use, aside. The
-// returned channel is closed once the tracer is gone: init must not be signalled before, since a
-// signal that init is being stopped for when its tracer exits is lost (the kernel's implicit
-// detach drops it: measured 37 times in 200 with a tracer released right after a TERM).
+// discardTracer ends, aside, a tracer the stop does not use; the channel closes once it is gone.
+// Init must not be signalled before: the kernel's implicit detach on the tracer's exit can drop it.
 func discardTracer(tracer <-chan attachedTracer) <-chan struct{} {
 	gone := make(chan struct{})
 	go func() {

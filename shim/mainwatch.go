@@ -14,10 +14,9 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// mainWatch follows the main process of a container under graceful-init through a pidfd, for the
-// container's life: one descriptor, and no wakeup until the main process exits. It exists from the
-// Start on, before the main process is found, so that a stop always knows that init is
-// graceful-init (which exits only once it is alone, and so cannot be held at an exit of its own).
+// mainWatch follows the main process under graceful-init through a pidfd. It exists from Start on,
+// before the main process is found, so that a stop always knows init is graceful-init (which exits
+// only once alone, so is never held at its exit).
 type mainWatch struct {
 	exited     chan struct{} // closed when the main process has exited, or cannot be watched
 	markExited sync.Once
@@ -38,10 +37,9 @@ func newMainWatch() (*mainWatch, error) {
 	return &mainWatch{exited: make(chan struct{}), found: make(chan struct{}), wake: wake}, nil
 }
 
-// awaitFound waits until the search for the main process is over (at most mainStartTimeout, the
-// search's own bound). A stop waits for it before it signals graceful-init: a main process that
-// exited before it was found could not be told from the processes graceful-init adopts, and the
-// drain, which waits for its exit, would never start.
+// awaitFound waits until the search for the main process is over (at most mainStartTimeout). A
+// stop waits for it before signalling graceful-init: a main process that exited unfound could not
+// be told from adopted ones, and the drain, which waits for its exit, would never start.
 func (w *mainWatch) awaitFound() {
 	select {
 	case <-w.found:
@@ -49,11 +47,9 @@ func (w *mainWatch) awaitFound() {
 	}
 }
 
-// exit marks the main process as gone: it exited, or it cannot be watched, and a stop then drains
-// the rest at once.
+// exit marks the main process gone (exited or unwatchable): a stop then drains the rest at once.
 func (w *mainWatch) exit() { w.markExited.Do(func() { close(w.exited) }) }
 
-// isCancelled reports whether cancel was called.
 func (w *mainWatch) isCancelled() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -78,15 +74,13 @@ func (w *mainWatch) close() {
 	unix.Close(w.wake)
 }
 
-// Start starts the container with the runc service and, under graceful-init, begins to watch the
-// main process.
+// Start starts the container and, under graceful-init, begins to watch its main process.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	s.mu.Lock()
 	c := s.containers[r.ID]
 	s.mu.Unlock()
-	// Under graceful-init, the main process is graceful-init's first child: process creations
-	// are followed from before the start, so that it is known exactly, even when it has started
-	// something and exited before Start returns.
+	// The main process is graceful-init's first child: follow creations from before the start to
+	// know it exactly, even if it forks and exits before Start returns.
 	var forks *process.ForkWatch
 	if r.ExecID == "" && c != nil && c.policy.Init {
 		var err error
@@ -112,8 +106,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	s.mu.Lock()
 	c.main = w
 	s.mu.Unlock()
-	// Found in the background, so that Start does not wait for graceful-init to start the main
-	// process. A stop that comes before then waits for the search (awaitFound).
+	// Found in the background; a stop that comes first waits for the search (awaitFound).
 	go func() {
 		h, err := watchMain(int(resp.Pid), w, forks)
 		if forks != nil {
@@ -148,10 +141,9 @@ var errWatchCancelled = errors.New("the watch was cancelled")
 // errMainGone: the main process has exited and been reaped already.
 var errMainGone = errors.New("the main process has exited")
 
-// watchMain finds the main process, graceful-init's (initPid) first child, and opens a pidfd on
-// it. The pidfd is opened before the parent is checked, so a recycled PID is never watched. With
-// forks (following process creations since before the start) the first child is known exactly;
-// errMainGone says that it has exited already. Without, it is looked for as the oldest child.
+// watchMain finds the main process, graceful-init's (initPid) first child, and opens a pidfd on it
+// before checking its parent, so a recycled PID is never watched. With forks the child is known
+// exactly (errMainGone: it has exited already); without, it is the oldest child.
 func watchMain(initPid int, w *mainWatch, forks *process.ForkWatch) (*process.Handle, error) {
 	deadline := time.Now().Add(mainStartTimeout)
 	if forks != nil {
@@ -203,10 +195,9 @@ func watchMain(initPid int, w *mainWatch, forks *process.ForkWatch) (*process.Ha
 	}
 }
 
-// claimMainExit claims the stop that drains the rest after the main process exited by itself,
-// and returns it (nil when there is none to run). A stop that Kill claimed meanwhile drains the
-// rest itself once it has begun; one given up without beginning (forwarded) does not, so its
-// end is waited for and the main-exit stop claimed after it.
+// claimMainExit claims the stop that drains the rest after the main process exited by itself (nil:
+// none to run). A stop Kill claimed meanwhile drains the rest itself once begun; if it is given up
+// (forwarded) instead, the main-exit stop is claimed once it has settled.
 func (s *service) claimMainExit(id string, c *container, w *mainWatch) *stop {
 	for {
 		s.mu.Lock()
@@ -233,9 +224,8 @@ func (s *service) claimMainExit(id string, c *container, w *mainWatch) *stop {
 	}
 }
 
-// followMain waits for the main process to exit. A stop in progress then drains the rest itself;
-// otherwise the main process exited by itself, and a stop of order main-exit drains the rest, with
-// the same policy and report as any stop. graceful-init exits once the rest is gone.
+// followMain waits for the main process to exit; unless a stop in progress drains the rest, a
+// main-exit stop does, with the same policy and report as any stop.
 func (s *service) followMain(id string, c *container, w *mainWatch, h *process.Handle, initPid int) {
 	defer w.close()
 	exited := true // h nil: the main process has exited already

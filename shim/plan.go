@@ -11,9 +11,8 @@ import (
 
 // This file is the whole stop policy: what a Kill does (decideKill, decideBegin), whether init's
 // exit may be held (mayHold, holdsDuringDrain), how a stop runs (decideStop), how the drain
-// signals (decideSignalling), its grace and SIGKILL bounds (drainGrace, killWait, killSweeps),
-// and what init is finally sent (initSignal). Everything else carries out what these decide, from
-// facts that process/ reads (init's disposition, the container's size, the host's task count).
+// signals (decideSignalling), its bounds (drainGrace, killWait, killSweeps) and what init is
+// finally sent (initSignal). Everything else carries these out, from facts process/ reads.
 
 // KillAction is what the service does with one Kill of a container's init.
 type KillAction string
@@ -25,24 +24,22 @@ const (
 	StartStop KillAction = "start-stop"
 	// AbortAndForward: end the stop in progress (the drain and any hold) and forward the SIGKILL.
 	AbortAndForward KillAction = "abort-and-forward"
-	// ForwardToInit: a stop signal repeated during an init-first stop reaches init, as each one
-	// does with the stock shim (init has been asked already; it may want to be asked again).
+	// ForwardToInit: a stop signal repeated during an init-first stop reaches init, as with the
+	// stock shim.
 	ForwardToInit KillAction = "forward-to-init"
-	// Absorb: a stop signal repeated during a children-first stop is left to the stop, which gives
-	// init the signal once the others are drained; signalling init now would break that order.
+	// Absorb: a stop signal repeated during a children-first stop is left to the stop, which
+	// signals init only once the others are drained.
 	Absorb KillAction = "absorb"
 )
 
 // starting is the order of a stop that has been claimed but not yet planned.
 const starting StopOrder = "starting"
 
-// MainExited is the order of the drain that follows the main process's own exit under
-// graceful-init: there was no stop signal, and the rest of the container is drained.
+// MainExited is the order of the drain after the main process's own exit under graceful-init.
 const MainExited StopOrder = "main-exit"
 
 // decideKill is the Kill decision table. inProgress is the order of the stop in progress
-// (starting while it is being planned), "" when none is. A StartStop of a container that is not
-// running (created, paused, stopped) is forwarded: the runc service answers as it always has.
+// (starting while it is being planned), "" when none is.
 //
 //	signal                  stop in progress            action
 //	any (passthrough)       any                         forward
@@ -68,9 +65,8 @@ func decideKill(p Policy, sig unix.Signal, inProgress StopOrder) KillAction {
 	return StartStop
 }
 
-// decideBegin is what a claimed stop does once the container's state is read: a container that
-// is not running (created, paused, stopped) has its Kill forwarded, and the runc service answers
-// as it always has.
+// decideBegin forwards a claimed stop's Kill when the container is not running (created, paused,
+// stopped): the runc service answers as it always has.
 func decideBegin(running bool) KillAction {
 	if !running {
 		return Forward
@@ -80,8 +76,7 @@ func decideBegin(running bool) KillAction {
 
 // InitStatus is what a stop observes of init before it starts.
 type InitStatus struct {
-	// Handles: init will act on the stop signal (a handler, a thread waiting for it in sigwait,
-	// a signalfd, or blocked for the process to take).
+	// Handles: init will act on the stop signal (process.Disposition.Handles).
 	Handles bool
 	// Disposition is how init's treatment of the stop signal was read (process.ReadDisposition).
 	Disposition process.Disposition
@@ -90,12 +85,10 @@ type InitStatus struct {
 	// NamespaceInit: init is PID 1 of its PID namespace, so the kernel drops a signal it does not
 	// handle (no zap follows unless it exits).
 	NamespaceInit bool
-	// TracerFailed, when set, is why the tracer could not attach to init: the plan is asked again
-	// with it.
+	// TracerFailed, if set, is why the tracer could not attach; the plan is asked again with it.
 	TracerFailed error
-	// InjectedInit: init is graceful-init, which passes the signal to the main process and, when
-	// that exits, stays alive (holding the namespace open) until the rest is gone. The shim
-	// watches the main process.
+	// InjectedInit: init is graceful-init, which passes the signal to the main process and, once
+	// that exits, holds the namespace open until the rest is gone.
 	InjectedInit bool
 }
 
@@ -110,8 +103,7 @@ const (
 	// HoldInitThenDrain: trace init, signal it, drain the rest while its exit is held (init-first).
 	HoldInitThenDrain Strategy = "hold-init-then-drain"
 	// SignalInitAwaitMain: signal graceful-init, which passes it to the main process; drain the
-	// rest when the main process exits (init-first without a tracer: graceful-init holds the
-	// namespace open itself).
+	// rest when that exits (init-first without a tracer: graceful-init holds the namespace open).
 	SignalInitAwaitMain Strategy = "signal-init-await-main"
 	// DrainOnly: drain every process but init, and nothing else (after the main process exited
 	// by itself under graceful-init; init exits once the rest is gone).
@@ -171,29 +163,24 @@ func decideStop(p Policy, sig unix.Signal, init InitStatus) Plan {
 	return Plan{Order: InitFirst, Strategy: HoldInitThenDrain}
 }
 
-// mayHold reports whether a stop starts the tracer before its plan is made, since it takes a few
-// milliseconds: whenever the plan may hold init, that is for every order but an explicit
-// children-first of an init that is not PID 1 of its namespace (no zap to prevent), and never
-// under graceful-init, which holds the namespace open itself.
+// mayHold reports whether a stop starts the tracer (milliseconds) before its plan is made: whenever
+// the plan may hold init, so not for an explicit children-first of an init that is not PID 1 of its
+// namespace (no zap to prevent), and never under graceful-init, which holds the namespace itself.
 func mayHold(p Policy, namespaceInit, injectedInit bool) bool {
 	return !injectedInit && (p.StopOrder != ChildrenFirst || namespaceInit)
 }
 
-// holdsDuringDrain reports whether a children-first drain holds init at its exit should init
-// exit by itself meanwhile (a script whose foreground server ended, tini whose child exited):
-// when init is PID 1 of the container's namespace, whose exit would let the kernel zap a member
-// still in its handler.
+// holdsDuringDrain reports whether a children-first drain holds init at its exit should init exit
+// by itself meanwhile: when init is PID 1, whose exit would zap a member still in its handler.
 func holdsDuringDrain(init InitStatus) bool { return init.NamespaceInit }
 
-// decideMainExit is the plan when the main process under graceful-init exits by itself while
-// other processes are alive: drain them, with the same policy as a stop.
+// decideMainExit is the plan when the main process under graceful-init exits by itself.
 func decideMainExit() Plan {
 	return Plan{Order: MainExited, Strategy: DrainOnly}
 }
 
-// initSignal is what init is sent for the requested stop signal: the signal itself, or SIGKILL
-// when init would not act on it (PID 1 of its namespace without a handler drops it; an ignored
-// signal does nothing), so that the stop completes instead of hanging. note says why, if changed.
+// initSignal is what init is sent for the requested stop signal: the signal, or SIGKILL when init
+// would drop or ignore it, so that the stop completes instead of hanging; the note says why.
 func initSignal(sig unix.Signal, init InitStatus) (unix.Signal, string) {
 	name := process.SignalName(sig)
 	switch {
@@ -226,8 +213,7 @@ func observeRunningInit(pid int, sig unix.Signal) (InitStatus, error) {
 	return observeInit(pid, st, sig)
 }
 
-// reportedDisposition is how a report names init's disposition: as read, except that a PID 1
-// with the default action "drops" the signal.
+// reportedDisposition names init's disposition as read, except that a PID 1's default "drops".
 func reportedDisposition(init InitStatus) string {
 	if init.Disposition == process.Default && init.NamespaceInit {
 		return "drops"
@@ -235,9 +221,8 @@ func reportedDisposition(init InitStatus) string {
 	return string(init.Disposition)
 }
 
-// Signalling at once costs the kernel's kill(-1) loop, which looks at every task on the host,
-// twice (the signal, then SIGCONT): about killCostPerTask a task, plus the signaller's start. Each
-// member signalled through its own pidfd costs the shim about pidfdCostPerMember.
+// Signalling at once costs two kill(-1) walks of every host task (killCostPerTask each) plus the
+// signaller's start; each member signalled through its own pidfd costs pidfdCostPerMember.
 const (
 	killCostPerTask    = 400 * time.Nanosecond
 	signallerCost      = time.Millisecond
@@ -246,24 +231,19 @@ const (
 
 // ScopeFacts is what the drain's choice of signalling rests on, as process/ reads it.
 type ScopeFacts struct {
-	// CanSignalAtOnce: a PID namespace of its own with a cgroup to list the members from
-	// (process.Scope.CanSignalAtOnce).
+	// CanSignalAtOnce: a PID namespace of its own and a cgroup to list (Scope.CanSignalAtOnce).
 	CanSignalAtOnce bool
-	// Size is the container's task count (process.Scope.Size); SizeKnown is false when it could
-	// not be read.
+	// Size is the container's task count (process.Scope.Size), if SizeKnown.
 	Size      int
 	SizeKnown bool
 	// HostTasks is the host's task count (process.HostTasks); 0 when it could not be read.
 	HostTasks int
 }
 
-// decideSignalling reports whether the drain signals the container's namespace at once, from a
-// signaller inside it (kill(-1)), rather than member by member through pidfds: when the scope
-// allows it and the members are many enough for kill(-1), whose cost grows with the host, to cost
-// less than a pidfd each (a 10-process container on a host of 20 000 tasks is cheaper member by
-// member). A drain that gives handlers of the container's own stop signal that signal and the
-// rest another (DrainStopSignal) picks each member's signal, so it never signals at once; note
-// then says so.
+// decideSignalling reports whether the drain signals the namespace at once (kill(-1) from a
+// signaller inside it) rather than through a pidfd per member: when the scope allows it and the
+// members are many enough that kill(-1), whose cost grows with the host, costs less. A drain with
+// a DrainStopSignal picks each member's signal, so it never signals at once; note says so.
 func decideSignalling(p Policy, sig unix.Signal, f ScopeFacts) (atOnce bool, note string) {
 	if !f.CanSignalAtOnce || !f.SizeKnown {
 		return false, ""
@@ -280,16 +260,14 @@ func decideSignalling(p Policy, sig unix.Signal, f ScopeFacts) (atOnce bool, not
 
 // The bounds of a drain's end, once the grace period is over.
 const (
-	// killWait bounds the wait for SIGKILLed members to disappear; a process in uninterruptible
-	// sleep may outlive it, and is reported as survived.
+	// killWait bounds the wait for SIGKILLed members (one in D state is reported as survived).
 	killWait = 2 * time.Second
 	// killSweeps bounds the SIGKILL sweeps, which a fork bomb would otherwise refill forever.
 	killSweeps = 8
 )
 
-// drainGrace is the drain's grace period when it starts, elapsed after the stop began: the
-// policy's, cut short to end within the stop budget (Kubernetes' termination grace period less a
-// margin) when there is one. note says so when it is cut.
+// drainGrace is the grace period of a drain starting elapsed after the stop began: the policy's,
+// cut to end within the stop budget (kubelet's grace less a margin) if any; note says so.
 func drainGrace(p Policy, elapsed time.Duration) (grace time.Duration, note string) {
 	grace = p.GracePeriod
 	if p.StopBudget > 0 {

@@ -21,23 +21,20 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// service decorates containerd's runc task service: Create resolves each container's stop policy
-// and runtime options, Kill runs the graceful stop, Delete forgets the container. Every other RPC
-// goes to the embedded runc service untouched.
+// service decorates containerd's runc task service: Create resolves each container's stop policy,
+// Kill runs the graceful stop, Delete forgets the container; other RPCs go to runc untouched.
 type service struct {
 	taskAPI.TTRPCTaskService
 
 	// ctx carries the shim's namespace, for publishing events; publisher sends them to containerd.
 	ctx       context.Context
 	publisher events.Publisher
-	// containerdAddress (gRPC) and namespace are where the container records are, for the stop
-	// signal that a client recorded.
+	// containerdAddress (gRPC) and namespace locate the container records (a recorded stop signal).
 	containerdAddress, namespace string
 
 	// exits tells when a container's exit event has been published (nil: not known).
 	exits *exitEvents
-	// reports counts the stops whose report is still to be published: the shim does not shut
-	// down before they are (awaitReports).
+	// reports counts the stop reports still to publish; shutdown waits for them (awaitReports).
 	reports sync.WaitGroup
 
 	mu         sync.Mutex
@@ -59,8 +56,7 @@ type container struct {
 // newService wraps the runc task service; stop reports are published through publisher.
 // exits, if not nil, is the runc service's publisher, which tells when an exit event went out.
 func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher events.Publisher, exits *exitEvents, containerdAddress string) *service {
-	// A stop opens up to hundreds of pidfds at once; the descriptor table grows now, aside,
-	// rather than then, on the stop's critical path (see process.ReserveDescriptors).
+	// A stop opens hundreds of pidfds: grow the descriptor table now, off the stop's path.
 	go process.ReserveDescriptors(process.DrainDescriptors)
 	if k := process.EmulatedKernel(); k != (process.KernelRelease{}) {
 		log.G(ctx).Warnf("graceful: a kernelemu test build behaving as Linux %s", k)
@@ -70,9 +66,8 @@ func newService(ctx context.Context, runc taskAPI.TTRPCTaskService, publisher ev
 		containerdAddress: containerdAddress, namespace: ns}
 }
 
-// awaitReports waits until every started stop has published its report, or ctx is done: a shim
-// shutdown callback, so that a container deleted right after its exit event does not lose its
-// report.
+// awaitReports, a shutdown callback, waits until every started stop has published its report (or
+// ctx is done), so that a container deleted right after its exit keeps its report.
 func (s *service) awaitReports(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
@@ -87,9 +82,8 @@ func (s *service) awaitReports(ctx context.Context) error {
 	return nil
 }
 
-// RegisterTTRPC registers the decorator, not the runc service, as the task service, in both task
-// API versions: v3 for daemons from 2.0 on, v2 for older ones (and for any daemon that was
-// answered with a plain address at start).
+// RegisterTTRPC registers the decorator as the task service in both API versions: v3 for daemons
+// from 2.0 on, v2 for older ones (and any daemon answered with a plain address at start).
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
 	registerTaskV2(server, s)
@@ -156,10 +150,8 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, nil
 }
 
-// Kill carries out decideKill (plan.go) for a signal sent to a container's init: a stop signal
-// starts a graceful stop, SIGKILL ends any stop in progress and is forwarded, and every other
-// signal, and any Kill of an exec, is forwarded as is. A stop is claimed under the lock before
-// anything else happens, so that concurrent Kills start at most one.
+// Kill carries out decideKill (plan.go) for a signal to a container's init; an exec's is forwarded.
+// A stop is claimed under the lock first, so that concurrent Kills start at most one.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
 	if r.ExecID != "" {
 		return s.TTRPCTaskService.Kill(ctx, r)

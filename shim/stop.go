@@ -16,14 +16,13 @@ import (
 	"github.com/graceful-shim/graceful/process"
 )
 
-// stop is one graceful stop of a container. Its plan (decideStop, plan.go) picks the Strategy, and
-// a runner carries it out; see plan.go for every decision.
+// stop is one graceful stop: decideStop (plan.go) picks the Strategy and a runner carries it out.
 type stop struct {
 	id     string
 	signal unix.Signal // the stop signal that was requested
 	policy Policy
 	order  StopOrder // the plan's order, "" when forwarded
-	// inProgress is the order as Kill sees it, under the service's lock: starting until begin returns.
+	// inProgress is the order Kill sees (under the service's lock): starting until begin returns.
 	inProgress StopOrder
 	init       *process.Handle
 	scope      *process.Scope
@@ -45,8 +44,7 @@ type stop struct {
 	ctx           context.Context
 	cancel        context.CancelFunc
 	aborted       atomic.Bool
-	// settled is closed once the stop has begun (began) or was given up without beginning (the
-	// Kill forwarded as is); see settle.
+	// settled is closed once the stop has begun or was given up (forwarded); see settle.
 	settled    chan struct{}
 	settleOnce sync.Once
 	began      bool
@@ -65,8 +63,7 @@ func (s *stop) settle(began bool) {
 
 // runner carries out a started stop's Strategy.
 type runner interface {
-	// finish waits for the stop to end (or ctx to be done) and returns the drain's report, nil
-	// when no drain ran.
+	// finish waits for the stop to end (or ctx) and returns the drain's report, nil if none ran.
 	finish(s *stop) *process.Report
 	// close frees what the runner holds.
 	close()
@@ -79,16 +76,13 @@ type StopReport struct {
 	GracePeriod string    `json:"grace_period"`
 	Order       StopOrder `json:"order"`
 	InitSignal  string    `json:"init_signal,omitempty"`
-	// InitDisposition is how init's treatment of the requested signal was read when the stop
-	// began: caught, sigwait, signalfd, blocked, ignored, drops (PID 1 without any of these) or
-	// default.
+	// InitDisposition is how init treated the requested signal when the stop began: caught,
+	// sigwait, signalfd, blocked, ignored, drops (PID 1 without any of these) or default.
 	InitDisposition string   `json:"init_disposition,omitempty"`
 	Notes           []string `json:"notes,omitempty"`
 	// TracerStart is how long the init-first tracer took to start and trace init.
 	TracerStart time.Duration `json:"tracer_start_ns,omitempty"`
-	// InitAutoreap: init, held at its exit, had been made to ignore SIGCHLD on its way there, so
-	// that the processes that died while it was held released themselves instead of waiting, as
-	// zombies, for the kernel to reap them one by one after its release.
+	// InitAutoreap: the held init had been made to ignore SIGCHLD, so dying children self-reaped.
 	InitAutoreap bool            `json:"init_autoreap,omitempty"`
 	Drain        *process.Report `json:"drain,omitempty"`
 
@@ -96,7 +90,6 @@ type StopReport struct {
 	encoded []byte
 }
 
-// encode returns the report in JSON, encoded once for the log and the event.
 func (r *StopReport) encode() []byte {
 	if r.encoded == nil {
 		r.encoded, _ = json.Marshal(r)
@@ -111,13 +104,9 @@ func newStop(id string, sig unix.Signal, policy Policy) *stop {
 		ctx: ctx, cancel: cancel, profile: func() {}, settled: make(chan struct{})}
 }
 
-// begin starts the stop of the container whose init is pid, following its plan. It returns false
-// when the Kill is to be forwarded to init unchanged instead (the plan says so, or the container's
-// processes cannot be found), with the stop closed; report is then what to publish, if anything.
-// A children-first stop has signalled every other process when begin returns; an init-first one
-// has signalled init.
-//
-// mainExit, when not nil, is closed when the main process under graceful-init exits.
+// begin starts the stop of the container whose init is pid, following its plan. It returns false,
+// with the stop closed and report to publish, when the Kill is to be forwarded to init unchanged.
+// mainExit, if not nil, is closed when the main process under graceful-init exits.
 func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *StopReport) {
 	if err := s.open(pid); err != nil {
 		s.note("cannot drain, the signal was forwarded: %v", err)
@@ -128,8 +117,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		s.note("cannot read init %d, the signal was forwarded: %v", pid, err)
 		return false, s.closeForwarded()
 	}
-	// The tracer takes a few milliseconds to start: it is started first, aside, whenever the plan
-	// may hold init.
+	// The tracer takes milliseconds to start: start it first, aside, if the plan may hold init.
 	var tracer <-chan attachedTracer
 	if mayHold(s.policy, st.NamespaceInit(), mainExit != nil) {
 		tracer = startTracer(s.init)
@@ -151,9 +139,8 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 	var begun *process.ForkWatch
 	switch plan.Strategy {
 	case HoldInitThenDrain:
-		// Forks are watched from before init's signal: what a handler starts when init passes
-		// the signal on (tini -g, dumb-init) is left out of the drain's signal. Made while the
-		// tracer attaches (about 55 µs), off the stop's path.
+		// Watch forks from before init's signal, so that what a handler starts when init passes
+		// it on (tini -g) is spared the drain signal; made while the tracer attaches.
 		begun, _ = process.NewForkWatch()
 		if h, err = awaitTracer(tracer); err != nil {
 			status.TracerFailed = err
@@ -201,10 +188,8 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 }
 
 // beginChildrenFirst starts a children-first drain. When init is PID 1 of the container's own
-// namespace, the drain is prepared while the tracer (started by begin) attaches to it, and
-// signals once it has: init exiting by itself during the drain (a script whose foreground server
-// ended, tini whose child exited) is then held at its exit, so that the kernel does not zap a
-// member still in its handler, until the drain ends.
+// namespace the drain starts once the tracer has attached, so that init exiting by itself is held
+// until the drain ends, and the kernel does not zap a member still in its handler.
 func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTracer) (bool, *StopReport) {
 	d := &drainThenInit{thenInit: true}
 	s.runner = d
@@ -234,8 +219,7 @@ func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTrace
 }
 
 // beginMainExit starts the drain that follows the main process's own exit under graceful-init
-// (pid). It returns false, with nothing to report, when the container is already gone (the main
-// process died with it, of a SIGKILL).
+// (pid). It returns false, with nothing to report, when the container is already gone.
 func (s *stop) beginMainExit(pid int) bool {
 	if err := s.open(pid); err != nil || s.init.Exited() {
 		s.close()
@@ -275,10 +259,9 @@ func (s *stop) open(pid int) error {
 	return nil
 }
 
-// checkShimChild checks that pid is a child of this shim, as a container's init is (runc's init
-// is reparented to the shim, its subreaper). The PID came from the runc service's state: if init
-// exited and was reaped since, the PID may be another process's by now, another container's init
-// even, whose processes a drain must never touch.
+// checkShimChild checks that pid is this shim's child, as a container's init is (the shim is its
+// subreaper). The PID came from runc's state: if init was reaped since, the PID may be another
+// process's, even another container's init, which a drain must never touch.
 func checkShimChild(pid int) error {
 	st, err := process.ReadStatus(pid)
 	if err != nil {
@@ -290,14 +273,12 @@ func checkShimChild(pid int) error {
 	return nil
 }
 
-// drainThenInit runs the children-first Strategy (DrainThenInit): every process but init is
-// drained, then init gets the stop signal (unless thenInit is false: the drain after the main
-// process's exit).
+// drainThenInit runs DrainThenInit: every process but init is drained, then init gets the stop
+// signal unless thenInit is false (the drain after the main process's exit).
 type drainThenInit struct {
 	drainer  *process.Drainer
 	thenInit bool
-	// hold, when not nil, traces init during the drain, so that init exiting by itself is held
-	// at its exit until the drain ends.
+	// hold, if not nil, holds init at its exit should it exit by itself during the drain.
 	hold *hold
 }
 
@@ -312,9 +293,8 @@ func (d *drainThenInit) finish(s *stop) *process.Report {
 		default:
 		}
 		if s.ctx.Err() == nil {
-			// Released, and the tracer gone, before init is signalled: init finishes exiting,
-			// or runs on untraced (a tracer still there would follow it to its exit, for the
-			// autoreap, at two ptrace stops a syscall).
+			// Release before init is signalled: a tracer still there would follow init to its
+			// exit at two ptrace stops a syscall.
 			d.hold.Release()
 		}
 	}
@@ -376,9 +356,8 @@ func (h *holdInitThenDrain) close() {
 	}
 }
 
-// awaitMainThenDrain is init-first under graceful-init: init has been signalled and passed the
-// signal on; when the main process exits, the rest is drained while graceful-init, which exits
-// only once it is alone, holds the namespace open.
+// awaitMainThenDrain is init-first under graceful-init: once the main process exits, the rest is
+// drained while graceful-init, which exits only once alone, holds the namespace open.
 type awaitMainThenDrain struct{ mainExit <-chan struct{} }
 
 func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
@@ -393,8 +372,7 @@ func (a *awaitMainThenDrain) finish(s *stop) *process.Report {
 
 func (a *awaitMainThenDrain) close() {}
 
-// drainConfig is what PrepareDrain needs: the drain's signals, its signaller, and the bounds of
-// its end (plan.go).
+// drainConfig is the drain's signals, signaller and end bounds (plan.go).
 func (s *stop) drainConfig() process.DrainConfig {
 	cfg := process.DrainConfig{Signal: s.policy.DrainSignal, StopSignal: s.policy.DrainStopSignal(s.signal),
 		KillWait: killWait, KillSweeps: killSweeps}
@@ -413,9 +391,8 @@ func (s *stop) startDrain(d *process.Drainer) *process.Drainer {
 	return d.Start(grace)
 }
 
-// startSignaller starts the process that signals the container's whole PID namespace at once,
-// when decideSignalling (plan.go) says so; without it, the drain signals member by member (as it
-// does when the signaller fails: the drain report says so).
+// startSignaller starts the process that signals the whole PID namespace at once when
+// decideSignalling (plan.go) says so; without it the drain goes member by member.
 func (s *stop) startSignaller() {
 	ns := s.scope.Namespace()
 	if ns == 0 || s.signaller != nil {
@@ -442,7 +419,6 @@ func (s *stop) scopeFacts() ScopeFacts {
 	return f
 }
 
-// closeSignaller ends the signaller, if any.
 func (s *stop) closeSignaller() {
 	if s.signaller != nil {
 		s.signaller.close()
@@ -454,14 +430,12 @@ func (s *stop) closeSignaller() {
 func (s *stop) finish() *StopReport {
 	defer s.close()
 	drain := s.runner.finish(s)
-	// Aborted: a SIGKILL (or the task's Delete) ended the stop before its drain was over. One
-	// that came once the drain had ended (a Delete right after init's release, say) did not.
+	// Aborted only if the SIGKILL (or Delete) came before the drain was over.
 	if s.ctx.Err() != nil && (drain == nil || drain.Cancelled) {
 		s.note("stop aborted by SIGKILL")
 	}
-	// Building and publishing the report would compete for the CPUs with init's exit and the
-	// runc service's handling of it, and its event with the exit event: it waits, briefly, until
-	// the exit event has gone out (or, where that is not known, until init has exited).
+	// The report would compete with init's exit for the CPUs and with the exit event: wait,
+	// briefly, for that event to go out (or, where that is not known, for init's exit).
 	s.awaitExitEvent()
 	return s.log(drain)
 }
@@ -483,16 +457,15 @@ func (s *stop) awaitExitEvent() {
 // reportDelay bounds how long a stop's report waits for init's exit and its exit event.
 const reportDelay = 500 * time.Millisecond
 
-// discard ends a tracer that the stop will not use (see discardTracer); awaitDiscarded waits
-// until it is gone, before anything signals init.
+// discard ends a tracer that the stop will not use (see discardTracer).
 func (s *stop) discard(tracer <-chan attachedTracer) {
 	if tracer != nil {
 		s.discarded = discardTracer(tracer)
 	}
 }
 
-// The wait is bounded by the tracer's own bounds: holdAttachTimeout to attach, holdKillAfter
-// before its SIGKILL.
+// awaitDiscarded waits, before anything signals init, until a discarded tracer is gone: bounded
+// by holdAttachTimeout and holdKillAfter.
 func (s *stop) awaitDiscarded() {
 	if s.discarded != nil {
 		<-s.discarded
@@ -518,8 +491,7 @@ func (s *stop) signalInit(status InitStatus) {
 	s.initSignal = process.SignalName(sig)
 }
 
-// abort ends the stop at once (the container is being SIGKILLed or deleted): the drain stops
-// waiting and the tracer, if any, goes, which lets a held init finish exiting.
+// abort ends the stop at once (SIGKILL or Delete): the drain stops waiting, a held init is let go.
 func (s *stop) abort() {
 	s.aborted.Store(true)
 	s.cancel()
