@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -62,27 +61,32 @@ func StopSignalMain(args []string, out io.Writer) int {
 // own (StopSignalMain).
 type stopSignalLookup struct {
 	outcome chan recordedSignal // gets one value
-	cancel  chan struct{}       // closed to end the lookup early
-	once    sync.Once
+	// stop ends the lookup, if it still runs, without waiting for it.
+	stop context.CancelFunc
 }
 
 // lookupStopSignal starts the lookup of container id's recorded stop signal; Create overlaps it
 // with runc's create. The outcome comes at most stopSignalLookupTimeout and a second later.
 func lookupStopSignal(address, ns, id string) *stopSignalLookup {
-	l := &stopSignalLookup{outcome: make(chan recordedSignal, 1), cancel: make(chan struct{})}
+	limit := stopSignalLookupTimeout + time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	l := &stopSignalLookup{outcome: make(chan recordedSignal, 1), stop: cancel}
 	if address == "" {
+		cancel()
 		l.outcome <- recordedSignal{Error: "no containerd address"}
 		return l
 	}
 	cmd := lookupCommand(address, ns, id)
 	in, out, done, err := startHelper(cmd)
 	if err != nil {
+		cancel()
 		l.outcome <- recordedSignal{Error: fmt.Sprintf("start the lookup: %v", err)}
 		return l
 	}
 	in.Close()
 	go func() {
 		defer out.Close()
+		defer cancel()
 		decoded := make(chan recordedSignal, 1)
 		go func() {
 			var r recordedSignal
@@ -91,16 +95,12 @@ func lookupStopSignal(address, ns, id string) *stopSignalLookup {
 			}
 			decoded <- r
 		}()
-		limit := stopSignalLookupTimeout + time.Second
 		select {
 		case r := <-decoded:
 			l.outcome <- r
-		case <-time.After(limit):
+		case <-ctx.Done():
 			cmd.Process.Kill()
-			l.outcome <- recordedSignal{Error: fmt.Sprintf("the lookup did not answer within %s", limit)}
-		case <-l.cancel:
-			cmd.Process.Kill()
-			l.outcome <- recordedSignal{Error: "the lookup was cancelled"}
+			l.outcome <- recordedSignal{Error: fmt.Sprintf("the lookup did not answer (limit %s): %v", limit, ctx.Err())}
 		}
 		<-done
 	}()
@@ -117,9 +117,6 @@ func (l *stopSignalLookup) result(ctx context.Context) recordedSignal {
 		return recordedSignal{Error: fmt.Sprintf("the lookup was cut short: %v", ctx.Err())}
 	}
 }
-
-// stop ends the lookup, if it still runs, without waiting for it.
-func (l *stopSignalLookup) stop() { l.once.Do(func() { close(l.cancel) }) }
 
 // recordedStopSignal asks containerd (gRPC at address) for the stop signal that a client recorded
 // for container id in namespace ns, and says where it was found. It returns 0 when none is.
