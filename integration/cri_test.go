@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/graceful-shim/graceful/integration/cri"
@@ -189,8 +188,8 @@ func checkSandboxPassthrough(t *testing.T, p *cri.Pod) {
 	// The kernel drops the forwarded TERM at once, and nothing shows that it did: wait instead for
 	// what a graceful stop would bring within milliseconds (its drain has nothing to wait for), the
 	// pause process's SIGKILL and exit, on its pidfd, for far longer than that would take.
-	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(pause.Fd()), Events: unix.POLLIN}}, 2000); n != 0 || err != nil {
-		t.Errorf("the pause process exited after a SIGTERM to the sandbox (poll %d, %v): the signal was not forwarded untouched", n, err)
+	if pause.WaitExit(2 * time.Second) {
+		t.Errorf("the pause process exited after a SIGTERM to the sandbox: the signal was not forwarded untouched")
 	}
 	st, err := task.Status(k8s)
 	if err != nil || st.Status != "running" {

@@ -39,17 +39,6 @@ func holdAlive(t *testing.T, what string, pid int) func() {
 	}
 }
 
-// holdExit opens a pidfd on pid at once and returns a check whether that process has exited.
-func holdExit(t *testing.T, what string, pid int) func() bool {
-	t.Helper()
-	h, err := process.Open(pid)
-	if err != nil {
-		t.Fatalf("pidfd of %s %d: %v", what, pid, err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return func() bool { return h.Exited() }
-}
-
 // execTrapping starts `ctr task exec` in c: a shell that on TERM takes 0.2s, writes "clean" to
 // /out/<name> and exits 0. It returns once the trap is set; the exec's output is returned.
 func execTrapping(t *testing.T, c *stack.Container, name string) *stack.Output {

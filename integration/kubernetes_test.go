@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/graceful-shim/graceful/integration/kube"
 	"github.com/graceful-shim/graceful/integration/stack"
 	"github.com/graceful-shim/graceful/process"
@@ -63,7 +61,7 @@ func TestKubernetes(t *testing.T) {
 		p.WaitFile(t, "ready-ignoring")
 		id := p.ContainerID(t, "app")
 		init, child := p.InitAndChild(t, "app")
-		childDone := holdExit(t, "the TERM-ignoring child", child)
+		childDone := openPid(t, "the TERM-ignoring child", child).Exited
 		reports := k.Subscribe(t, "/graceful/stop")
 		exits := k.Subscribe(t, "/tasks/exit")
 		took := k.DeletePod(t, p)
@@ -119,7 +117,7 @@ func TestKubernetes(t *testing.T) {
 		pause := p.SandboxPid(t)
 		pauseAlive := holdAlive(t, "the pause process", pause)
 		aInit, aChild := p.InitAndChild(t, "a")
-		aDone := holdExit(t, "a's child", aChild)
+		aDone := openPid(t, "a's child", aChild).Exited
 		bInit, bChild := p.InitAndChild(t, "b")
 		bInitAlive, bChildAlive := holdAlive(t, "b's init", bInit), holdAlive(t, "b's child", bChild)
 		t.Logf("pause %d, a: init %d child %d, b: init %d child %d", pause, aInit, aChild, bInit, bChild)
@@ -220,8 +218,8 @@ exit 3`
 		if err := os.WriteFile(filepath.Join(p.OutDir, "orphan-go"), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := unix.Poll([]unix.PollFd{{Fd: int32(h.Fd()), Events: unix.POLLIN}}, 10000); n != 1 {
-			t.Fatalf("the orphan %d did not exit in 10 s (poll %d, %v)", orphan, n, err)
+		if !h.WaitExit(10 * time.Second) {
+			t.Fatalf("the orphan %d did not exit in 10 s", orphan)
 		}
 		// A reaped process's /proc entry goes; a zombie's stays. PID 1 reaps on SIGCHLD.
 		deadline := time.Now().Add(5 * time.Second)

@@ -274,7 +274,7 @@ func (b *bench) withStack(ctx context.Context, emulate string) (retErr error) {
 		if err := s.Close(); err != nil && retErr == nil {
 			retErr = fmt.Errorf("close the stack: %w", err)
 		}
-		if left := shimProcesses(dir); len(left) > 0 {
+		if left := stack.Shims(dir); len(left) > 0 {
 			b.failf("cleanup: shim processes %v of %s still running after Close", left, dir)
 		}
 		if _, err := os.Stat(dir); err == nil {

@@ -189,20 +189,3 @@ func pidsLimit(pid int) (limit string, cgroup string, err error) {
 	}
 	return limit, filepath.Join(root, path), nil
 }
-
-// shimProcesses lists the shim processes whose command line names dir.
-func shimProcesses(dir string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(cmdline, []byte("containerd-shim")) && bytes.Contains(cmdline, []byte(dir)) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}

@@ -8,12 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/moby/moby/client"
-	"golang.org/x/sys/unix"
 
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 // RemoveAll removes every container of the daemon (docker rm -f).
@@ -52,13 +53,13 @@ func (d *Env) CheckNothingLeft(tb testing.TB) {
 	}
 	// A removed container's shim exits right after its delete: wait for its exit on a pidfd.
 	for _, pid := range shims() {
-		fd, err := unix.PidfdOpen(pid, 0)
+		h, err := process.Open(pid)
 		if err != nil {
 			continue // gone already
 		}
-		n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 10000)
-		unix.Close(fd)
-		if n == 0 {
+		exited := h.WaitExit(10 * time.Second)
+		h.Close()
+		if !exited {
 			tb.Errorf("shim %d of docker's namespace still running 10s after its container was removed", pid)
 		}
 	}

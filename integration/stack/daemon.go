@@ -22,7 +22,13 @@ type Daemon struct {
 // StartDaemon starts cmd as the daemon name, its output written to logPath (created anew); the
 // kernel sends it pdeathsig when the test process dies.
 func StartDaemon(name, logPath string, cmd *exec.Cmd, pdeathsig syscall.Signal) (*Daemon, error) {
-	logFile, err := os.Create(logPath)
+	return startDaemon(name, logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, cmd, pdeathsig)
+}
+
+// startDaemon is StartDaemon with the log opened with flag (O_APPEND keeps containerd's log
+// across its restarts).
+func startDaemon(name, logPath string, flag int, cmd *exec.Cmd, pdeathsig syscall.Signal) (*Daemon, error) {
+	logFile, err := os.OpenFile(logPath, flag, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("log of %s: %w", name, err)
 	}
@@ -70,6 +76,12 @@ func (d *Daemon) Stop(tb testing.TB, timeout time.Duration) {
 		d.Cmd.Process.Kill()
 		d.exited <- <-d.exited
 	}
+}
+
+// kill SIGKILLs the daemon and waits for it to exit.
+func (d *Daemon) kill() {
+	d.Cmd.Process.Kill()
+	d.exited <- <-d.exited
 }
 
 // Log returns the daemon's log, its last max bytes only when max > 0.

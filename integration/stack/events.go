@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -51,44 +52,57 @@ func (e *Events) NextReportWithin(tb testing.TB, id string, within time.Duration
 // nextReport returns the next stop report for container id, or nil once timeout fires.
 func (e *Events) nextReport(tb testing.TB, id string, timeout <-chan time.Time) *StopReport {
 	tb.Helper()
-	for {
-		select {
-		case env := <-e.events:
-			r, err := DecodeStopReport(env.Event)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			if r.ContainerID == id {
-				return r
-			}
-		case err := <-e.errs:
-			tb.Fatalf("event stream: %v", err)
-		case <-e.ctx.Done():
-			tb.Fatalf("no stop report published for %s", id)
-		case <-timeout:
-			return nil
+	var report *StopReport
+	e.next(tb, "no stop report published for "+id, timeout, func(env *events.Envelope) bool {
+		r, err := DecodeStopReport(env.Event)
+		if err != nil {
+			tb.Fatal(err)
 		}
-	}
+		if r.ContainerID != id {
+			return false
+		}
+		report = r
+		return true
+	})
+	return report
 }
 
 // NextExit returns the exit status of the task of container id whose pid is pid, from a
 // subscription to /tasks/exit; it fails tb when none comes before the subscription ends.
 func (e *Events) NextExit(tb testing.TB, id string, pid int) uint32 {
 	tb.Helper()
+	var status uint32
+	e.next(tb, fmt.Sprintf("no exit of %s (pid %d) published", id, pid), nil, func(env *events.Envelope) bool {
+		ev, err := typeurl.UnmarshalAny(env.Event)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		x, ok := ev.(*apievents.TaskExit)
+		if ok && x.ContainerID == id && int(x.Pid) == pid {
+			status = x.ExitStatus
+			return true
+		}
+		return false
+	})
+	return status
+}
+
+// next reads events until match accepts one (true), or timeout fires (false); it fails tb with
+// missing when the subscription ends first.
+func (e *Events) next(tb testing.TB, missing string, timeout <-chan time.Time, match func(*events.Envelope) bool) bool {
+	tb.Helper()
 	for {
 		select {
 		case env := <-e.events:
-			ev, err := typeurl.UnmarshalAny(env.Event)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			if x, ok := ev.(*apievents.TaskExit); ok && x.ContainerID == id && int(x.Pid) == pid {
-				return x.ExitStatus
+			if match(env) {
+				return true
 			}
 		case err := <-e.errs:
 			tb.Fatalf("event stream: %v", err)
 		case <-e.ctx.Done():
-			tb.Fatalf("no exit of %s (pid %d) published", id, pid)
+			tb.Fatal(missing)
+		case <-timeout:
+			return false
 		}
 	}
 }

@@ -61,36 +61,24 @@ type Stack struct {
 	// Image is the busybox test image, unpacked for overlayfs.
 	Image containerd.Image
 
-	daemon     *exec.Cmd
-	exited     chan error
+	daemon     *Daemon
 	configPath string
 	env        []string
 }
 
 // startDaemon starts containerd, appending to its log.
 func (s *Stack) startDaemon() error {
-	logFile, err := os.OpenFile(filepath.Join(s.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close()
-	s.daemon = exec.Command(filepath.Join(s.ContainerdBin, "containerd"), "--config", s.configPath)
-	s.daemon.Env = s.env
-	s.daemon.Stdout, s.daemon.Stderr = logFile, logFile
-	s.daemon.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := s.daemon.Start(); err != nil {
-		return fmt.Errorf("start containerd: %w", err)
-	}
-	s.exited = make(chan error, 1)
-	go func() { s.exited <- s.daemon.Wait() }()
-	return nil
+	cmd := exec.Command(filepath.Join(s.ContainerdBin, "containerd"), "--config", s.configPath)
+	cmd.Env = s.env
+	var err error
+	s.daemon, err = startDaemon("containerd", filepath.Join(s.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, cmd, syscall.SIGTERM)
+	return err
 }
 
 // RestartDaemon SIGKILLs containerd — its shims and containers keep running, as on a node whose
 // containerd crashes — starts it again and waits until it serves.
 func (s *Stack) RestartDaemon(ctx context.Context) error {
-	s.daemon.Process.Kill()
-	<-s.exited
+	s.daemon.kill()
 	if err := s.startDaemon(); err != nil {
 		return err
 	}
@@ -283,17 +271,11 @@ func (s *Stack) importImage(ctx context.Context) error {
 	if err := BuildImage(&archive, "/bin/busybox", ImageOptions{Extra: files}); err != nil {
 		return fmt.Errorf("build image: %w", err)
 	}
-	imgs, err := s.Client.Import(ctx, &archive)
+	img, err := s.ImportInto(ctx, Namespace, &archive)
 	if err != nil {
-		return fmt.Errorf("import image: %w", err)
+		return err
 	}
-	if len(imgs) != 1 {
-		return fmt.Errorf("import image: got %d images", len(imgs))
-	}
-	s.Image = containerd.NewImage(s.Client, imgs[0])
-	if err := s.Image.Unpack(ctx, "overlayfs"); err != nil {
-		return fmt.Errorf("unpack image: %w", err)
-	}
+	s.Image = img
 	return nil
 }
 
@@ -326,26 +308,17 @@ func (s *Stack) Close() error {
 		}
 		s.Client.Close()
 	}
-	if s.daemon != nil && s.daemon.Process != nil {
-		s.daemon.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(10 * time.Second):
-			s.daemon.Process.Kill()
-			<-s.exited
+	if s.daemon != nil {
+		s.daemon.Cmd.Process.Signal(syscall.SIGTERM)
+		if exited, _ := s.daemon.Exited(10 * time.Second); !exited {
+			s.daemon.kill()
 		}
 	}
 	killShims(s.Dir)
 	unmountUnder(s.Dir)
 	// runc leaves the namespace's parent cgroup (/<namespace>) once its containers are gone, in
 	// each v1 hierarchy or the unified one.
-	parents, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Namespace))
-	if Cgroup2() {
-		parents = append(parents, filepath.Join("/sys/fs/cgroup", Namespace))
-	}
-	for _, p := range parents {
-		os.Remove(p)
-	}
+	RemoveCgroup(Namespace)
 	return os.RemoveAll(s.Dir)
 }
 
