@@ -77,8 +77,11 @@ func TestKubernetes(t *testing.T) {
 			return
 		}
 		t.Logf("stop report: order %s, notes %v, drain %s", r.Order, r.Notes, kubeDrainSummary(r))
-		if !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "grace period cut to") }) {
-			t.Errorf("the report does not note the grace cut: notes %v", r.Notes)
+		if !r.GraceCut || !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "grace period cut to") }) {
+			t.Errorf("the report does not say the grace was cut: grace_cut %v, notes %v", r.GraceCut, r.Notes)
+		}
+		if w := r.Kubernetes; w == nil || w.Namespace != "default" || w.Pod != p.Name || w.PodUID != p.UID || w.Container != "app" {
+			t.Errorf("the report names the workload %+v, want default/%s (uid %s) container app", w, p.Name, p.UID)
 		}
 		if r.Drain != nil && time.Duration(r.Drain.Grace) > 2*time.Second {
 			t.Errorf("the drain's grace is %v, want it cut to at most 2s (3s less the 1s margin)", time.Duration(r.Drain.Grace))

@@ -227,3 +227,18 @@ func TestDrainStopSignal(t *testing.T) {
 		t.Fatalf("drain signal from the options file, stop on SIGQUIT: %v, want 0", got)
 	}
 }
+
+func TestResolveNamesTheKubernetesWorkload(t *testing.T) {
+	t.Setenv(ConfigFileEnv, filepath.Join(t.TempDir(), "missing.toml"))
+	s, err := Resolve(nil, bundleWith(t, `"io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.sandbox-name":"web-0",`+
+		`"io.kubernetes.cri.sandbox-uid":"8f1c","io.kubernetes.cri.container-name":"nginx"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Workload{Namespace: "shop", Pod: "web-0", PodUID: "8f1c", Container: "nginx"}); s.Workload == nil || *s.Workload != want {
+		t.Fatalf("workload %+v, want %+v", s.Workload, want)
+	}
+	if s, err = Resolve(nil, bundleWith(t, `"io.kubernetes.cri.sandbox-name":"web-0"`)); err != nil || s.Workload != nil {
+		t.Fatalf("a spec without a container name: workload %+v (%v), want none", s.Workload, err)
+	}
+}

@@ -18,6 +18,34 @@ type Settings struct {
 	Policy Policy
 	// RuncOptions replaces the request's options: always a runc options message, or nil.
 	RuncOptions *anypb.Any
+	// Workload is the container's pod and name when CRI created it, for its stop reports.
+	Workload *Workload
+}
+
+// Workload names a Kubernetes container: its pod's namespace, name and UID, and its own name.
+type Workload struct {
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	PodUID    string `json:"pod_uid,omitempty"`
+	Container string `json:"container"`
+}
+
+// CRI's annotations on a container's spec that name its pod and itself.
+const (
+	podNamespaceAnnotation  = "io.kubernetes.cri.sandbox-namespace"
+	podNameAnnotation       = "io.kubernetes.cri.sandbox-name"
+	podUIDAnnotation        = "io.kubernetes.cri.sandbox-uid"
+	containerNameAnnotation = "io.kubernetes.cri.container-name"
+)
+
+// workloadOf returns the pod and container that CRI's annotations name, nil when they name none.
+func workloadOf(annotations map[string]string) *Workload {
+	w := Workload{Namespace: annotations[podNamespaceAnnotation], Pod: annotations[podNameAnnotation],
+		PodUID: annotations[podUIDAnnotation], Container: annotations[containerNameAnnotation]}
+	if w.Pod == "" || w.Container == "" {
+		return nil
+	}
+	return &w
 }
 
 // sandboxAnnotation marks a CRI sandbox (pause) container, whose Kills are forwarded untouched.
@@ -55,6 +83,7 @@ func Resolve(opts *anypb.Any, bundle string) (*Settings, error) {
 	if v, ok := annotations[KubernetesGraceAnnotation]; ok {
 		s.Policy.StopBudget = KubernetesBudget(v)
 	}
+	s.Workload = workloadOf(annotations)
 	return s, nil
 }
 

@@ -46,7 +46,9 @@ var _ shim.TTRPCService = (*service)(nil)
 // container is what the decorator keeps per container.
 type container struct {
 	policy Policy
-	stop   *stop // the graceful stop in progress, if any
+	// workload is the container's pod and name under Kubernetes (nil otherwise).
+	workload *Workload
+	stop     *stop // the graceful stop in progress, if any
 	// main follows the main process under graceful-init (nil without it, or before Start).
 	main *mainWatch
 	// resumeGC ends the garbage collector's pause of the container's last stop (see pauseGC).
@@ -144,7 +146,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		}
 	}
 	s.mu.Lock()
-	s.containers[r.ID] = &container{policy: settings.Policy}
+	s.containers[r.ID] = &container{policy: settings.Policy, workload: settings.Workload}
 	s.mu.Unlock()
 	log.G(ctx).WithField("id", r.ID).Debugf("graceful policy: %s", settings.Policy)
 	return resp, nil
@@ -174,6 +176,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		c.stop.abort()
 	case StartStop:
 		claimed = newStop(r.ID, sig, c.policy)
+		claimed.workload = c.workload
 		claimed.exitPublished = s.exits.published(r.ID)
 		c.stop = claimed
 	}

@@ -18,10 +18,11 @@ import (
 
 // stop is one graceful stop: decideStop (plan.go) picks the Strategy and a runner carries it out.
 type stop struct {
-	id     string
-	signal unix.Signal // the stop signal that was requested
-	policy Policy
-	order  StopOrder // the plan's order, "" when forwarded
+	id       string
+	workload *Workload   // nil outside Kubernetes
+	signal   unix.Signal // the stop signal that was requested
+	policy   Policy
+	order    StopOrder // the plan's order, "" when forwarded
 	// inProgress is the order Kill sees (under the service's lock): starting until begin returns.
 	inProgress StopOrder
 	init       *process.Handle
@@ -36,6 +37,10 @@ type stop struct {
 	tracerStart time.Duration
 	// initAutoreap: the held init ignored SIGCHLD, so its children released themselves.
 	initAutoreap bool
+	// graceCut: the drain's grace was cut to end before kubelet's SIGKILL (drainGrace).
+	graceCut bool
+	// tracerFailed: the tracer that was to hold init could not attach.
+	tracerFailed bool
 	profile      func() // stops the CPU profile, if any
 	// signaller signals the whole PID namespace at once for the drain (nil: member by member).
 	signaller *signaller
@@ -83,8 +88,14 @@ type StopReport struct {
 	// TracerStart is how long the init-first tracer took to start and trace init.
 	TracerStart time.Duration `json:"tracer_start_ns,omitempty"`
 	// InitAutoreap: the held init had been made to ignore SIGCHLD, so dying children self-reaped.
-	InitAutoreap bool            `json:"init_autoreap,omitempty"`
-	Drain        *process.Report `json:"drain,omitempty"`
+	InitAutoreap bool `json:"init_autoreap,omitempty"`
+	// GraceCut: the grace period was cut to end before kubelet's SIGKILL (see Notes).
+	GraceCut bool `json:"grace_cut,omitempty"`
+	// TracerFailed: the tracer meant to hold init at its exit could not attach (see Notes).
+	TracerFailed bool `json:"tracer_failed,omitempty"`
+	// Kubernetes names the container's pod when CRI created it.
+	Kubernetes *Workload       `json:"kubernetes,omitempty"`
+	Drain      *process.Report `json:"drain,omitempty"`
 
 	// encoded is the report in JSON (see encode).
 	encoded []byte
@@ -143,6 +154,7 @@ func (s *stop) begin(pid int, mainExit <-chan struct{}) (started bool, report *S
 		// it on (tini -g) is spared the drain signal; made while the tracer attaches.
 		begun, _ = process.NewForkWatch()
 		if h, err = awaitTracer(tracer); err != nil {
+			s.tracerFailed = true
 			status.TracerFailed = err
 			plan = decideStop(s.policy, s.signal, status)
 			if plan.Strategy == DrainThenInit {
@@ -204,6 +216,7 @@ func (s *stop) beginChildrenFirst(status InitStatus, tracer <-chan attachedTrace
 	}
 	drainer := process.PrepareDrain(s.scope, s.drainConfig())
 	if h, err := awaitTracer(tracer); err != nil {
+		s.tracerFailed = true
 		s.note("cannot hold init's exit during the drain (init exiting by itself would let the kernel kill the rest): %v", err)
 	} else {
 		d.hold, s.tracerStart = h, h.startup
@@ -386,6 +399,7 @@ func (s *stop) drainConfig() process.DrainConfig {
 func (s *stop) startDrain(d *process.Drainer) *process.Drainer {
 	grace, note := drainGrace(s.policy, time.Since(s.started))
 	if note != "" {
+		s.graceCut = true
 		s.note("%s", note)
 	}
 	return d.Start(grace)
@@ -531,7 +545,7 @@ func (s *stop) log(drain *process.Report) *StopReport {
 	}
 	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
 		InitSignal: s.initSignal, InitDisposition: s.initDisposition, Notes: s.notes, TracerStart: s.tracerStart,
-		InitAutoreap: s.initAutoreap, Drain: drain}
+		InitAutoreap: s.initAutoreap, GraceCut: s.graceCut, TracerFailed: s.tracerFailed, Kubernetes: s.workload, Drain: drain}
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "init_disposition": r.InitDisposition, "report": string(r.encode())}
 	if drain != nil {
 		fields["processes"] = len(drain.Processes)

@@ -25,7 +25,17 @@ type StopReport struct {
 	// InitAutoreap: init-first, init ignored SIGCHLD on its way to exit, so its children released
 	// themselves while it was held.
 	InitAutoreap bool `json:"init_autoreap"`
-	Drain        *struct {
+	// GraceCut: the grace was cut to kubelet's budget; TracerFailed: the tracer could not attach.
+	GraceCut     bool `json:"grace_cut"`
+	TracerFailed bool `json:"tracer_failed"`
+	// Kubernetes: the pod and container CRI's annotations name.
+	Kubernetes *struct {
+		Namespace string `json:"namespace"`
+		Pod       string `json:"pod"`
+		PodUID    string `json:"pod_uid"`
+		Container string `json:"container"`
+	} `json:"kubernetes"`
+	Drain *struct {
 		Started      time.Time `json:"started"`
 		Grace        float64   `json:"grace_ns"`
 		Duration     float64   `json:"duration_ns"`
