@@ -8,6 +8,7 @@ BIN := bin/containerd-shim-graceful-v2
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 INIT_BIN := bin/graceful-init
 HOLD_BIN := bin/graceful-hold
+EXPORTER_BIN := bin/graceful-exporter
 
 .PHONY: all build install stack bench bench-smoke check-test-names test test-kernel-emulated test-kernel-6.1 test-stress test-interrupt test-load test-unit test-integration test-oldest test-compat test-critest test-docker test-kubernetes test-nerdctl test-real test-cgroup2 demo vet fuzz clean
 
@@ -17,11 +18,13 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-shim-graceful-v2
 	sh initproc/build.sh $(INIT_BIN) $(VERSION) $(COMMIT)
 	CGO_ENABLED=0 $(GO) build -o $(HOLD_BIN) ./cmd/graceful-hold
+	CGO_ENABLED=0 $(GO) build -o $(EXPORTER_BIN) ./cmd/graceful-exporter
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/containerd-shim-graceful-v2
 	install -D -m 0755 $(INIT_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-init
 	install -D -m 0755 $(HOLD_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-hold
+	install -D -m 0755 $(EXPORTER_BIN) $(DESTDIR)$(PREFIX)/bin/graceful-exporter
 
 # Installs apt packages, runc and containerd into the stack cache (reused when present).
 stack:
@@ -34,9 +37,10 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
-	$(GO) test -race -count=1 -timeout 15m ./process/... ./helper/... ./shim/... ./initproc/... ./integration/stack/
+	$(GO) test -race -count=1 -timeout 15m ./process/... ./helper/... ./shim/... ./initproc/... ./exporter/... ./integration/stack/
 
 test-integration: stack
+	bash integration/stack/install-prometheus.sh
 	$(GO) test -count=1 -v -timeout 20m ./integration/
 
 # The core stop tests, run against every containerd in COMPAT_VERSIONS by test-compat, and against
@@ -78,11 +82,14 @@ test-docker: stack
 
 # A real kubelet: etcd, kube-apiserver and a kubelet (Kubernetes v1.37.2) in a private mount and
 # network namespace, on a private CRI containerd with the handlers of contrib/containerd-config.toml
-# (paths rewritten); contrib/runtimeclass.yaml applied and pods driven with kubectl. install-kubernetes.sh
-# builds kubelet, kube-apiserver, kubectl and etcd into the stack cache (about 6 min cold here).
+# (paths rewritten); contrib/runtimeclass.yaml applied and pods driven with kubectl (TestKubernetes).
+# Then the fleet path (TestKubernetesFleet): a second cluster with kube-controller-manager and
+# kube-scheduler, whose containerd has no graceful handler, runs contrib/node-installer's and
+# contrib/exporter's DaemonSets from a node image imported without a registry. install-kubernetes.sh
+# builds the Kubernetes binaries and etcd into the stack cache.
 test-kubernetes: stack
 	bash integration/stack/install-kubernetes.sh
-	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 20m -run '^TestKubernetes$$' ./integration/
+	GRACEFUL_KUBERNETES=1 $(GO) test -count=1 -v -timeout 25m -run '^TestKubernetes(Fleet)?$$' ./integration/
 
 # nerdctl: the real nerdctl v2.4.2 binary (install-nerdctl.sh builds it from its module source
 # into the stack cache, about a minute on first use) against the stack's containerd, with a data
