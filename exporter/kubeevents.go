@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -188,7 +189,7 @@ func eventMessage(r *stopReport, commands int) string {
 	fmt.Fprintf(&b, "stop of container %q SIGKILLed %d of %d %s at the end of its ", container,
 		killed+survived, total, plural(total, "process", "processes"))
 	if grace := r.grace(); grace > 0 {
-		fmt.Fprintf(&b, "%s ", grace)
+		fmt.Fprintf(&b, "%s ", grace.Round(time.Millisecond))
 	}
 	b.WriteString("grace period")
 
@@ -217,8 +218,9 @@ func eventMessage(r *stopReport, commands int) string {
 	return truncate(b.String(), maxEventMessage)
 }
 
-// killedCommands returns the distinct commands of the first SIGKILLed processes the report
-// details, at most limit of them, and how many processes they name.
+// killedCommands returns the distinct program names of the first SIGKILLed processes the report
+// details, at most limit of them, and how many processes they name. Names only: a command line
+// can carry secrets, and the report in the shim's log has it whole.
 func killedCommands(r *stopReport, limit int) (names []string, covered int) {
 	if r.Drain == nil || limit <= 0 {
 		return nil, 0
@@ -228,7 +230,7 @@ func killedCommands(r *stopReport, limit int) (names []string, covered int) {
 		if p.Outcome != outcomeKilled && p.Outcome != outcomeSurvived || p.Command == "" {
 			continue
 		}
-		name := truncate(p.Command, maxCommandLength)
+		name := truncate(programName(p.Command), maxCommandLength)
 		if !named[name] {
 			if len(names) == limit {
 				continue
@@ -239,6 +241,19 @@ func killedCommands(r *stopReport, limit int) (names []string, covered int) {
 		covered++
 	}
 	return names, covered
+}
+
+// programName is the program of a report's command: the base name of its first word, or the
+// name in brackets that the report gives a process whose command line it could not read.
+func programName(command string) string {
+	if strings.HasPrefix(command, "[") && strings.HasSuffix(command, "]") {
+		return command[1 : len(command)-1]
+	}
+	fields := strings.Fields(command)
+	if len(fields) == 0 {
+		return command
+	}
+	return path.Base(fields[0])
 }
 
 // drainSignals names the signal(s) the drain sent before SIGKILL.

@@ -195,3 +195,16 @@ func TestEventFailedAndDropped(t *testing.T) {
 		t.Errorf("dropped pod's next stop: %d queued, %v rate-limited", len(p.queue), eventCount(m, eventRateLimited))
 	}
 }
+
+func TestEventsNameProgramsNotCommandLines(t *testing.T) {
+	for command, want := range map[string]string{
+		"/usr/bin/java -Dpassword=secret -jar app.jar": "java",
+		"sh -c trap '' TERM; sleep 1":                  "sh",
+		"[exe]":                                        "exe",
+		"sleep":                                        "sleep",
+	} {
+		if got := programName(command); got != want {
+			t.Errorf("programName(%q) = %q, want %q", command, got, want)
+		}
+	}
+}

@@ -29,8 +29,9 @@ func containerdConfig(contrib string) (string, error) {
 	return strings.NewReplacer(rewrites...).Replace(config), nil
 }
 
-// writeConfigs writes the kubelet's configuration, its resolv.conf, the kubeconfigs and the fake
-// sysctl files that the kubelet checks and would otherwise write on the host.
+// writeConfigs writes the kubelet's and the scheduler's configurations, the kubelet's resolv.conf,
+// the kubeconfigs and the fake sysctl files that the kubelet checks and would otherwise write on
+// the host.
 func (k *Cluster) writeConfigs() error {
 	pki := filepath.Join(k.Dir, "pki")
 	kubelet := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
@@ -56,9 +57,15 @@ serverTLSBootstrap: false
 featureGates:
   ContainerStopSignals: true
 `, k.CgroupRoot, k.CRI.Stack.Address, filepath.Join(k.Dir, "varlog", "pods"), filepath.Join(k.Dir, "resolv.conf"), pki)
+	scheduler := fmt.Sprintf(`apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: %s/admin.kubeconfig}
+leaderElection: {leaderElect: false}
+`, pki)
 	files := map[string]string{
-		"kubelet-config.yaml": kubelet,
-		"resolv.conf":         "nameserver 127.0.0.1\n",
+		"kubelet-config.yaml":   kubelet,
+		"scheduler-config.yaml": scheduler,
+		"resolv.conf":           "nameserver 127.0.0.1\n",
 		// Values the kubelet insists on (it would otherwise write them).
 		"sysctl/vm.overcommit_memory":      "1\n",
 		"sysctl/vm.panic_on_oom":           "0\n",

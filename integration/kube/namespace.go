@@ -12,15 +12,32 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/graceful-shim/graceful/integration/stack"
 )
 
 // startNamespace starts the process that holds the private mount and network namespace: /run a
 // tmpfs (with the CRI daemon's directory, for its socket, moved in), /var/lib and /var/log
 // bound from the test's directory, fake sysctl files bound over /proc/sys, loopback and a veth
-// with the node IP.
+// with the node IP. Every mount of the namespace is private but the kubelet's root directory,
+// which is bound on itself on the host with shared propagation first: the namespace's copy is
+// its peer, so the volume mounts the kubelet makes there (the tmpfs of a secret or projected
+// volume) appear on the host too, where containerd and runc bind them into the containers.
 func (k *Cluster) startNamespace() error {
+	root := filepath.Join(k.Dir, "varlib", "kubelet")
+	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount the kubelet's root directory %s: %w", root, err)
+	}
+	k.sharedRoot = root
+	if err := unix.Mount("", root, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make the kubelet's root directory %s shared: %w", root, err)
+	}
 	script := fmt.Sprintf(`set -e
+# Private, every mount but the kubelet's root directory (the copies of shared host mounts are their
+# peers until then).
+awk -v keep=%[4]s '/ shared:/ && $5 != keep && index($5, keep "/") != 1 {print $5}' /proc/self/mountinfo |
+	while read -r m; do mount --make-private "$(printf '%%b' "$m")"; done
 mkdir -p %[1]s/keep
 mount --bind %[2]s %[1]s/keep
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -37,8 +54,8 @@ ip addr add %[3]s/24 dev graceful0
 ip route add default dev graceful0
 echo ready
 exec sleep infinity
-`, k.Dir, k.CRI.Stack.Dir, nodeIP)
-	k.holder = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script)
+`, k.Dir, k.CRI.Stack.Dir, nodeIP, root)
+	k.holder = exec.Command("unshare", "--mount", "--net", "--propagation", "unchanged", "sh", "-c", script)
 	k.holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
 	k.holder.Stderr = &stderr
@@ -89,6 +106,26 @@ func (k *Cluster) waitFor(tb testing.TB, what string, timeout time.Duration, che
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// daemon returns the daemon name, nil when it was not started.
+func (k *Cluster) daemon(name string) *stack.Daemon {
+	for _, d := range k.daemons {
+		if d.Name == name {
+			return d
+		}
+	}
+	return nil
+}
+
+// running reports whether the daemon name was started and has not exited.
+func (k *Cluster) running(name string) bool {
+	d := k.daemon(name)
+	if d == nil {
+		return false
+	}
+	exited, _ := d.Exited(0)
+	return !exited
 }
 
 // log returns the tail of the log of the daemon name.
