@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"path"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -128,6 +127,8 @@ func (p *eventPoster) post(ctx context.Context, ev *corev1.Event) {
 	if ctx.Err() != nil {
 		return // shutting down
 	}
+	// The pod's next stop may try again: a failed post does not use up its interval.
+	p.limiter.forget(ev.InvolvedObject.Namespace+"/"+ev.InvolvedObject.Name, ev.FirstTimestamp.Time)
 	p.results.WithLabelValues(eventFailed).Inc()
 	level := slog.LevelWarn
 	if msg := err.Error(); msg == p.lastError {
@@ -292,47 +293,4 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "..."
-}
-
-// podLimiter allows one Event per pod per interval. It forgets pods whose last Event is older
-// than the interval, so that it does not grow as pods come and go.
-type podLimiter struct {
-	mu       sync.Mutex
-	interval time.Duration
-	last     map[string]time.Time
-	pruned   time.Time
-}
-
-func newPodLimiter(interval time.Duration) *podLimiter {
-	return &podLimiter{interval: interval, last: map[string]time.Time{}}
-}
-
-// allow reports whether pod may have an Event at now; mark records one.
-func (l *podLimiter) allow(pod string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.pruned) >= l.interval {
-		for p, t := range l.last {
-			if now.Sub(t) >= l.interval {
-				delete(l.last, p)
-			}
-		}
-		l.pruned = now
-	}
-	t, ok := l.last[pod]
-	return !ok || now.Sub(t) >= l.interval
-}
-
-// mark records an Event for pod at now.
-func (l *podLimiter) mark(pod string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.last[pod] = now
-}
-
-// len returns how many pods the limiter remembers.
-func (l *podLimiter) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.last)
 }

@@ -42,6 +42,7 @@ const (
 	resultKilled    = "killed"
 	resultAborted   = "aborted"
 	resultForwarded = "forwarded"
+	resultReleased  = "released"
 	resultClean     = "clean"
 )
 
@@ -183,7 +184,8 @@ func (r *stopReport) outcomes() map[string]int {
 
 // result is what the stop came to, the first that applies: survived (a process outlived
 // SIGKILL), killed (one was SIGKILLed), aborted (a SIGKILL or Delete cut the stop short),
-// forwarded (no drain ran), clean.
+// forwarded (the signal went to init as the stock shim sends it), released (the stop began but no
+// drain ran: the tracer ended before init exited, and init was let go), clean.
 func (r *stopReport) result() string {
 	counts := r.outcomes()
 	switch {
@@ -193,8 +195,10 @@ func (r *stopReport) result() string {
 		return resultKilled
 	case r.aborted():
 		return resultAborted
-	case r.Drain == nil:
+	case r.Drain == nil && r.Order == "":
 		return resultForwarded
+	case r.Drain == nil:
+		return resultReleased
 	}
 	return resultClean
 }

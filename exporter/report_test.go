@@ -107,6 +107,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"forwarded", `{"container_id":"c","requested_signal":"SIGTERM"}`, "forwarded", "forwarded", map[string]int{}},
 		{"forwarded, empty order", `{"container_id":"c","order":""}`, "forwarded", "forwarded", map[string]int{}},
+		{"released: began, no drain", `{"container_id":"c","order":"init-first","tracer_failed":true}`, "init-first", "released", map[string]int{}},
 		{"clean", `{"container_id":"c","order":"init-first","drain":{"totals":{"exited":2,"already-exited":1}}}`,
 			"init-first", "clean", map[string]int{"exited": 2, "already-exited": 1}},
 		{"clean, no processes", `{"container_id":"c","order":"main-exit","drain":{"totals":{}}}`,

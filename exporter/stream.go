@@ -82,16 +82,22 @@ func (s *subscriber) run(ctx context.Context) {
 	subscribed := false // once at least
 	failures := 0       // since the last subscription
 	for {
+		var liveAt time.Time
 		err := s.session(ctx, func() {
 			s.metrics.disconnected.restored(s.now())
 			if subscribed {
 				s.metrics.reconnects.Inc()
 			}
 			subscribed = true
-			backoff, failures = s.backoffMin, 0
+			liveAt = s.now()
 			s.setLive(true)
 			s.log.Info("subscribed", "address", s.address, "topic", StopTopic)
 		})
+		// The backoff starts over only after a session that lasted: a containerd that accepts
+		// streams and drops them at once is not redialled every backoffMin.
+		if !liveAt.IsZero() && s.now().Sub(liveAt) >= s.backoffMax {
+			backoff, failures = s.backoffMin, 0
+		}
 		if ctx.Err() != nil {
 			if s.live.Load() {
 				s.setLive(false)

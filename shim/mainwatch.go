@@ -208,8 +208,7 @@ func (s *service) claimMainExit(id string, c *container, w *mainWatch) *stop {
 		}
 		claimed := c.stop
 		if claimed == nil {
-			st := newStop(id, 0, c.policy)
-			st.workload = c.workload
+			st := newStop(id, c.workload, 0, c.policy)
 			st.inProgress = MainExited
 			st.exitPublished = s.exits.published(id)
 			c.stop = st

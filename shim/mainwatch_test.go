@@ -15,7 +15,7 @@ func TestMainExitDuringAStopGivenUpIsStillDrained(t *testing.T) {
 		s := &service{containers: map[string]*container{}}
 		c := &container{policy: Policy{}}
 		s.containers["c"] = c
-		claimed := newStop("c", unix.SIGTERM, c.policy)
+		claimed := newStop("c", nil, unix.SIGTERM, c.policy)
 		c.stop = claimed
 		w, err := newMainWatch()
 		if err != nil {

@@ -175,8 +175,7 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	case AbortAndForward:
 		c.stop.abort()
 	case StartStop:
-		claimed = newStop(r.ID, sig, c.policy)
-		claimed.workload = c.workload
+		claimed = newStop(r.ID, c.workload, sig, c.policy)
 		claimed.exitPublished = s.exits.published(r.ID)
 		c.stop = claimed
 	}

@@ -108,10 +108,11 @@ func (r *StopReport) encode() []byte {
 	return r.encoded
 }
 
-// newStop claims a stop: it does nothing yet, but a SIGKILL can already abort it.
-func newStop(id string, sig unix.Signal, policy Policy) *stop {
+// newStop claims a stop of container id (workload: its pod, nil outside Kubernetes): it does
+// nothing yet, but a SIGKILL can already abort it.
+func newStop(id string, workload *Workload, sig unix.Signal, policy Policy) *stop {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &stop{id: id, signal: sig, policy: policy, inProgress: starting, started: time.Now(),
+	return &stop{id: id, workload: workload, signal: sig, policy: policy, inProgress: starting, started: time.Now(),
 		ctx: ctx, cancel: cancel, profile: func() {}, settled: make(chan struct{})}
 }
 
@@ -354,6 +355,7 @@ func (h *holdInitThenDrain) finish(s *stop) *process.Report {
 		}
 		return drain
 	case <-h.hold.done:
+		s.tracerFailed = true
 		s.note("the tracer ended before init exited: init was released")
 	case <-s.ctx.Done():
 	}
@@ -543,9 +545,10 @@ func (s *stop) log(drain *process.Report) *StopReport {
 	if s.signal != 0 {
 		requested = process.SignalName(s.signal)
 	}
-	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(), Order: s.order,
-		InitSignal: s.initSignal, InitDisposition: s.initDisposition, Notes: s.notes, TracerStart: s.tracerStart,
-		InitAutoreap: s.initAutoreap, GraceCut: s.graceCut, TracerFailed: s.tracerFailed, Kubernetes: s.workload, Drain: drain}
+	r := &StopReport{ContainerID: s.id, Requested: requested, GracePeriod: s.policy.GracePeriod.String(),
+		Order: s.order, InitSignal: s.initSignal, InitDisposition: s.initDisposition, Notes: s.notes,
+		TracerStart: s.tracerStart, InitAutoreap: s.initAutoreap, GraceCut: s.graceCut,
+		TracerFailed: s.tracerFailed, Kubernetes: s.workload, Drain: drain}
 	fields := log.Fields{"id": r.ContainerID, "order": r.Order, "init_signal": r.InitSignal, "init_disposition": r.InitDisposition, "report": string(r.encode())}
 	if drain != nil {
 		fields["processes"] = len(drain.Processes)

@@ -46,7 +46,7 @@ func TestStopReportsAnAbortOnlyWhenItCutTheDrain(t *testing.T) {
 		{"no abort", &process.Report{}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStop("c", unix.SIGTERM, DefaultPolicy())
+			s := newStop("c", nil, unix.SIGTERM, DefaultPolicy())
 			published := make(chan struct{})
 			close(published)
 			s.exitPublished = published
@@ -100,13 +100,13 @@ func startInit(t *testing.T, viaUnshare bool) int {
 // not the shim (the test binary): refused; one whose parent is, accepted.
 func TestStopRefusesAnInitThatIsNotTheShimsChild(t *testing.T) {
 	other := startInit(t, true)
-	s := newStop("c", unix.SIGTERM, DefaultPolicy())
+	s := newStop("c", nil, unix.SIGTERM, DefaultPolicy())
 	if err := s.open(other); err == nil || !strings.Contains(err.Error(), "not this shim's child") {
 		s.close()
 		t.Fatalf("open(%d), another namespace's init, not the shim's child: %v, want refused", other, err)
 	}
 	own := startInit(t, false)
-	s = newStop("c", unix.SIGTERM, DefaultPolicy())
+	s = newStop("c", nil, unix.SIGTERM, DefaultPolicy())
 	if err := s.open(own); err != nil {
 		t.Fatalf("open(%d), the shim's own child: %v", own, err)
 	}
