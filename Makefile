@@ -164,7 +164,7 @@ test-kernel-6.1: stack
 # regex silently (and the process package's cgroup tests must still match "Cgroup").
 check-test-names:
 	bash integration/stack/check-test-names.sh ./integration $(subst |, ,$(CGROUP2_NAMES)) $(subst |, ,$(STRESS_NAMES)) \
-		$(subst |, ,$(KERNEL_EMU_NAMES)) TestConcurrentStopsUnderLoad TestComparePassSets TestCritestPassSetMatchesRunc TestDocker TestKubernetes
+		$(subst |, ,$(KERNEL_EMU_NAMES)) TestConcurrentStopsUnderLoad TestComparePassSets TestCritestPassSetMatchesRunc TestDocker TestKubernetes TestKubernetesFleet
 	@$(GO) test -list 'Cgroup' ./process/ | grep -q '^Test' || { echo "check-test-names: no test in ./process matches Cgroup"; exit 1; }
 
 test: stack check-test-names vet test-unit test-integration test-oldest test-cgroup2

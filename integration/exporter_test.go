@@ -114,6 +114,7 @@ func TestExporter(t *testing.T) {
 	}
 
 	// A stop that SIGKILLs a TERM-ignoring child at the end of a 1 s grace.
+	reports = subscribeReports(t) // each subscription lasts 30 s
 	killed := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: ignoringChild + "trap \"exit 0\" TERM\necho ready\n" + loop,
 		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
 	waitTrapped(t, killed, "ignoring")
@@ -149,7 +150,7 @@ func TestExporter(t *testing.T) {
 		t.Fatalf("the report of the stop after the restart: %+v, want processes killed", r.Drain)
 	}
 	waitMetric(t, metricsURL, "graceful_stops_total", with("result", "killed"), 2)
-	waitMetric(t, metricsURL, "graceful_stop_processes_total", with("outcome", "killed"), float64(nKilled+r.Drain.Totals["killed"]))
+	m = waitMetric(t, metricsURL, "graceful_stop_processes_total", with("outcome", "killed"), float64(nKilled+r.Drain.Totals["killed"]))
 	if v, _ := m.Value("graceful_exporter_reports_invalid_total", nil); v != 0 {
 		t.Errorf("invalid reports: %v", v)
 	}
@@ -159,6 +160,20 @@ func TestExporter(t *testing.T) {
 	}
 	if exited, err := exporter.Exited(10 * time.Second); !exited || err != nil {
 		t.Errorf("the exporter after SIGTERM: exited %v, %v; want a clean exit", exited, err)
+	}
+}
+
+// TestAlertRule runs promtool's unit tests of contrib/exporter/alerts.yaml
+// (testdata/alerts/alerts_test.yaml) on series shaped as the exporter exposes them: the alert
+// fires for a kill that raises an existing series (increase), for a new series that appears with
+// its kill counted (what increase alone misses), and not for a kill older than its window or for
+// processes that exited.
+func TestAlertRule(t *testing.T) {
+	promtool := stack.Tool(t, "promtool", "debian", "install-prometheus.sh")
+	cmd := exec.Command(promtool, "test", "rules", "alerts_test.yaml")
+	cmd.Dir = filepath.Join(stack.ModuleRoot(), "integration", "testdata", "alerts")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 }
 

@@ -37,11 +37,18 @@ func TestKubernetesFleet(t *testing.T) {
 	skipUnlessOptedIn(t, "GRACEFUL_KUBERNETES", "make test-kubernetes", "run a kubelet")
 	start := time.Now()
 	// Not below /run, which the kubelet's namespace covers: it checks the installer's hostPath.
-	root, err := os.MkdirTemp("", "graceful-fleet-")
+	root, err := os.MkdirTemp("", fleetDirPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(root) })
+	t.Cleanup(func() {
+		// Never remove through a mount: root/host is a bind of the host's /.
+		if m := stack.MountsUnder(root); len(m) > 0 {
+			t.Errorf("%s not removed: mounts left below it: %v", root, m)
+			return
+		}
+		os.RemoveAll(root)
+	})
 	node := newInstallerNode(t, filepath.Join(root, "node"))
 	restarts := filepath.Join(root, "restarts")
 	k := kube.StartWith(t, kube.Options{Controllers: true, NoContribHandlers: true, Imports: []string{node.confDir + "/*.toml"}})
@@ -67,7 +74,11 @@ func TestKubernetesFleet(t *testing.T) {
 	}
 	k.ImportImage(t, &archive)
 	before := treeOf(t, node.dir)
-	hostRoot := sharedHostRoot(t, filepath.Join(root, "host"))
+	privateRoot(t, root)
+	hostRoot := sharedBind(t, "/", filepath.Join(root, "host"), true)
+	// containerd's directory without the mounts below it (the containers' root file systems):
+	// the socket, which a restart replaces, stays current in it.
+	containerdDir := sharedBind(t, filepath.Dir(k.CRI.Stack.Address), filepath.Join(root, "containerd"), false)
 
 	// Install: the restart command records the request; the test restarts the node's containerd.
 	installer := contribManifest(t, "node-installer", "daemonset.yaml")
@@ -95,7 +106,7 @@ func TestKubernetesFleet(t *testing.T) {
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	exporter := contribManifest(t, "exporter", "daemonset.yaml")
-	rewriteExporter(t, exporter, k.CRI.Stack.Address, listen, k.APIServerForward(t))
+	rewriteExporter(t, exporter, containerdDir, filepath.Base(k.CRI.Stack.Address), listen, k.APIServerForward(t))
 	kubectlApply(t, k, exporter)
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-exporter", 2*time.Minute)
 	metricsURL := "http://" + listen + "/metrics"
@@ -229,9 +240,9 @@ func rewriteInstaller(t *testing.T, objects []map[string]any, node installerNode
 	setEnv(c, "GRACEFUL_RESTART_CMD", `echo restart >> "$GRACEFUL_HOST_ROOT"`+restarts)
 }
 
-// rewriteExporter points the exporter DaemonSet at the test's image, containerd's directory (the
-// socket's name in it), listen address and API server forwarder.
-func rewriteExporter(t *testing.T, objects []map[string]any, socket, listen, apiServer string) {
+// rewriteExporter points the exporter DaemonSet at the test's image, containerd's directory and
+// socket's name in it, listen address and API server forwarder.
+func rewriteExporter(t *testing.T, objects []map[string]any, containerdDir, socket, listen, apiServer string) {
 	t.Helper()
 	c, spec := podTemplate(t, objects)
 	c["image"], c["imagePullPolicy"] = nodeImage, "Never"
@@ -241,7 +252,7 @@ func rewriteExporter(t *testing.T, objects []map[string]any, socket, listen, api
 		case "--listen":
 			command[i] = "--listen=" + listen
 		case "--address":
-			command[i] = "--address=/run/containerd/" + filepath.Base(socket)
+			command[i] = "--address=/run/containerd/" + socket
 		}
 	}
 	command = append(command, "--event-interval=1m")
@@ -251,7 +262,7 @@ func rewriteExporter(t *testing.T, objects []map[string]any, socket, listen, api
 	setEnv(c, "KUBERNETES_SERVICE_PORT", port)
 	for _, v := range spec["volumes"].([]any) {
 		if v := v.(map[string]any); v["name"] == "containerd-run" {
-			v["hostPath"].(map[string]any)["path"] = filepath.Dir(socket)
+			v["hostPath"].(map[string]any)["path"] = containerdDir
 		}
 	}
 }
@@ -389,25 +400,46 @@ func eventCommands(message string) []string {
 	return strings.Split(list, ", ")
 }
 
-// sharedHostRoot bind-mounts the host's / (recursively) at dir as a shared mount, and returns dir.
-// The installer's hostPath / has mountPropagation HostToContainer, which needs the host path to be
-// a shared or slave mount, as / is on a systemd host; this machine's / is private, and making it
-// shared would change the host. Cleanup detaches the bind.
-func sharedHostRoot(t *testing.T, dir string) string {
+// fleetDirPrefix names the fleet test's directory in the temporary directory; testguard detaches
+// what a killed run left mounted there.
+const fleetDirPrefix = "graceful-fleet-"
+
+// privateRoot binds root on itself as a private mount, so that nothing mounted below it
+// propagates anywhere else (on a host whose / is shared); cleanup detaches it and all below.
+func privateRoot(t *testing.T, root string) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("/", dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		t.Fatalf("bind the host's / at %s: %v", dir, err)
+	if err := unix.Mount(root, root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s on itself: %v", root, err)
 	}
 	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
+		if err := unix.Unmount(root, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", root, err)
 		}
 	})
-	if err := unix.Mount("", dir, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
-		t.Fatalf("make %s shared: %v", dir, err)
+	if err := unix.Mount("", root, "", unix.MS_PRIVATE, ""); err != nil {
+		t.Fatalf("make %s private: %v", root, err)
 	}
-	return dir
+}
+
+// sharedBind bind-mounts src at the new directory dst (with the mounts below src when recursive)
+// as a shared mount, and returns dst. The DaemonSets' hostPaths have mountPropagation
+// HostToContainer, which needs a shared or slave mount, as / is on a systemd host; this
+// machine's / is private, and making it shared would change the host. dst must be below a
+// privateRoot.
+func sharedBind(t *testing.T, src, dst string, recursive bool) string {
+	t.Helper()
+	if err := os.Mkdir(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	flags := uintptr(unix.MS_BIND)
+	if recursive {
+		flags |= unix.MS_REC
+	}
+	if err := unix.Mount(src, dst, "", flags, ""); err != nil {
+		t.Fatalf("bind %s at %s: %v", src, dst, err)
+	}
+	if err := unix.Mount("", dst, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		t.Fatalf("make %s shared: %v", dst, err)
+	}
+	return dst
 }

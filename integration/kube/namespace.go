@@ -3,6 +3,7 @@ package kube
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -36,8 +37,10 @@ func (k *Cluster) startNamespace() error {
 	script := fmt.Sprintf(`set -e
 # Private, every mount but the kubelet's root directory (the copies of shared host mounts are their
 # peers until then).
-awk -v keep=%[4]s '/ shared:/ && $5 != keep && index($5, keep "/") != 1 {print $5}' /proc/self/mountinfo |
-	while read -r m; do mount --make-private "$(printf '%%b' "$m")"; done
+shared() { awk -v keep=%[4]s '/ shared:/ && $5 != keep && index($5, keep "/") != 1 {print $5}' /proc/self/mountinfo; }
+shared | while read -r m; do mount --make-private "$(printf '%%b' "$m")" || true; done
+# Checked, since the tmpfs over /run below would otherwise reach the host's /run.
+if [ -n "$(shared)" ]; then echo "shared mounts left in the namespace: $(shared)" >&2; exit 1; fi
 mkdir -p %[1]s/keep
 mount --bind %[2]s %[1]s/keep
 mount -t tmpfs -o mode=0755 tmpfs /run
@@ -138,9 +141,16 @@ func (k *Cluster) log(name string) string {
 	return ""
 }
 
+// kubectlTimeout bounds one kubectl command: above the longest --timeout the tests give one.
+const kubectlTimeout = 4 * time.Minute
+
 // Kubectl runs kubectl as the admin in the private network namespace, with stdin when not nil.
 func (k *Cluster) Kubectl(stdin []byte, args ...string) (string, error) {
-	cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(k.holder.Process.Pid), "-n", "--",
+	// Bounded, so that a stuck apiserver or node proxy fails the test rather than hanging it
+	// until go test's timeout, which skips the cleanups.
+	ctx, cancel := context.WithTimeout(context.Background(), kubectlTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(k.holder.Process.Pid), "-n", "--",
 		k.bin["kubectl"], "--kubeconfig", filepath.Join(k.Dir, "pki", "admin.kubeconfig")}, args...)...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
