@@ -114,16 +114,7 @@ func TestExporter(t *testing.T) {
 	}
 
 	// A stop that SIGKILLs a TERM-ignoring child at the end of a 1 s grace.
-	reports = subscribeReports(t) // each subscription lasts 30 s
-	killed := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: ignoringChild + "trap \"exit 0\" TERM\necho ready\n" + loop,
-		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
-	waitTrapped(t, killed, "ignoring")
-	stopExpect(t, killed, 20*time.Second, exitOK)
-	r = reports.NextReport(t, killed.ID)
-	if r.Drain == nil || r.Drain.Totals["killed"] == 0 {
-		t.Fatalf("the report of the TERM-ignoring child's stop: %+v, want processes killed", r.Drain)
-	}
-	nKilled := r.Drain.Totals["killed"]
+	nKilled := stopKillingAChild(t)
 	waitMetric(t, metricsURL, "graceful_stops_total", with("result", "killed"), 1)
 	waitMetric(t, metricsURL, "graceful_stop_processes_total", with("outcome", "killed"), float64(nKilled))
 	alert := prom.waitFiring(t, "GracefulStopKilledProcesses")
@@ -140,17 +131,9 @@ func TestExporter(t *testing.T) {
 	if gap, _ := m.Value("graceful_exporter_containerd_disconnected_seconds_total", nil); gap <= 0 {
 		t.Errorf("disconnected seconds %v after a containerd restart, want > 0", gap)
 	}
-	reports = subscribeReports(t)
-	after := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: ignoringChild + "trap \"exit 0\" TERM\necho ready\n" + loop,
-		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
-	waitTrapped(t, after, "ignoring")
-	stopExpect(t, after, 20*time.Second, exitOK)
-	r = reports.NextReport(t, after.ID)
-	if r.Drain == nil || r.Drain.Totals["killed"] == 0 {
-		t.Fatalf("the report of the stop after the restart: %+v, want processes killed", r.Drain)
-	}
+	nKilled += stopKillingAChild(t)
 	waitMetric(t, metricsURL, "graceful_stops_total", with("result", "killed"), 2)
-	m = waitMetric(t, metricsURL, "graceful_stop_processes_total", with("outcome", "killed"), float64(nKilled+r.Drain.Totals["killed"]))
+	m = waitMetric(t, metricsURL, "graceful_stop_processes_total", with("outcome", "killed"), float64(nKilled))
 	if v, _ := m.Value("graceful_exporter_reports_invalid_total", nil); v != 0 {
 		t.Errorf("invalid reports: %v", v)
 	}
@@ -211,30 +194,32 @@ func unitExecStart(t *testing.T, unit string, set map[string]string) []string {
 	return nil
 }
 
-// waitExporterConnected waits until the exporter's subscription is live (its probe event came
-// back: graceful_exporter_containerd_connected 1) with reconnects re-subscriptions, and returns
-// that scrape.
+// stopKillingAChild stops a container whose child ignores TERM, with a 1 s grace, and returns
+// how many processes its report says were SIGKILLed (at least one).
+func stopKillingAChild(t *testing.T) int {
+	t.Helper()
+	reports := subscribeReports(t) // a subscription lasts 30 s: one per stop
+	c := start(t, stack.Spec{Runtime: stack.GracefulRuntime, Script: ignoringChild + "trap \"exit 0\" TERM\necho ready\n" + loop,
+		Annotations: map[string]string{"io.containerd.graceful.v2.grace-period": "1s"}})
+	waitTrapped(t, c, "ignoring")
+	stopExpect(t, c, 20*time.Second, exitOK)
+	r := reports.NextReport(t, c.ID)
+	if r.Drain == nil || r.Drain.Totals["killed"] == 0 {
+		t.Fatalf("the report of the TERM-ignoring child's stop: %+v, want processes killed", r.Drain)
+	}
+	return r.Drain.Totals["killed"]
+}
+
+// waitExporterConnected is waitConnected for an exporter the test started: its exit fails the
+// test at once.
 func waitExporterConnected(t *testing.T, exporter *stack.Daemon, metricsURL string, reconnects float64) stack.Metrics {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		m, err := stack.Scrape(metricsURL)
-		if err == nil {
-			c, _ := m.Value("graceful_exporter_containerd_connected", nil)
-			r, _ := m.Value("graceful_exporter_containerd_reconnects_total", nil)
-			if c == 1 && r == reconnects {
-				return m
-			}
-			err = fmt.Errorf("connected %v, reconnects %v", c, r)
-		}
+	return waitConnected(t, metricsURL, reconnects, func() error {
 		if exited, exit := exporter.Exited(0); exited {
-			t.Fatalf("the exporter exited (%v):\n%s", exit, exporter.Log(8000))
+			return fmt.Errorf("the exporter exited (%v):\n%s", exit, exporter.Log(8000))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the exporter is not subscribed with %v reconnects after 30s: %v", reconnects, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // waitMetric scrapes until the series of name with labels sum to want (the exporter counts a

@@ -110,7 +110,7 @@ func TestKubernetesFleet(t *testing.T) {
 	kubectlApply(t, k, exporter)
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-exporter", 2*time.Minute)
 	metricsURL := "http://" + listen + "/metrics"
-	waitConnected(t, metricsURL, 0)
+	waitConnected(t, metricsURL, 0, nil)
 
 	// A pod of RuntimeClass graceful: served by the installed shim, its child's TERM handler runs
 	// to the end.
@@ -159,7 +159,7 @@ func TestKubernetesFleet(t *testing.T) {
 	waitRestartRequest(t, restarts, 2)
 	k.RestartContainerd(t)
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-installer", 2*time.Minute)
-	waitConnected(t, metricsURL, 1) // the exporter rode out the restart
+	waitConnected(t, metricsURL, 1, nil) // the exporter rode out the restart
 	kubectlDelete(t, k, installer)
 	kubectlDelete(t, k, exporter)
 	if diff := diffTrees(before, treeOf(t, node.dir)); diff != "" {
@@ -285,8 +285,9 @@ func waitRestartRequest(t *testing.T, restarts string, n int) {
 }
 
 // waitConnected waits until the exporter at metricsURL is subscribed to containerd's events,
-// with reconnects re-subscriptions.
-func waitConnected(t *testing.T, metricsURL string, reconnects float64) {
+// with reconnects re-subscriptions, and returns that scrape; alive, if not nil, fails the wait
+// early with its error.
+func waitConnected(t *testing.T, metricsURL string, reconnects float64, alive func() error) stack.Metrics {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -295,12 +296,17 @@ func waitConnected(t *testing.T, metricsURL string, reconnects float64) {
 			c, _ := m.Value("graceful_exporter_containerd_connected", nil)
 			r, _ := m.Value("graceful_exporter_containerd_reconnects_total", nil)
 			if c == 1 && r == reconnects {
-				return
+				return m
 			}
 			err = fmt.Errorf("connected %v, reconnects %v", c, r)
 		}
+		if alive != nil {
+			if err := alive(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the exporter at %s is not subscribed after a minute: %v", metricsURL, err)
+			t.Fatalf("the exporter at %s is not subscribed with %v reconnects after a minute: %v", metricsURL, reconnects, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
