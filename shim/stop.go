@@ -456,7 +456,8 @@ func (s *stop) finish() *StopReport {
 	return s.log(drain)
 }
 
-// awaitExitEvent waits up to reportDelay for the container's exit event to be published.
+// awaitExitEvent waits up to reportDelay for the container's exit event to be published, and up
+// to lateExitEventDelay more once init has exited, so that the report follows the exit event.
 func (s *stop) awaitExitEvent() {
 	if s.exitPublished == nil {
 		s.init.WaitExit(reportDelay)
@@ -466,12 +467,30 @@ func (s *stop) awaitExitEvent() {
 	defer timer.Stop()
 	select {
 	case <-s.exitPublished:
+		return
 	case <-timer.C:
+	}
+	if !s.init.Exited() {
+		return // init lives on: no exit event to wait for
+	}
+	// init has exited and its exit event is on its way (the runc service is slow to handle
+	// the exit on a loaded machine).
+	late := time.NewTimer(lateExitEventDelay)
+	defer late.Stop()
+	select {
+	case <-s.exitPublished:
+	case <-late.C:
+		log.L.WithField("id", s.id).Warnf("graceful: no exit event published %v after init's exit; the stop report goes first",
+			reportDelay+lateExitEventDelay)
 	}
 }
 
-// reportDelay bounds how long a stop's report waits for init's exit and its exit event.
-const reportDelay = 500 * time.Millisecond
+const (
+	// reportDelay bounds how long a stop's report waits for init's exit and its exit event.
+	reportDelay = 500 * time.Millisecond
+	// lateExitEventDelay bounds the further wait for the exit event of an init that has exited.
+	lateExitEventDelay = 2 * time.Second
+)
 
 // discard ends a tracer that the stop will not use (see discardTracer).
 func (s *stop) discard(tracer <-chan attachedTracer) {
