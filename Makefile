@@ -37,7 +37,7 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test-unit:
-	$(GO) test -race -count=1 -timeout 15m ./process/... ./helper/... ./shim/... ./initproc/... ./exporter/... ./integration/stack/
+	$(GO) test -race -count=1 -timeout 15m ./process/... ./helper/... ./shim/... ./initproc/... ./exporter/... ./internal/... ./integration/stack/
 
 test-integration: stack
 	bash integration/stack/install-prometheus.sh

@@ -5,6 +5,7 @@
 package testguard
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -290,7 +291,56 @@ func SweepStacks() []string {
 			}
 		}
 	}
+	return append(done, sweepRuncState(runcRoot)...)
+}
+
+// runcRoot is runc's default root, where the shims keep each container's state by namespace.
+const runcRoot = "/run/containerd/runc"
+
+// sweepRuncState removes the runc state that a killed run left in the test namespaces
+// (graceful-*) of root: a container whose init is gone. The tests' container IDs repeat from run
+// to run, and runc refuses to create a container whose state exists ("container with given ID
+// already exists").
+func sweepRuncState(root string) []string {
+	var done []string
+	states, _ := filepath.Glob(filepath.Join(root, "graceful-*", "*", "state.json"))
+	for _, state := range states {
+		data, err := os.ReadFile(state)
+		if err != nil {
+			continue
+		}
+		var st struct {
+			Pid   int    `json:"init_process_pid"`
+			Start uint64 `json:"init_process_start"`
+		}
+		if json.Unmarshal(data, &st) != nil || st.Pid <= 0 || processStartedAt(st.Pid, st.Start) {
+			continue
+		}
+		dir := filepath.Dir(state)
+		if os.RemoveAll(dir) == nil {
+			done = append(done, "removed runc state "+dir+", left by a stack that ended")
+		}
+	}
 	return done
+}
+
+// processStartedAt reports whether process pid exists and started at start (clock ticks after
+// boot, field 22 of /proc/PID/stat): the same process, not a later one with its PID.
+func processStartedAt(pid int, start uint64) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return false
+	}
+	fields := strings.Fields(string(data[i+1:])) // from field 3 on
+	if len(fields) < 20 {
+		return false
+	}
+	got, err := strconv.ParseUint(fields[19], 10, 64)
+	return err == nil && got == start
 }
 
 // otherIntegrationRunning reports whether an integration test binary other than this process
