@@ -180,6 +180,13 @@ func TestEventFailedAndDropped(t *testing.T) {
 	if eventCount(m, eventFailed) != 1 {
 		t.Errorf("failed: %v, want 1", eventCount(m, eventFailed))
 	}
+	// A failed post does not use up the pod's interval: its next stop within it is queued.
+	clock.advance(time.Minute)
+	p.offer(report("p-0"))
+	if len(p.queue) != 1 || eventCount(m, eventRateLimited) != 0 {
+		t.Fatalf("the next stop after a failed post: %d queued, %v rate-limited; want 1 and 0", len(p.queue), eventCount(m, eventRateLimited))
+	}
+	<-p.queue
 
 	// Nothing drains the queue: the report beyond its capacity is dropped, without blocking.
 	for i := range eventQueueSize + 1 {

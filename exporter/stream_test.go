@@ -30,6 +30,8 @@ type fakeEvents struct {
 	mu         sync.Mutex
 	subs       map[*fakeSubscription]bool
 	dropProbes int
+	// endAfterProbe ends each subscription's stream once a probe went through it.
+	endAfterProbe bool
 }
 
 type fakeSubscription struct {
@@ -79,6 +81,9 @@ func (f *fakeEvents) Subscribe(req *eventsapi.SubscribeRequest, srv eventsapi.Ev
 		case env := <-s.ch:
 			if err := srv.Send(env); err != nil {
 				return err
+			}
+			if f.endAfterProbe && env.Topic == ProbeTopic {
+				return status.Error(codes.Unavailable, "stream dropped")
 			}
 		case <-srv.Context().Done():
 			return nil
@@ -211,4 +216,25 @@ func mustStruct(t *testing.T, fields map[string]any) *structpb.Struct {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// A containerd that drops each stream as soon as it is live is not redialled at the shortest
+// backoff: the backoff starts over only after a session that lasted.
+func TestSubscriberBacksOffWhenStreamsDropAtOnce(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "containerd.sock")
+	fake := &fakeEvents{subs: map[*fakeSubscription]bool{}, endAfterProbe: true}
+	srv := serveFake(t, socket, fake)
+	defer srv.Stop()
+
+	m := newMetrics(time.Now)
+	sub := newSubscriber(socket, discard, m, func(*types.Envelope) {})
+	sub.probeInterval, sub.backoffMin, sub.backoffMax = 10*time.Millisecond, time.Millisecond, 200*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	sub.run(ctx)
+	// Backing off (1, 2, 4, ... 200 ms) allows about 10 sessions in a second; starting over at
+	// 1 ms after each would allow hundreds.
+	if n := testutil.ToFloat64(m.reconnects); n < 2 || n > 30 {
+		t.Errorf("%v re-subscriptions in 1 s of streams dropped at once, want between 2 and 30", n)
+	}
 }

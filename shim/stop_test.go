@@ -112,3 +112,56 @@ func TestStopRefusesAnInitThatIsNotTheShimsChild(t *testing.T) {
 	}
 	s.close()
 }
+
+// startedInit starts cmd as a stand-in init and opens its pidfd (before it can be reaped).
+func startedInit(t *testing.T, name string, args ...string) (*exec.Cmd, *process.Handle) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := process.Open(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		h.Close()
+	})
+	return cmd, h
+}
+
+// Once init has exited, the report waits for its exit event past reportDelay: the runc service
+// of a loaded machine can be slow to publish it, and the report must not go first.
+func TestReportWaitsForALateExitEventOnceInitHasExited(t *testing.T) {
+	cmd, h := startedInit(t, "true")
+	cmd.Wait()
+	s := newStop("c", nil, unix.SIGTERM, DefaultPolicy())
+	s.init = h
+	published := make(chan struct{})
+	s.exitPublished = published
+	go func() {
+		time.Sleep(reportDelay + 300*time.Millisecond) // the late exit event
+		close(published)
+	}()
+	s.awaitExitEvent()
+	select {
+	case <-published:
+	default:
+		t.Fatal("the report went before the exit event of an init that had exited")
+	}
+}
+
+// An init that lives on has no exit event coming: the report waits reportDelay only.
+func TestReportDoesNotWaitLongerForAnInitThatLivesOn(t *testing.T) {
+	_, h := startedInit(t, "sleep", "60")
+	s := newStop("c", nil, unix.SIGTERM, DefaultPolicy())
+	s.init = h
+	s.exitPublished = make(chan struct{})
+	start := time.Now()
+	s.awaitExitEvent()
+	if took := time.Since(start); took >= 3*reportDelay {
+		t.Errorf("the report waited %v for the exit event of a running init, want about %v", took, reportDelay)
+	}
+}
