@@ -91,13 +91,16 @@ func sweepInterval(forgetAfter time.Duration) time.Duration {
 // labelValue makes a value from a report fit for a label: valid UTF-8 (the client library
 // panics on anything else) of bounded length.
 func labelValue(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= maxLabelLength {
+	return cutRunes(strings.ToValidUTF8(s, "\uFFFD"), maxLabelLength)
+}
+
+// cutRunes cuts s to at most n bytes, on a rune boundary.
+func cutRunes(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := maxLabelLength
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return s[:cut]
+	return s[:n]
 }

@@ -55,11 +55,7 @@ func TestExporter(t *testing.T) {
 		}
 	})
 
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := unitExecStart(t, filepath.Join(stack.ModuleRoot(), "contrib", "exporter", "graceful-exporter.service"),
 		map[string]string{"--address": theStack.Address, "--listen": listen})
 	cmd := exec.Command(bin, append(args, "--log-level=debug")...)
@@ -80,16 +76,7 @@ func TestExporter(t *testing.T) {
 
 	prom := startPrometheus(t, promBin, listen)
 	ns := map[string]string{"containerd_namespace": stack.Namespace, "namespace": "", "pod": "", "container": ""}
-	with := func(extra ...string) map[string]string {
-		m := map[string]string{}
-		for k, v := range ns {
-			m[k] = v
-		}
-		for i := 0; i+1 < len(extra); i += 2 {
-			m[extra[i]] = extra[i+1]
-		}
-		return m
-	}
+	with := func(pairs ...string) map[string]string { return withLabels(ns, pairs...) }
 
 	// A stop whose processes all exit on TERM.
 	reports := subscribeReports(t)
@@ -264,13 +251,10 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &prometheus{url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	p := &prometheus{url: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
 	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+strings.TrimPrefix(p.url, "http://"), "--log.level=warn")
+	var err error
 	if p.daemon, err = stack.StartDaemon("prometheus", filepath.Join(dir, "prometheus.log"), cmd, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/graceful-shim/graceful/integration/kube"
 	"github.com/graceful-shim/graceful/integration/stack"
+	"github.com/graceful-shim/graceful/process"
 )
 
 // nodeImage is the name the fleet test imports its node image under.
@@ -83,7 +84,7 @@ func TestKubernetesFleet(t *testing.T) {
 	// Install: the restart command records the request; the test restarts the node's containerd.
 	installer := contribManifest(t, "node-installer", "daemonset.yaml")
 	rewriteInstaller(t, installer, node, hostRoot, mainConfig, restarts, "install")
-	kubectlApply(t, k, installer)
+	k.Apply(t, listOf(t, installer))
 	waitRestartRequest(t, restarts, 1)
 	k.RestartContainerd(t)
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-installer", 2*time.Minute)
@@ -100,14 +101,10 @@ func TestKubernetesFleet(t *testing.T) {
 
 	// The exporter, as contrib/exporter/daemonset.yaml runs it; the API server is reached through
 	// a forwarder on the host (the cluster's network is private) with the pod's own token.
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	exporter := contribManifest(t, "exporter", "daemonset.yaml")
 	rewriteExporter(t, exporter, containerdDir, filepath.Base(k.CRI.Stack.Address), listen, k.APIServerForward(t))
-	kubectlApply(t, k, exporter)
+	k.Apply(t, listOf(t, exporter))
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-exporter", 2*time.Minute)
 	metricsURL := "http://" + listen + "/metrics"
 	waitConnected(t, metricsURL, 0, nil)
@@ -126,7 +123,7 @@ func TestKubernetesFleet(t *testing.T) {
 		t.Errorf("the child's TERM handler did not complete (marker %q)", got)
 	}
 	labels := map[string]string{"containerd_namespace": stack.CRINamespace, "namespace": "default", "pod": p.Name, "container": "app"}
-	waitMetric(t, metricsURL, "graceful_stops_total", withLabel(labels, "result", "clean"), 1)
+	waitMetric(t, metricsURL, "graceful_stops_total", withLabels(labels, "result", "clean"), 1)
 
 	// A stop that SIGKILLs a TERM-ignoring child: counted under the pod, and a Warning Event.
 	q := k.RunPod(t, kube.PodSpec{Name: "ignoring", RuntimeClass: "graceful", Grace: 3,
@@ -140,8 +137,8 @@ func TestKubernetesFleet(t *testing.T) {
 		t.Fatalf("the report of the TERM-ignoring child's stop: %+v, want processes killed", r.Drain)
 	}
 	labels = map[string]string{"containerd_namespace": stack.CRINamespace, "namespace": "default", "pod": q.Name, "container": "app"}
-	waitMetric(t, metricsURL, "graceful_stops_total", withLabel(labels, "result", "killed"), 1)
-	m := waitMetric(t, metricsURL, "graceful_stop_processes_total", withLabel(labels, "outcome", "killed"), float64(r.Drain.Totals["killed"]))
+	waitMetric(t, metricsURL, "graceful_stops_total", withLabels(labels, "result", "killed"), 1)
+	m := waitMetric(t, metricsURL, "graceful_stop_processes_total", withLabels(labels, "outcome", "killed"), float64(r.Drain.Totals["killed"]))
 	if v, _ := m.Value("graceful_stop_grace_cut_total", labels); v != 1 {
 		t.Errorf("grace cut stops of %s: %v, want 1 (kubelet's 3 s budget)", q.Name, v)
 	}
@@ -155,7 +152,7 @@ func TestKubernetesFleet(t *testing.T) {
 
 	// Uninstall as the manifest's comments say: the same DaemonSet running uninstall.
 	rewriteInstaller(t, installer, node, hostRoot, mainConfig, restarts, "uninstall")
-	kubectlApply(t, k, installer)
+	k.Apply(t, listOf(t, installer))
 	waitRestartRequest(t, restarts, 2)
 	k.RestartContainerd(t)
 	k.WaitDaemonSetReady(t, "kube-system", "graceful-installer", 2*time.Minute)
@@ -315,13 +312,11 @@ func waitConnected(t *testing.T, metricsURL string, reconnects float64, alive fu
 // shimExe is the executable of the shim whose child init is.
 func shimExe(t *testing.T, init int) string {
 	t.Helper()
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", init))
+	st, err := process.ReadStatus(init)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
-	ppid, _ := strconv.Atoi(fields[1])
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", ppid))
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", st.PPid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,35 +356,29 @@ func waitEvent(t *testing.T, k *kube.Cluster, pod string) kubeEvent {
 	}
 }
 
-// withLabel returns labels with name set to value.
-func withLabel(labels map[string]string, name, value string) map[string]string {
-	m := map[string]string{name: value}
-	for k, v := range labels {
-		m[k] = v
+// withLabels returns labels with the name, value pairs of pairs set.
+func withLabels(labels map[string]string, pairs ...string) map[string]string {
+	m := maps.Clone(labels)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		m[pairs[i]] = pairs[i+1]
 	}
 	return m
 }
 
-// kubectlApply applies the objects with kubectl.
-func kubectlApply(t *testing.T, k *kube.Cluster, objects []map[string]any) {
+// listOf is objects as one kubectl List.
+func listOf(t *testing.T, objects []map[string]any) []byte {
 	t.Helper()
 	list, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": objects})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := k.Kubectl(list, "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	return list
 }
 
 // kubectlDelete deletes the objects with kubectl and waits until they are gone.
 func kubectlDelete(t *testing.T, k *kube.Cluster, objects []map[string]any) {
 	t.Helper()
-	list, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": objects})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := k.Kubectl(list, "delete", "--wait=true", "--timeout=120s", "-f", "-"); err != nil {
+	if out, err := k.Kubectl(listOf(t, objects), "delete", "--wait=true", "--timeout=120s", "-f", "-"); err != nil {
 		t.Fatalf("kubectl delete: %v\n%s", err, out)
 	}
 }

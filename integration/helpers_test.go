@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,4 +68,15 @@ func skipUnlessOptedIn(t *testing.T, env, target, needs string) {
 	if os.Getenv(env) != "1" {
 		t.Skipf("set %s=1 (%s) to %s", env, target, needs)
 	}
+}
+
+// freePort returns a TCP port free on the host's loopback now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

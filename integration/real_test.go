@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -182,17 +181,6 @@ http {
 
 // downloadSize is the file a slow client downloads from nginx: 4 s at 200 KB/s.
 const downloadSize = 800 << 10
-
-// freePort returns a TCP port free on the host's loopback now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // download is a slow client's download in flight: started, it reports once the first bytes came,
 // and then how many bytes it got in all, and when it ended.

@@ -2,7 +2,6 @@ package stack
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -17,16 +16,6 @@ import (
 func BuildExporter(dir string) (string, error) {
 	out := filepath.Join(dir, "graceful-exporter")
 	return out, buildGo(out, "./cmd/graceful-exporter", false)
-}
-
-// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Metrics is one scrape of a Prometheus text endpoint.

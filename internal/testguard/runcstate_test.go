@@ -5,8 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/graceful-shim/graceful/internal/procfs"
 )
 
 // A killed run's runc state (its init gone) is removed; a live container's, another namespace's
@@ -44,11 +45,10 @@ func TestSweepRuncStateRemovesOnlyStateWhoseInitIsGone(t *testing.T) {
 
 func ownStart(t *testing.T) uint64 {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		t.Fatal(err)
+	fields, ok := procfs.StatFields("/proc/self/stat")
+	if !ok {
+		t.Fatal("read /proc/self/stat")
 	}
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
 	start, err := strconv.ParseUint(fields[19], 10, 64)
 	if err != nil {
 		t.Fatal(err)

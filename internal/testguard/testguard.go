@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graceful-shim/graceful/internal/procfs"
 )
 
 // roots are the cgroup hierarchies the tests create cgroups in: cgroup v1's pids and freezer, the
@@ -327,16 +329,8 @@ func sweepRuncState(root string) []string {
 // processStartedAt reports whether process pid exists and started at start (clock ticks after
 // boot, field 22 of /proc/PID/stat): the same process, not a later one with its PID.
 func processStartedAt(pid int, start uint64) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return false
-	}
-	fields := strings.Fields(string(data[i+1:])) // from field 3 on
-	if len(fields) < 20 {
+	fields, ok := procfs.StatFields(fmt.Sprintf("/proc/%d/stat", pid))
+	if !ok || len(fields) < 20 {
 		return false
 	}
 	got, err := strconv.ParseUint(fields[19], 10, 64)
