@@ -9,6 +9,7 @@ import (
 	apievents "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/typeurl/v2"
+	"github.com/graceful-shim/graceful/internal/testtime"
 )
 
 // Events is a subscription to the daemon's events, from which a test takes the stop reports and
@@ -19,11 +20,11 @@ type Events struct {
 	errs   <-chan error
 }
 
-// Subscribe subscribes to the daemon's events that match any of filters, for timeout at most and
-// until tb's cleanup.
+// Subscribe subscribes to the daemon's events that match any of filters, for timeout at most
+// (scaled by testtime for a slow machine: the kernel VM) and until tb's cleanup.
 func (s *Stack) Subscribe(ctx context.Context, tb testing.TB, timeout time.Duration, filters ...string) *Events {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, testtime.Scale(timeout))
 	tb.Cleanup(cancel)
 	evs, errs := s.Client.Subscribe(ctx, filters...)
 	return &Events{ctx: ctx, events: evs, errs: errs}
